@@ -1,0 +1,41 @@
+"""Exception types raised by pyg_mlic for bad input.
+
+All of them derive from :class:`ValueError` (or :class:`FileNotFoundError`) so that
+callers catching the builtin types keep working; the message always names the
+offending file, class or argument.
+"""
+
+
+class DatasetError(ValueError):
+    """A dataset file (annotation, image, list) is missing, malformed or inconsistent."""
+
+
+class ClassMismatchError(ValueError):
+    """Two class lists (dataset, label graph, embeddings, checkpoint) do not agree."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is truncated, foreign (another model / class list) or not loadable."""
+
+
+def class_mismatch_message(what_a: str, a, what_b: str, b) -> str:
+    """Human-readable description of how class list ``a`` differs from ``b``."""
+    a, b = list(map(str, a)), list(map(str, b))
+    missing = [c for c in a if c not in set(b)]
+    extra = [c for c in b if c not in set(a)]
+    parts = [f"{what_a} has {len(a)} classes, {what_b} has {len(b)}"]
+    if missing:
+        parts.append(f"missing from {what_b}: {missing[:10]}{' ...' if len(missing) > 10 else ''}")
+    if extra:
+        parts.append(f"not in {what_a}: {extra[:10]}{' ...' if len(extra) > 10 else ''}")
+    if not missing and not extra and a != b:
+        first = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+        parts.append(f"same classes in a different order (first difference at position "
+                     f"{first}: {a[first]!r} vs {b[first]!r})")
+    return "; ".join(parts)
+
+
+def check_same_classes(what_a: str, a, what_b: str, b) -> None:
+    """Raise :class:`ClassMismatchError` unless ``a`` and ``b`` are the same ordered list."""
+    if list(map(str, a)) != list(map(str, b)):
+        raise ClassMismatchError(class_mismatch_message(what_a, a, what_b, b))
