@@ -17,7 +17,7 @@ STAMP := $(VENV)/.pyg_mlic-complete
 WITH_SCATTER ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: venv install demo test docs bench notebooks clean-venv
+.PHONY: venv install demo test docs bench notebooks clean-venv print-venv
 
 $(STAMP):
 	@echo ">> building venv $(VENV)"
@@ -56,3 +56,6 @@ bench: install
 
 clean-venv:
 	rm -rf "$(VENV)"
+
+print-venv:
+	@echo $(VENV)

@@ -100,3 +100,47 @@ def collate(samples: List[Sample]) -> Sample:
         else:
             out[key] = vals
     return out
+
+
+class SubsetDataset(MultiLabelDataset):
+    """A subset of a :class:`MultiLabelDataset` that keeps the protocol
+    (``classes``, ``labels``, ``label_mask``, ``input_kind``); ``index`` in the
+    samples is the position in the subset."""
+
+    def __init__(self, dataset: MultiLabelDataset, indices: Sequence[int], split: str):
+        idx = np.asarray(indices, dtype=np.int64)
+        mask = dataset.label_mask[idx] if dataset.label_mask is not None else None
+        super().__init__(dataset.classes, dataset.labels[idx], mask, split=split)
+        self.dataset, self.indices = dataset, idx
+        self.input_kind = dataset.input_kind
+        self.feature_dim = getattr(dataset, "feature_dim", None)
+
+    def __getitem__(self, i: int) -> Sample:
+        s = dict(self.dataset[int(self.indices[i])])
+        s["index"] = int(i)
+        return s
+
+
+def holdout_split(dataset: MultiLabelDataset, fraction: float, seed: int = 0,
+                  val_transform=None):
+    """Split ``dataset`` into ``(train, val)`` subsets with ``fraction`` held out for
+    validation (seeded; used when a dataset has no validation split of its own).
+
+    ``val_transform`` replaces the dataset's ``transform`` for the validation subset
+    (a shallow copy of the dataset is made), so that validation images are not
+    augmented."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
+    n = len(dataset)
+    n_val = int(round(n * fraction))
+    if n_val < 1 or n_val >= n:
+        raise ValueError(f"cannot hold out {fraction:.0%} of {n} samples for validation")
+    perm = np.random.default_rng(seed).permutation(n)
+    val_base = dataset
+    if val_transform is not None and hasattr(dataset, "transform"):
+        import copy
+
+        val_base = copy.copy(dataset)
+        val_base.transform = val_transform
+    return (SubsetDataset(dataset, np.sort(perm[n_val:]), split=f"{dataset.split}-train"),
+            SubsetDataset(val_base, np.sort(perm[:n_val]), split=f"{dataset.split}-val"))

@@ -1,0 +1,319 @@
+"""Command-line interface: ``pyg-mlic train|eval|predict|graph|demo``.
+
+Also runnable as ``python -m pyg_mlic.cli ...``.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from pyg_mlic.version import __version__
+
+
+def _parse_set(items: Optional[Sequence[str]]) -> Dict[str, Any]:
+    """``["tau=0.4", "widths=[1024,2048]"]`` → ``{"tau": 0.4, "widths": [1024, 2048]}``."""
+    out: Dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            out[k.strip()] = ast.literal_eval(v)
+        except (ValueError, SyntaxError):
+            out[k.strip()] = v
+    return out
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    from pyg_mlic.data.factory import DATASETS
+
+    p.add_argument("--dataset", required=True, choices=DATASETS)
+    p.add_argument("--root", help="dataset folder (image datasets)")
+    p.add_argument("--train-file", help="training annotations / list / features .npz")
+    p.add_argument("--test-file", help="test annotations / list / features .npz")
+    p.add_argument("--val-file", help="validation annotations / list / features .npz")
+    p.add_argument("--val-fraction", type=float, default=0.0,
+                   help="hold out this fraction of the training split for validation "
+                        "when the dataset has no validation split (default: 0)")
+    p.add_argument("--image-size", type=int, default=448, help="network input side (448)")
+    p.add_argument("--num-images", type=int, help="synthetic scenes: training-set size")
+    p.add_argument("--no-augment", action="store_true", help="no random crop/flip in training")
+
+
+def _splits(args):
+    from pyg_mlic.data.factory import build_splits
+
+    return build_splits(args.dataset, root=args.root, train_file=args.train_file,
+                        test_file=args.test_file, val_file=args.val_file,
+                        image_size=args.image_size, val_fraction=args.val_fraction,
+                        seed=getattr(args, "seed", 0), num_images=args.num_images,
+                        augment=not args.no_augment)
+
+
+def model_context(train_set, *, label_embeddings: Optional[str] = None,
+                  backbone: Optional[str] = None, backbone_weights: Optional[str] = None
+                  ) -> Dict[str, Any]:
+    """The standard keyword arguments :func:`build_model` receives from a training split."""
+    ctx: Dict[str, Any] = dict(classes=list(train_set.classes), input_kind=train_set.input_kind,
+                               train_labels=train_set.labels)
+    if train_set.input_kind == "features":
+        ctx["in_features"] = int(train_set.feature_dim)
+    if backbone:
+        ctx["backbone"] = backbone
+    if backbone_weights:
+        ctx["backbone_weights"] = backbone_weights
+    if label_embeddings:
+        from pyg_mlic.embeddings import load_label_embeddings
+
+        ctx["label_embeddings"] = load_label_embeddings(label_embeddings, ctx["classes"])
+        ctx["label_embeddings_spec"] = label_embeddings
+    return ctx
+
+
+# ---------------------------------------------------------------------------- train
+def cmd_train(args) -> int:
+    from pyg_mlic.engine import TrainConfig, Trainer
+    from pyg_mlic.models import build_model, get_model_class
+
+    train, val, test = _splits(args)
+    cfg = _parse_set(args.set)
+    ctx = model_context(train, label_embeddings=args.label_embeddings, backbone=args.backbone,
+                        backbone_weights=args.backbone_weights)
+    model = build_model(args.model, **ctx, **cfg)
+    tcfg = TrainConfig.for_model(
+        get_model_class(args.model), epochs=args.epochs, batch_size=args.batch_size,
+        lr=args.lr, backbone_lr=args.backbone_lr, optimizer=args.optimizer, seed=args.seed,
+        select=args.select, num_workers=args.num_workers, device=args.device,
+        weight_decay=args.weight_decay, progress=not args.no_progress)
+    run_info = {"dataset": args.dataset, "root": args.root, "train_file": args.train_file,
+                "test_file": args.test_file, "image_size": args.image_size,
+                "label_embeddings": args.label_embeddings, "model_options": cfg,
+                "train_split": train.split, "val_split": getattr(val, "split", None)}
+    trainer = Trainer(model, train, val, test, tcfg, out_dir=args.out, run_info=run_info)
+    m = trainer.fit(resume=args.resume)
+    print(format_table([(args.model, m)]))
+    print(f"wrote {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'last.pt'}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- eval
+def cmd_eval(args) -> int:
+    from pyg_mlic.engine import evaluate, load_checkpoint, model_from_checkpoint, write_json
+
+    ckpt = load_checkpoint(args.checkpoint)
+    model = model_from_checkpoint(ckpt)
+    if args.image_size is None:
+        args.image_size = int(ckpt.get("run_info", {}).get("image_size") or 448)
+    _, _, test = _splits(args)
+    from pyg_mlic.errors import check_same_classes
+
+    check_same_classes("checkpoint", model.classes, f"dataset {args.dataset}", test.classes)
+    m = evaluate(model, test, batch_size=args.batch_size, progress=True)
+    print(format_table([(ckpt["model_name"], m)]))
+    if args.out:
+        write_json(Path(args.out), m)
+        print(f"wrote {args.out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- predict
+def cmd_predict(args) -> int:
+    import torch
+
+    from pyg_mlic.data._image_io import load_image
+    from pyg_mlic.data.transforms import build_transforms
+    from pyg_mlic.engine import load_checkpoint, model_from_checkpoint
+
+    ckpt = load_checkpoint(args.checkpoint)
+    model = model_from_checkpoint(ckpt).eval()
+    size = args.image_size or int(ckpt.get("run_info", {}).get("image_size") or 448)
+    tf = build_transforms(train=False, size=size)
+    paths: List[Path] = []
+    for item in args.images:
+        p = Path(item)
+        paths.extend(sorted(q for q in p.iterdir() if q.suffix.lower() in
+                            (".jpg", ".jpeg", ".png", ".bmp"))) if p.is_dir() else paths.append(p)
+    results = []
+    with torch.no_grad():
+        for p in paths:
+            img, _ = tf(load_image(p), None)
+            probs = torch.sigmoid(model({"image": img[None]}).logits.float())[0]
+            order = torch.argsort(probs, descending=True)
+            labels = [model.classes[i] for i in order.tolist() if probs[i] > args.threshold]
+            results.append({"image": str(p), "labels": labels,
+                            "scores": {model.classes[i]: round(float(probs[i]), 6)
+                                       for i in order.tolist()}})
+    if args.format == "json":
+        print(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            top = list(r["scores"].items())[: args.topk]
+            print(f"{r['image']}: {', '.join(r['labels']) or '(none above threshold)'}")
+            for name, s in top:
+                print(f"    {s:7.4f}  {name}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- graph
+def cmd_graph(args) -> int:
+    import numpy as np
+
+    from pyg_mlic.graphs import LabelGraph
+
+    kw = dict(tau=args.tau, p=args.p, scheme=args.scheme, convention=args.convention)
+    if args.labels:
+        with np.load(args.labels, allow_pickle=False) as d:
+            Y, classes = d["labels"], [str(c) for c in d["classes"]]
+            split = "all"
+            if args.split and "split" in d.files:
+                sel = d["split"] == args.split
+                if not sel.any():
+                    raise SystemExit(f"split {args.split!r} not in {args.labels} "
+                                     f"(splits: {sorted(set(d['split'].tolist()))})")
+                Y, split = Y[sel], args.split
+        if Y.min() < 0:  # VOC convention: 1 present, 0 difficult, -1 absent
+            Y = (Y == 1)
+        g = LabelGraph.from_labels(Y.astype(np.uint8), classes=classes, split=split, **kw)
+    elif args.coco:
+        g = LabelGraph.from_coco(args.coco, **kw)
+    elif args.dataset:
+        train, _, _ = _splits(args)
+        g = LabelGraph.from_labels(train.labels, classes=train.classes, split=train.split, **kw)
+    else:
+        raise SystemExit("give --labels FILE.npz, --coco INSTANCES.json or --dataset NAME")
+    print(g)
+    P = g.propagation()
+    off = P.clone()
+    off.fill_diagonal_(0)
+    deg = (off != 0).sum(1)
+    print(f"edges (off-diagonal): {int((off != 0).sum())}, mean neighbours: "
+          f"{float(deg.float().mean()):.2f}, nodes without neighbours: "
+          f"{[g.classes[i] for i in (deg == 0).nonzero().flatten().tolist()][:20]}")
+    if args.plot:
+        from pyg_mlic.viz import plot_label_graph
+
+        plot_label_graph(g, args.plot)
+        print(f"wrote {args.plot}")
+    if args.save:
+        import torch
+
+        torch.save(g.data.to_dict() if hasattr(g.data, "to_dict") else g.data, args.save)
+        print(f"wrote {args.save}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- demo
+def cmd_demo(args) -> int:
+    from pyg_mlic.demo import run_demo
+
+    run_demo(out=args.out, epochs=args.epochs, num_images=args.num_images,
+             image_size=args.image_size, models=args.models, seed=args.seed,
+             progress=not args.no_progress)
+    return 0
+
+
+# ---------------------------------------------------------------------------- table
+METRIC_COLUMNS = ["mAP", "CP", "CR", "CF1", "OP", "OR", "OF1"]
+
+
+def format_table(rows: Sequence, topk: int = 3) -> str:
+    """Paper-style table (values in %): ``rows`` is ``[(name, metrics_dict), ...]``."""
+    top = [f"{c}_top{topk}" for c in METRIC_COLUMNS[1:]]
+    width = max([len("Method")] + [len(str(n)) for n, _ in rows]) + 2
+    head1 = " " * width + f"{'All':^{7 * 7}}|{'Top-' + str(topk):^{6 * 7}}"
+    head2 = f"{'Method':<{width}}" + "".join(f"{c:>7}" for c in METRIC_COLUMNS) + "|" + \
+        "".join(f"{c:>7}" for c in METRIC_COLUMNS[1:])
+    lines = [head1, head2, "-" * len(head2)]
+    for name, m in rows:
+        vals = "".join(f"{100 * m[c]:7.1f}" for c in METRIC_COLUMNS)
+        tvals = "".join(f"{100 * m[c]:7.1f}" if c in m else "      -" for c in top)
+        lines.append(f"{str(name):<{width}}{vals}|{tvals}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="pyg-mlic", description=__doc__.splitlines()[0])
+    ap.add_argument("--version", action="version", version=f"pyg_mlic {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="train every model briefly on synthetic scenes; print the table")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per model")
+    p.add_argument("--num-images", type=int, default=None, help="training images")
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--models", nargs="*", help="demo rows to run (default: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("train", help="train a model and write metrics.json + checkpoint")
+    _add_data_args(p)
+    p.add_argument("--model", required=True)
+    p.add_argument("--label-embeddings", help="onehot | npz:PATH | glove:PATH | minilm | ...")
+    p.add_argument("--backbone", help="backbone name (image datasets)")
+    p.add_argument("--backbone-weights", help="local weights file for the backbone")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--backbone-lr", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
+    p.add_argument("--select", choices=["last", "best_val"],
+                   help="weights for the final evaluation (never selected on test)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--device")
+    p.add_argument("--out", default="runs/train")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="model options (tau=0.4 ...)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint on a dataset's test split")
+    _add_data_args(p)
+    p.set_defaults(image_size=None)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--out", help="write the metrics to this JSON file")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="labels and scores for images")
+    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--threshold", type=float, default=0.5, help="probability threshold")
+    p.add_argument("--topk", type=int, default=5, help="scores shown per image (table)")
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("graph", help="build, inspect and plot a label graph")
+    p.add_argument("--labels", help=".npz with labels [N,C] and classes (e.g. shared/data/labels)")
+    p.add_argument("--split", help="rows of --labels to count (e.g. train2014)")
+    p.add_argument("--coco", help="COCO instances json")
+    p.add_argument("--dataset", choices=["synthetic", "coco", "voc2007", "nuswide", "features",
+                                         "folder"])
+    p.add_argument("--root")
+    p.add_argument("--train-file")
+    p.add_argument("--tau", type=float, default=0.4)
+    p.add_argument("--p", type=float, default=0.2)
+    p.add_argument("--scheme", default="reweighted", choices=["reweighted", "binary", "probability"])
+    p.add_argument("--convention", default="paper", choices=["paper", "mlgcn_code"])
+    p.add_argument("--plot", help="write a PNG of the graph")
+    p.add_argument("--save", help="write the graph (torch file of tensors)")
+    p.set_defaults(func=cmd_graph, test_file=None, val_file=None, val_fraction=0.0,
+                   image_size=448, num_images=None, no_augment=False)
+    return ap
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

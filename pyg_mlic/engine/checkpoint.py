@@ -1,0 +1,121 @@
+"""Atomic, pickle-free checkpoints.
+
+A checkpoint is a ``dict`` of tensors and plain Python values saved with
+:func:`torch.save` and loaded with ``torch.load(weights_only=True)`` — the restricted
+unpickler that refuses arbitrary objects, so a malicious file cannot run code. It is
+written to a temporary file in the same folder and moved into place with
+:func:`os.replace`, so a crash never leaves a truncated checkpoint behind.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Union
+
+import torch
+
+from pyg_mlic.errors import CheckpointError, class_mismatch_message
+from pyg_mlic.version import __version__
+
+FORMAT = "pyg_mlic-checkpoint"
+PathLike = Union[str, os.PathLike]
+
+
+def _plain(obj: Any) -> Any:
+    """Convert numpy values/arrays and tuples to types the safe unpickler accepts."""
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def atomic_torch_save(obj: Any, path: PathLike) -> None:
+    """``torch.save`` to a temp file in the target folder, fsync, then ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(path: PathLike, *, model, extra: Optional[Dict[str, Any]] = None) -> None:
+    """Write ``model`` (name, classes, build arguments, weights) plus ``extra`` state."""
+    ckpt = {
+        "format": FORMAT,
+        "library_version": __version__,
+        "model_name": model.model_name,
+        "classes": list(model.classes),
+        "build_kwargs": _plain(model.build_kwargs),
+        "state_dict": model.state_dict(),
+    }
+    if extra:
+        ckpt.update(_plain(extra))
+    atomic_torch_save(ckpt, path)
+
+
+def load_checkpoint(path: PathLike, *, expect_model: Optional[str] = None,
+                    expect_classes: Optional[Sequence[str]] = None,
+                    map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
+    """Load and validate a checkpoint written by :func:`save_checkpoint`.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        CheckpointError: truncated/corrupt file, a file that is not a pyg_mlic
+            checkpoint (including pickles carrying code, which the safe loader
+            refuses), or a model name / class list other than the expected ones.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure means "not a loadable checkpoint"
+        raise CheckpointError(
+            f"{path}: not a loadable pyg_mlic checkpoint (truncated, corrupt, or containing "
+            f"objects the safe loader refuses): {type(e).__name__}: {str(e)[:300]}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a pyg_mlic checkpoint (missing format tag {FORMAT!r})")
+    for key in ("model_name", "classes", "build_kwargs", "state_dict"):
+        if key not in ckpt:
+            raise CheckpointError(f"{path}: checkpoint lacks {key!r}")
+    if expect_model is not None and ckpt["model_name"] != expect_model:
+        raise CheckpointError(f"{path}: checkpoint holds model {ckpt['model_name']!r}, "
+                              f"expected {expect_model!r}")
+    if expect_classes is not None and list(expect_classes) != list(ckpt["classes"]):
+        raise CheckpointError(f"{path}: class list differs: " + class_mismatch_message(
+            "checkpoint", ckpt["classes"], "expected", list(expect_classes)))
+    return ckpt
+
+
+def model_from_checkpoint(path_or_ckpt, **expect):
+    """Rebuild the model stored in a checkpoint (file path or loaded dict)."""
+    from pyg_mlic.models import build_model
+
+    ckpt = path_or_ckpt if isinstance(path_or_ckpt, dict) else load_checkpoint(path_or_ckpt, **expect)
+    kwargs = dict(ckpt["build_kwargs"])
+    kwargs.pop("backbone_weights", None)  # the weights are in the state dict
+    model = build_model(ckpt["model_name"], **kwargs)
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint weights do not fit model {ckpt['model_name']!r}: "
+                              f"{str(e)[:500]}") from None
+    return model

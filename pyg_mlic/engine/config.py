@@ -1,0 +1,86 @@
+"""Training settings shared by every model."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+
+@dataclass
+class TrainConfig:
+    """Everything the engine needs to train and evaluate a model.
+
+    Defaults are ML-GCN's (Sec. 4.2): SGD, momentum 0.9, weight decay 1e-4, lr 0.01
+    divided by 10 every 40 epochs, 100 epochs. Models carry their paper's defaults in
+    ``default_train_config``; :meth:`for_model` merges them under user overrides.
+
+    Args:
+        epochs: number of epochs.
+        batch_size: images per step (global batch).
+        optimizer: ``"sgd"`` or ``"adam"``/``"adamw"``.
+        lr: learning rate of the head (everything outside the backbone).
+        backbone_lr: learning rate of the backbone (``None`` = ``lr``).
+        momentum, weight_decay: optimiser settings.
+        lr_step: divide the learning rates by ``1/lr_gamma`` every ``lr_step`` epochs
+            (ignored when ``lr_milestones`` is given).
+        lr_milestones: epochs at which the learning rates are multiplied by ``lr_gamma``.
+        lr_gamma: decay factor.
+        grad_clip: max gradient norm (``None`` = no clipping).
+        select: which weights the final (test) evaluation uses: ``"last"`` (the last
+            epoch) or ``"best_val"`` (the epoch with the best *validation* mAP; needs a
+            validation split). The test split is never used for selection.
+        num_workers: DataLoader workers.
+        seed: seed of every random generator the engine uses.
+        device: ``"cpu"``, ``"cuda"``, ... (``None`` = cuda when available).
+        eval_every: evaluate on the validation split every N epochs.
+        progress: show tqdm progress bars.
+    """
+
+    epochs: int = 100
+    batch_size: int = 32
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    backbone_lr: Optional[float] = None
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    lr_step: Optional[int] = 40
+    lr_milestones: Optional[List[int]] = None
+    lr_gamma: float = 0.1
+    grad_clip: Optional[float] = None
+    select: str = "last"
+    num_workers: int = 0
+    seed: int = 0
+    device: Optional[str] = None
+    eval_every: int = 1
+    progress: bool = True
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.lr <= 0 or (self.backbone_lr is not None and self.backbone_lr < 0):
+            raise ValueError("learning rates must be positive")
+        if self.optimizer not in ("sgd", "adam", "adamw"):
+            raise ValueError(f"optimizer must be 'sgd', 'adam' or 'adamw', got {self.optimizer!r}")
+        if self.select not in ("last", "best_val"):
+            raise ValueError(f"select must be 'last' or 'best_val', got {self.select!r}")
+
+    @classmethod
+    def fields(cls) -> List[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def for_model(cls, model_or_class, **overrides) -> "TrainConfig":
+        """The model's paper defaults, overridden by the non-``None`` ``overrides``."""
+        base = dict(getattr(model_or_class, "default_train_config", {}) or {})
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        known = set(cls.fields())
+        unknown = sorted(set(base) - known)
+        if unknown:
+            raise ValueError(f"unknown training settings {unknown}; valid: {sorted(known)}")
+        return cls(**base)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -1,0 +1,15 @@
+"""Models: one method per file, a timm-style registry and the plain baseline.
+
+>>> from pyg_mlic.models import build_model, list_models
+>>> list_models()  # doctest: +SKIP
+['baseline', 'ml_gcn', ...]
+"""
+from pyg_mlic.models.base import ModelOutput, MultiLabelModel, build_encoder
+from pyg_mlic.models.registry import (build_model, demo_rows, get_model_class, list_models,
+                                      register_demo_row, register_model)
+
+# importing the modules registers the models
+from pyg_mlic.models import baseline  # noqa: F401,E402
+
+__all__ = ["ModelOutput", "MultiLabelModel", "build_encoder", "build_model", "get_model_class",
+           "list_models", "register_model", "register_demo_row", "demo_rows"]

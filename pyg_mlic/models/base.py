@@ -1,0 +1,140 @@
+"""What every pyg_mlic model shares: the output type, the base class and the encoder.
+
+A model maps a collated batch (see :mod:`pyg_mlic.data.base`) to a
+:class:`ModelOutput`: logits ``[B, C]`` plus named auxiliary losses (A-GCN's sparse
+correlation constraint, IA-GCN's KL term, ...). The engine minimises
+
+.. math::
+    \\mathcal{L} = \\mathcal{L}_{cls}(\\hat{y}, y) + \\sum_k \\mathcal{L}_k^{aux}
+
+where :math:`\\mathcal{L}_{cls}` is :meth:`MultiLabelModel.classification_loss`
+(masked binary cross-entropy, ML-GCN Eq. 5, unless a model overrides it) and the
+auxiliary terms are already weighted by the model (their weights are model options).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+Batch = Dict[str, Any]
+
+
+@dataclass
+class ModelOutput:
+    """Output of every model.
+
+    Attributes:
+        logits (Tensor): ``[B, C]`` class scores before the sigmoid.
+        aux_losses (dict): named, already weighted auxiliary loss terms (scalars).
+        extras (dict): anything a model wants to expose for analysis (e.g. the
+            image features ``"features"`` ``[B, D]`` or a learned graph).
+    """
+
+    logits: Tensor
+    aux_losses: Dict[str, Tensor] = field(default_factory=dict)
+    extras: Dict[str, Any] = field(default_factory=dict)
+
+
+class MultiLabelModel(nn.Module):
+    """Base class of pyg_mlic models.
+
+    Subclasses set ``self.encoder`` (images or features → ``[B, D]``), implement
+    :meth:`forward` and record the keyword arguments they were built with in
+    ``self.build_kwargs`` (JSON-able values and tensors only), so that a checkpoint
+    can rebuild the model with :func:`pyg_mlic.models.build_model`.
+
+    The engine gives the parameters of ``self.encoder.backbone`` (when the encoder
+    has one) the backbone learning rate and every other parameter the head learning
+    rate (the papers train the pretrained CNN with a smaller rate).
+    """
+
+    model_name: str = "?"
+    #: training defaults from the paper (see :class:`pyg_mlic.engine.TrainConfig`)
+    default_train_config: Dict[str, Any] = {}
+
+    def __init__(self, classes: Sequence[str]):
+        super().__init__()
+        self.classes: List[str] = [str(c) for c in classes]
+        self.build_kwargs: Dict[str, Any] = {}
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def encode(self, batch: Batch) -> Tensor:
+        """Image-level features ``[B, D]`` of a batch (images or precomputed features)."""
+        x = batch["features"] if "features" in batch else batch["image"]
+        if not torch.isfinite(x).all():
+            key = "features" if "features" in batch else "image"
+            raise ValueError(f"non-finite values in the input batch ({key!r}); "
+                             "check the dataset (NaN/inf features or a broken transform)")
+        return self.encoder(x)
+
+    def classification_loss(self, logits: Tensor, target: Tensor,
+                            mask: Optional[Tensor] = None) -> Tensor:
+        """Masked binary cross-entropy (ML-GCN Eq. 5), averaged over unmasked entries."""
+        loss = F.binary_cross_entropy_with_logits(logits.float(), target.float(), reduction="none")
+        if mask is None:
+            return loss.mean()
+        m = mask.to(loss.dtype)
+        return (loss * m).sum() / m.sum().clamp_min(1.0)
+
+    def loss(self, out: ModelOutput, batch: Batch) -> Tuple[Tensor, Dict[str, float]]:
+        """Total loss and its named parts (floats, for logging)."""
+        cls = self.classification_loss(out.logits, batch["target"], batch.get("mask"))
+        total = cls
+        parts = {"cls": float(cls.detach())}
+        for name, value in out.aux_losses.items():
+            total = total + value
+            parts[name] = float(value.detach())
+        return total, parts
+
+    def parameter_groups(self) -> Tuple[List[nn.Parameter], List[nn.Parameter]]:
+        """``(backbone_params, head_params)`` for per-group learning rates."""
+        bb = getattr(self.encoder, "backbone", None) if hasattr(self, "encoder") else None
+        bb_ids = {id(p) for p in bb.parameters()} if bb is not None else set()
+        backbone = [p for p in self.parameters() if id(p) in bb_ids and p.requires_grad]
+        head = [p for p in self.parameters() if id(p) not in bb_ids and p.requires_grad]
+        return backbone, head
+
+    def forward(self, batch: Batch) -> ModelOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}"
+
+
+def build_encoder(input_kind: str = "image", *, backbone: str = "resnet101",
+                  backbone_weights: Optional[str] = None, pool: str = "max",
+                  in_features: Optional[int] = None,
+                  encoder_hidden: Sequence[int] = (512,), encoder_out: int = 512,
+                  encoder_dropout: float = 0.0) -> nn.Module:
+    """The image encoder (backbone + global pooling) or, for feature datasets, an MLP.
+
+    Args:
+        input_kind (str): ``"image"`` or ``"features"`` (see the dataset protocol).
+        backbone (str): a name from :func:`pyg_mlic.backbones.list_backbones`.
+        backbone_weights (str, optional): local weights file (or ``"imagenet"`` where
+            the weights ship offline), ``None`` = random init.
+        pool (str): ``"max"`` (ML-GCN Eq. 3, :math:`f_{GMP}`) or ``"avg"`` (:math:`f_{GAP}`).
+        in_features (int, optional): input size for ``input_kind="features"``.
+    Returns:
+        a module mapping the batch input to ``[B, D]`` with attribute ``out_channels``.
+    """
+    from pyg_mlic import backbones as B
+
+    if input_kind == "features":
+        if not in_features:
+            raise ValueError("input_kind='features' needs in_features (the feature dimension)")
+        return B.MLPEncoder(int(in_features), hidden=tuple(encoder_hidden),
+                            out_features=int(encoder_out), dropout=encoder_dropout)
+    if input_kind != "image":
+        raise ValueError(f"input_kind must be 'image' or 'features', got {input_kind!r}")
+    pools = {"max": B.GlobalMaxPool2d, "avg": B.GlobalAvgPool2d}
+    if pool not in pools:
+        raise ValueError(f"pool must be one of {sorted(pools)}, got {pool!r}")
+    return B.ImageEncoder(B.build_backbone(backbone, weights=backbone_weights), pools[pool]())

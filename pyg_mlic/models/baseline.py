@@ -1,0 +1,58 @@
+"""The plain baseline every table needs: encoder + one linear classifier."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from torch import nn
+
+from pyg_mlic.models.base import Batch, ModelOutput, MultiLabelModel, build_encoder
+from pyg_mlic.models.registry import register_demo_row, register_model
+
+
+@register_model("baseline")
+class Baseline(MultiLabelModel):
+    r"""Backbone, global max pooling and a linear classifier (the "ResNet-101"
+    row of ML-GCN Tables 1–2).
+
+    .. math::
+        \hat{y} = W\, f_{GMP}(f_{cnn}(I)) + b
+
+    Args:
+        classes (list[str]): class names (``C``).
+        input_kind (str): ``"image"`` or ``"features"``. (default: :obj:`"image"`)
+        backbone (str): backbone name. (default: :obj:`"resnet101"`)
+        backbone_weights (str, optional): local weights file. (default: :obj:`None`)
+        pool (str): ``"max"`` or ``"avg"``. (default: :obj:`"max"`)
+        in_features (int, optional): feature size for feature datasets.
+        dropout (float): dropout before the classifier. (default: :obj:`0.0`)
+
+    Shapes:
+        - **input:** batch with ``image`` :math:`(B, 3, H, W)` or ``features`` :math:`(B, F)`
+        - **output:** :class:`ModelOutput` with ``logits`` :math:`(B, C)`
+    """
+
+    default_train_config = dict(optimizer="sgd", lr=0.01, backbone_lr=0.001, momentum=0.9,
+                                weight_decay=1e-4, lr_step=40, lr_gamma=0.1, epochs=100)
+
+    def __init__(self, classes: Sequence[str], input_kind: str = "image",
+                 backbone: str = "resnet101", backbone_weights: Optional[str] = None,
+                 pool: str = "max", in_features: Optional[int] = None, dropout: float = 0.0,
+                 encoder_hidden: Sequence[int] = (512,), encoder_out: int = 512, **context):
+        super().__init__(classes)
+        self.build_kwargs = dict(classes=list(self.classes), input_kind=input_kind,
+                                 backbone=backbone, backbone_weights=None, pool=pool,
+                                 in_features=in_features, dropout=dropout,
+                                 encoder_hidden=list(encoder_hidden), encoder_out=encoder_out)
+        self.encoder = build_encoder(input_kind, backbone=backbone,
+                                     backbone_weights=backbone_weights, pool=pool,
+                                     in_features=in_features, encoder_hidden=encoder_hidden,
+                                     encoder_out=encoder_out)
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(self.encoder.out_channels, self.num_classes)
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        x = self.encode(batch)
+        return ModelOutput(self.fc(self.dropout(x)), extras={"features": x})
+
+
+register_demo_row("baseline", "baseline")

@@ -1,0 +1,131 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from helpers_features import make_features_npz
+from pyg_mlic.data.features import FeaturesDataset
+from pyg_mlic.engine import TrainConfig, Trainer, load_checkpoint, model_from_checkpoint, evaluate
+from pyg_mlic.errors import CheckpointError, ClassMismatchError
+from pyg_mlic.models import build_model
+
+
+@pytest.fixture
+def feature_sets(tmp_path):
+    tr = FeaturesDataset(make_features_npz(tmp_path / "tr.npz", seed=0), split="train")
+    va = FeaturesDataset(make_features_npz(tmp_path / "va.npz", n=80, seed=1), split="val")
+    te = FeaturesDataset(make_features_npz(tmp_path / "te.npz", n=120, seed=2), split="test")
+    return tr, va, te
+
+
+def _model(tr):
+    return build_model("baseline", classes=tr.classes, input_kind="features",
+                       in_features=tr.feature_dim, encoder_hidden=[32], encoder_out=32)
+
+
+def _cfg(**kw):
+    base = dict(epochs=4, batch_size=32, optimizer="adam", lr=1e-2, lr_step=None, progress=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_training_learns_and_writes_outputs(feature_sets, tmp_path):
+    tr, va, te = feature_sets
+    model = _model(tr)
+    before = evaluate(model, te)["mAP"]
+    out = tmp_path / "run"
+    m = Trainer(model, tr, va, te, _cfg(), out_dir=out).fit()
+    assert m["mAP"] > before + 0.1 and m["mAP"] > 0.8
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["mAP"] == pytest.approx(m["mAP"])
+    assert saved["selection"]["rule"] == "last" and saved["selection"]["evaluated_split"] == "test"
+    assert saved["settings"]["model"] == "baseline"
+    assert len(json.loads((out / "history.json").read_text())) == 4
+    assert (out / "last.pt").exists()
+
+
+def test_same_seed_same_metrics(feature_sets, tmp_path):
+    tr, va, te = feature_sets
+    a = Trainer(_model(tr), tr, va, te, _cfg(seed=3)).fit()
+    torch.manual_seed(123)  # disturb the global generator: the engine must reseed
+    b = Trainer(_model(tr), tr, va, te, _cfg(seed=3)).fit()
+    assert a["mAP"] == b["mAP"] and a["AP"] == b["AP"]
+
+
+def test_resume_gives_identical_metrics(feature_sets, tmp_path):
+    tr, va, te = feature_sets
+    torch.manual_seed(0)
+    full = Trainer(_model(tr), tr, va, te, _cfg(epochs=4, seed=5), out_dir=tmp_path / "a").fit()
+    # interrupted run: 2 epochs, then a new process-like restart that resumes to 4
+    torch.manual_seed(0)
+    Trainer(_model(tr), tr, va, te, _cfg(epochs=2, seed=5), out_dir=tmp_path / "b").fit()
+    torch.manual_seed(99)
+    resumed = Trainer(_model(tr), tr, va, te, _cfg(epochs=4, seed=5),
+                      out_dir=tmp_path / "b").fit(resume=True)
+    assert resumed["mAP"] == full["mAP"]
+    assert resumed["AP"] == full["AP"]
+
+
+def test_best_val_selection_never_uses_test(feature_sets, tmp_path):
+    tr, va, te = feature_sets
+    m = Trainer(_model(tr), tr, va, te, _cfg(select="best_val"), out_dir=tmp_path).fit()
+    hist = json.loads((tmp_path / "history.json").read_text())
+    best_epoch = int(np.argmax([h["val_mAP"] for h in hist]))
+    assert m["selection"]["epoch"] == best_epoch
+    assert m["selection"]["best_val_mAP"] == pytest.approx(hist[best_epoch]["val_mAP"])
+    with pytest.raises(ValueError, match="validation"):
+        Trainer(_model(tr), tr, None, te, _cfg(select="best_val"))
+
+
+def test_checkpoint_roundtrip_and_refusals(feature_sets, tmp_path):
+    tr, va, te = feature_sets
+    model = _model(tr)
+    Trainer(model, tr, va, te, _cfg(epochs=1), out_dir=tmp_path).fit()
+    rebuilt = model_from_checkpoint(tmp_path / "last.pt")
+    batch = {"features": torch.from_numpy(np.load(tmp_path / "../tr.npz")["features"][:7])}
+    model.eval()
+    rebuilt.eval()
+    torch.testing.assert_close(rebuilt(batch).logits, model(batch).logits)
+    with pytest.raises(CheckpointError, match="class list"):
+        load_checkpoint(tmp_path / "last.pt", expect_classes=["a", "b"])
+    with pytest.raises(CheckpointError, match="holds model"):
+        load_checkpoint(tmp_path / "last.pt", expect_model="ml_gcn")
+    trunc = tmp_path / "trunc.pt"
+    trunc.write_bytes((tmp_path / "last.pt").read_bytes()[:200])
+    with pytest.raises(CheckpointError, match="not a loadable"):
+        load_checkpoint(trunc)
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="not a pyg_mlic checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pt")
+
+
+def test_malicious_pickle_is_refused(tmp_path):
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    bad = tmp_path / "evil.pt"
+    with open(bad, "wb") as f:
+        pickle.dump({"format": "pyg_mlic-checkpoint", "x": Evil()}, f)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(bad)
+    assert not marker.exists()
+
+
+def test_class_mismatch_between_splits(feature_sets, tmp_path):
+    tr, va, te = feature_sets
+    other = FeaturesDataset(make_features_npz(tmp_path / "o.npz", c=4), split="test")
+    with pytest.raises(ClassMismatchError, match="test set"):
+        Trainer(_model(tr), tr, va, other, _cfg())
+
+
+def test_nan_features_rejected_at_the_boundary(feature_sets):
+    tr, _, _ = feature_sets
+    model = _model(tr)
+    with pytest.raises(ValueError, match="non-finite"):
+        model({"features": torch.full((2, tr.feature_dim), float("nan"))})
