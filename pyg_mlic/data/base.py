@@ -36,7 +36,7 @@ from torch.utils.data import Dataset
 
 Sample = Dict[str, Any]
 
-_LIST_KEYS = ("boxes", "box_labels", "path")
+_LIST_KEYS = ("boxes", "box_labels", "box_difficult", "path")
 
 
 class MultiLabelDataset(Dataset):

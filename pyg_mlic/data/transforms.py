@@ -91,7 +91,11 @@ class RandomCropResizeTransform:
             raise ValueError(f"scale must satisfy 0 < lo <= hi <= 1, got {scale}")
         self.size, self.scale, self.ratio, self.flip_p = int(size), scale, ratio, flip_p
         self.mean, self.std = mean, std
-        self.rng = generator or random
+        self.generator = generator  # None: the global `random` module (seeded per worker)
+
+    @property
+    def rng(self):
+        return self.generator if self.generator is not None else random
 
     def _crop_box(self, w: int, h: int) -> Tuple[int, int, int, int]:
         area = w * h
@@ -116,7 +120,7 @@ class RandomCropResizeTransform:
             b = b * torch.tensor([self.size / cw, self.size / ch] * 2, dtype=boxes.dtype)
             if flip:
                 b = torch.stack([self.size - b[:, 2], b[:, 1], self.size - b[:, 0], b[:, 3]], 1)
-            boxes = b
+            boxes = _clip_boxes(b, self.size, self.size)  # float rounding can overshoot
         return _to_tensor(img, self.mean, self.std), boxes
 
     def __repr__(self) -> str:
