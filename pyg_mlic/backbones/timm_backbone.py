@@ -1,0 +1,91 @@
+r"""Any ``timm`` CNN as a backbone (``build_backbone("timm:<model>")``), e.g. IML-GCN's
+TResNet-M (``timm:tresnet_m``, :math:`D = 2048`). Needs ``pip install pyg_mlic[timm]``."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Union
+
+from torch import Tensor, nn
+
+from pyg_mlic.backbones.registry import load_weights_into, resolve_weights
+
+
+class TimmBackbone(nn.Module):
+    r"""A ``timm`` model without its classifier and pooling: ``forward_features``.
+
+    .. math::
+        \mathbf{F} = f_{cnn}(\mathbf{I}; \theta_{cnn}) \in \mathbb{R}^{B \times D \times h \times w}
+
+    Args:
+        model_name (str): a timm model name (``timm.list_models()``); convolutional models
+            only (the features must be a map :math:`(B, D, h, w)`).
+        weights: :obj:`None` (random init), a local checkpoint of the full timm model
+            (classifier entries are ignored) or of this module, a state dict, or
+            ``"imagenet"`` (timm's pretrained weights: read from the Hugging Face cache or
+            downloaded when the machine has network).
+        **kwargs: passed to :func:`timm.create_model`.
+
+    Attributes:
+        model (nn.Module): the timm model, its classifier removed (``num_classes=0``).
+
+    Shapes:
+        - **input:** :math:`(B, 3, H, W)`
+        - **output:** :math:`(B, D, h, w)`
+    """
+
+    def __init__(self, model_name: str,
+                 weights: Union[None, str, Path, Mapping[str, Tensor]] = None,
+                 **kwargs: Any) -> None:
+        super().__init__()
+        try:
+            import timm
+        except ImportError as e:
+            raise ImportError(f"backbone 'timm:{model_name}' needs timm: "
+                              "pip install pyg_mlic[timm]") from e
+        if not timm.is_model(model_name):
+            close = timm.list_models(f"*{model_name}*")[:10]
+            raise ValueError(f"unknown timm model {model_name!r}"
+                             + (f"; similar names: {close}" if close else ""))
+        resolved = resolve_weights(weights, ("imagenet",))
+        pretrained = resolved == "imagenet"
+        try:
+            self.model = timm.create_model(model_name, pretrained=pretrained, num_classes=0,
+                                           global_pool="", **kwargs)
+        except Exception as e:
+            if pretrained:
+                raise RuntimeError(f"could not obtain timm's pretrained weights for "
+                                   f"{model_name!r} ({e}); on a machine without network pass a "
+                                   "local checkpoint: weights='/path/to/file.pth'") from e
+            raise
+        source: Optional[str] = f"timm pretrained {model_name}" if pretrained else None
+        if isinstance(resolved, dict):
+            source = str(weights) if not isinstance(weights, Mapping) else "(state dict)"
+            classifier = self.model.pretrained_cfg.get("classifier") or ()
+            if isinstance(classifier, str):
+                classifier = (classifier,)
+            state = {k[len("model."):] if k.startswith("model.") else k: v
+                     for k, v in resolved.items()}
+            load_weights_into(self.model, state, source,
+                              ignore_prefixes=tuple(f"{c}." for c in classifier))
+        self.model_name = model_name
+        self.out_channels: int = int(self.model.num_features)
+        cfg = self.model.pretrained_cfg
+        self.default_cfg: Dict[str, Any] = {
+            "input_size": tuple(cfg.get("input_size", (3, 224, 224))),
+            "mean": tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
+            "std": tuple(cfg.get("std", (0.229, 0.224, 0.225))),
+            "weights": source,
+        }
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4:
+            raise ValueError(f"TimmBackbone expects images [B, C, H, W], got {tuple(x.shape)}")
+        out = self.model.forward_features(x)
+        if out.dim() != 4 or out.size(1) != self.out_channels:
+            raise ValueError(f"timm model {self.model_name!r} gives features of shape "
+                             f"{tuple(out.shape)}, not a map [B, {self.out_channels}, h, w]; "
+                             "use a convolutional model")
+        return out
+
+    def extra_repr(self) -> str:
+        return f"model_name={self.model_name!r}, out_channels={self.out_channels}"
