@@ -24,13 +24,16 @@ DEMO_MODEL = dict(backbone="small_cnn")
 def run_demo(out: str = "runs/demo", epochs: Optional[int] = None,
              num_images: Optional[int] = None, image_size: Optional[int] = None,
              models: Optional[Sequence[str]] = None, seed: int = 0,
-             progress: bool = True) -> Dict[str, Dict]:
-    """Train the demo rows and return ``{row: metrics}`` (also written to ``out``)."""
+             progress: bool = True, ablations: bool = False) -> Dict[str, Dict]:
+    """Train the demo rows and return ``{row: metrics}`` (also written to ``out``).
+
+    With ``ablations=True`` the ablation tables registered by the models
+    (:func:`pyg_mlic.models.registry.register_ablation`) are trained and printed too."""
     from pyg_mlic.cli import format_table, model_context
     from pyg_mlic.data.synthetic import SyntheticScenes
     from pyg_mlic.data.transforms import build_transforms
     from pyg_mlic.engine import TrainConfig, Trainer, write_json
-    from pyg_mlic.models import build_model, demo_rows
+    from pyg_mlic.models import ablation_tables, build_model, demo_rows
 
     epochs = epochs or DEMO_DEFAULTS["epochs"]
     num_images = num_images or DEMO_DEFAULTS["num_images"]
@@ -57,29 +60,41 @@ def run_demo(out: str = "runs/demo", epochs: Optional[int] = None,
           f"{len(train.classes)} classes, {image_size}x{image_size}; "
           f"{len(rows)} models x {epochs} epochs on {torch.get_num_threads()} CPU threads")
 
-    results: Dict[str, Dict] = {}
+    def train_rows(rows_: Dict[str, tuple], sub: str = "") -> Dict[str, Dict]:
+        res: Dict[str, Dict] = {}
+        for label, (model_name, cfg) in rows_.items():
+            t0 = time.time()
+            ctx = model_context(train)
+            model = build_model(model_name, **{**ctx, **DEMO_MODEL, **cfg})
+            tcfg = TrainConfig(epochs=epochs, batch_size=DEMO_DEFAULTS["batch_size"], seed=seed,
+                               progress=progress, **DEMO_TRAIN)
+            slug = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in label).strip("_")
+            trainer = Trainer(model, train, val, test, tcfg, out_dir=out_dir / sub / slug,
+                              run_info={"dataset": "synthetic", "image_size": image_size,
+                                        "demo_row": label, "model_options": cfg})
+            res[label] = trainer.fit()
+            histories[label] = trainer.history
+            print(f"  {label:<32} test mAP {100 * res[label]['mAP']:5.1f}  "
+                  f"({time.time() - t0:5.1f} s)", flush=True)
+        return res
+
     histories: Dict[str, list] = {}
-    for label, (model_name, cfg) in rows.items():
-        t0 = time.time()
-        ctx = model_context(train)
-        model_cfg = {**DEMO_MODEL, **cfg}
-        model = build_model(model_name, **{**ctx, **model_cfg})
-        tcfg = TrainConfig(epochs=epochs, batch_size=DEMO_DEFAULTS["batch_size"], seed=seed,
-                           progress=progress, **DEMO_TRAIN)
-        row_dir = out_dir / label.replace(" ", "_").replace("(", "").replace(")", "")
-        trainer = Trainer(model, train, val, test, tcfg, out_dir=row_dir,
-                          run_info={"dataset": "synthetic", "image_size": image_size,
-                                    "demo_row": label, "model_options": cfg})
-        m = trainer.fit()
-        results[label] = m
-        histories[label] = trainer.history
-        print(f"  {label:<28} test mAP {100 * m['mAP']:5.1f}  ({time.time() - t0:5.1f} s)")
+    results = train_rows(rows)
+    ablation_results: Dict[str, Dict[str, Dict]] = {}
+    if ablations:
+        for table_name, trows in ablation_tables().items():
+            print(f"ablation: {table_name}", flush=True)
+            ablation_results[table_name] = train_rows(trows, sub="ablations")
 
     table = format_table(list(results.items()))
     print("\nSynthetic scenes (test split; weights chosen on the validation split)\n" + table)
+    for table_name, res in ablation_results.items():
+        t = format_table(list(res.items()))
+        print(f"\n{table_name}\n{t}")
+        table += f"\n\n{table_name}\n{t}"
     (out_dir / "table.txt").write_text(table + "\n")
     write_json(out_dir / "metrics.json", {
-        "rows": results, "dataset": "synthetic", "classes": train.classes,
+        "rows": results, "ablations": ablation_results, "dataset": "synthetic", "classes": train.classes,
         "settings": {"epochs": epochs, "num_images": num_images, "image_size": image_size,
                      "seed": seed, "train": DEMO_TRAIN, "model": DEMO_MODEL},
         "total_time_s": time.time() - t_start})

@@ -5,11 +5,13 @@
 ['baseline', 'ml_gcn', ...]
 """
 from pyg_mlic.models.base import ModelOutput, MultiLabelModel, build_encoder
-from pyg_mlic.models.registry import (build_model, demo_rows, get_model_class, list_models,
-                                      register_demo_row, register_model)
+from pyg_mlic.models.registry import (ablation_tables, build_model, demo_rows, get_model_class,
+                                      list_models, register_ablation, register_demo_row,
+                                      register_model)
 
 # importing the modules registers the models
-from pyg_mlic.models import baseline  # noqa: F401,E402
+from pyg_mlic.models import baseline, ml_gcn  # noqa: F401,E402
 
 __all__ = ["ModelOutput", "MultiLabelModel", "build_encoder", "build_model", "get_model_class",
-           "list_models", "register_model", "register_demo_row", "demo_rows"]
+           "list_models", "register_model", "register_demo_row", "demo_rows",
+           "register_ablation", "ablation_tables"]

@@ -56,3 +56,18 @@ def register_demo_row(label: str, model: str, **cfg) -> None:
 def demo_rows() -> Dict[str, tuple]:
     """``{row label: (model name, options)}`` in registration order."""
     return dict(_DEMO_ROWS)
+
+
+_ABLATIONS: Dict[str, Dict[str, tuple]] = {}
+
+
+def register_ablation(table: str, label: str, model: str, **cfg) -> None:
+    """Add row ``label`` (model ``model`` with options ``cfg``) to the demo's ablation
+    table ``table`` (e.g. ``"A-GCN variants (Table 1)"``); run with
+    ``pyg-mlic demo --ablations``."""
+    _ABLATIONS.setdefault(table, {})[label] = (model, dict(cfg))
+
+
+def ablation_tables() -> Dict[str, Dict[str, tuple]]:
+    """``{table: {row label: (model name, options)}}`` in registration order."""
+    return {t: dict(rows) for t, rows in _ABLATIONS.items()}

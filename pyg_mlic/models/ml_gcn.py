@@ -1,0 +1,193 @@
+"""ML-GCN (Chen et al., *Multi-Label Image Recognition with Graph Convolutional
+Networks*, CVPR 2019)."""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from pyg_mlic.errors import ClassMismatchError, check_same_classes
+from pyg_mlic.models.base import Batch, ModelOutput, MultiLabelModel, build_encoder
+from pyg_mlic.models.registry import register_demo_row, register_model
+from pyg_mlic.nn.label_gcn_conv import LabelGCNConv
+
+
+def resolve_label_graph(classes: Sequence[str], *, label_graph: Any = None,
+                        train_labels: Any = None, graph_edge_index: Optional[Tensor] = None,
+                        graph_edge_weight: Optional[Tensor] = None, tau: float = 0.4,
+                        p: float = 0.2, scheme: str = "reweighted",
+                        convention: str = "paper"):
+    """``(edge_index, edge_weight)`` of the label graph a model propagates over.
+
+    Precedence: explicit edges (a checkpoint) > ``label_graph`` (a
+    :class:`~pyg_mlic.graphs.LabelGraph` or its ``Data``) > statistics of
+    ``train_labels`` (``[N, C]`` 0/1, training split only).
+    """
+    if graph_edge_index is not None:
+        return graph_edge_index.long(), graph_edge_weight.float()
+    if label_graph is not None:
+        data = getattr(label_graph, "data", label_graph)
+        if getattr(data, "classes", None) is not None:
+            check_same_classes("model", classes, "label graph", data.classes)
+        elif data.num_nodes != len(classes):
+            raise ClassMismatchError(f"label graph has {data.num_nodes} nodes, model has "
+                                     f"{len(classes)} classes")
+        return data.edge_index.long(), data.edge_weight.float()
+    if train_labels is None:
+        raise ValueError("ML-GCN needs the training labels (train_labels=[N, C]) or a "
+                         "label_graph to build its correlation matrix")
+    from pyg_mlic.graphs import LabelGraph
+
+    g = LabelGraph.from_labels(train_labels, classes=list(classes), tau=tau, p=p, scheme=scheme,
+                               convention=convention, split="train")
+    return g.data.edge_index.long(), g.data.edge_weight.float()
+
+
+def resolve_label_embeddings(classes: Sequence[str], label_embeddings: Any) -> Tensor:
+    """Label embeddings ``[C, d]``: a tensor/array, a spec string for
+    :func:`pyg_mlic.embeddings.load_label_embeddings`, or ``None`` (one-hot)."""
+    if label_embeddings is None:
+        return torch.eye(len(classes))
+    if isinstance(label_embeddings, str):
+        from pyg_mlic.embeddings import load_label_embeddings
+
+        return load_label_embeddings(label_embeddings, list(classes))
+    E = torch.as_tensor(label_embeddings, dtype=torch.float32)
+    if E.dim() != 2 or E.size(0) != len(classes):
+        raise ClassMismatchError(f"label embeddings have shape {tuple(E.shape)}, expected "
+                                 f"[{len(classes)}, d] (one row per class)")
+    if not torch.isfinite(E).all():
+        bad = (~torch.isfinite(E)).any(1).nonzero().flatten().tolist()
+        raise ValueError(f"non-finite label embeddings for classes {[classes[i] for i in bad]}")
+    return E
+
+
+class ClassifierGCN(nn.Module):
+    r"""Stacked :class:`~pyg_mlic.nn.LabelGCNConv` mapping label embeddings
+    :math:`\mathbf{Z} \in \mathbb{R}^{C \times d}` to classifiers
+    :math:`\mathbf{W} \in \mathbb{R}^{C \times D}` (ML-GCN Sec. 3.3):
+
+    .. math::
+        \mathbf{H}^{l+1} = h(\mathbf{P} \mathbf{H}^{l} \mathbf{W}^{l}),\quad
+        \mathbf{H}^0 = \mathbf{Z},\quad \mathbf{W} = \mathbf{H}^{L}
+
+    with :math:`h` = LeakyReLU between layers and no activation after the last.
+
+    Args:
+        in_channels (int): embedding size :math:`d`.
+        hidden (list[int]): widths of the hidden layers (``[1024]`` = ML-GCN's 2 layers).
+        out_channels (int): classifier size :math:`D` (the image feature size).
+        negative_slope (float): LeakyReLU slope. (default: :obj:`0.2`)
+        conv (callable, optional): layer factory ``conv(in, out) -> MessagePassing``
+            taking ``(x, edge_index, edge_weight)`` (default: :class:`LabelGCNConv`);
+            swap in another PyG layer here.
+    """
+
+    def __init__(self, in_channels: int, hidden: Sequence[int], out_channels: int,
+                 negative_slope: float = 0.2, conv=None):
+        super().__init__()
+        conv = conv or LabelGCNConv
+        dims = [in_channels, *hidden, out_channels]
+        self.convs = nn.ModuleList(conv(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.act = nn.LeakyReLU(negative_slope)
+
+    def forward(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor) -> Tensor:
+        for i, conv in enumerate(self.convs):
+            x = conv(x, edge_index, edge_weight)
+            if i < len(self.convs) - 1:
+                x = self.act(x)
+        return x
+
+
+@register_model("ml_gcn")
+class MLGCN(MultiLabelModel):
+    r"""ML-GCN: classifiers generated by a GCN over the label graph (Eqs. 2–4).
+
+    .. math::
+        \mathbf{x} = f_{GMP}(f_{cnn}(I)) \in \mathbb{R}^{D},\qquad
+        \mathbf{W} = \mathrm{GCN}(\mathbf{Z}, \mathbf{P}) \in \mathbb{R}^{C \times D},\qquad
+        \hat{\mathbf{y}} = \mathbf{W}\mathbf{x}
+
+    The classifiers are generated once per forward pass (not per image); in eval mode
+    they are cached, and the cache is dropped on :meth:`train` or when a parameter
+    changes.
+
+    Args:
+        classes (list[str]): class names.
+        input_kind (str): ``"image"`` or ``"features"``.
+        backbone (str): image backbone. (default: :obj:`"resnet101"`)
+        train_labels: ``[N, C]`` 0/1 training labels (statistics for the graph).
+        label_graph: a prebuilt :class:`~pyg_mlic.graphs.LabelGraph` (overrides ``train_labels``).
+        label_embeddings: ``[C, d]`` tensor, an embeddings spec, or ``None`` (one-hot).
+        tau (float): binarisation threshold (Eq. 7). (default: :obj:`0.4`)
+        p (float): re-weighting (Eq. 8). (default: :obj:`0.2`)
+        scheme (str): ``"reweighted"``, ``"binary"`` or ``"probability"``.
+        convention (str): ``"paper"`` or ``"mlgcn_code"`` (see :class:`LabelGraph`).
+        gcn_hidden (list[int]): hidden widths; the last layer's width is the image
+            feature size ``D``. ML-GCN: ``[1024]`` (2 layers, 1024 → 2048 with ResNet-101);
+            Table 3: ``[1024, 1024]`` and ``[1024, 1024, 1024]``.
+        negative_slope (float): LeakyReLU slope. (default: :obj:`0.2`)
+    """
+
+    default_train_config = dict(optimizer="sgd", lr=0.01, backbone_lr=0.001, momentum=0.9,
+                                weight_decay=1e-4, lr_step=40, lr_gamma=0.1, epochs=100)
+
+    def __init__(self, classes: Sequence[str], input_kind: str = "image",
+                 backbone: str = "resnet101", backbone_weights: Optional[str] = None,
+                 pool: str = "max", in_features: Optional[int] = None,
+                 train_labels: Any = None, label_graph: Any = None, label_embeddings: Any = None,
+                 tau: float = 0.4, p: float = 0.2, scheme: str = "reweighted",
+                 convention: str = "paper", gcn_hidden: Sequence[int] = (1024,),
+                 negative_slope: float = 0.2, encoder_hidden: Sequence[int] = (512,),
+                 encoder_out: int = 512, graph_edge_index: Optional[Tensor] = None,
+                 graph_edge_weight: Optional[Tensor] = None, **context):
+        super().__init__(classes)
+        self.encoder = build_encoder(input_kind, backbone=backbone,
+                                     backbone_weights=backbone_weights, pool=pool,
+                                     in_features=in_features, encoder_hidden=encoder_hidden,
+                                     encoder_out=encoder_out)
+        ei, ew = resolve_label_graph(self.classes, label_graph=label_graph,
+                                     train_labels=train_labels, graph_edge_index=graph_edge_index,
+                                     graph_edge_weight=graph_edge_weight, tau=tau, p=p,
+                                     scheme=scheme, convention=convention)
+        E = resolve_label_embeddings(self.classes, label_embeddings)
+        self.register_buffer("edge_index", ei, persistent=True)
+        self.register_buffer("edge_weight", ew, persistent=True)
+        self.register_buffer("label_embeddings", E, persistent=True)
+        self.gcn = ClassifierGCN(E.size(1), list(gcn_hidden), self.encoder.out_channels,
+                                 negative_slope)
+        self._cache: Optional[tuple] = None
+        self.build_kwargs = dict(
+            classes=list(self.classes), input_kind=input_kind, backbone=backbone, pool=pool,
+            in_features=in_features, tau=tau, p=p, scheme=scheme, convention=convention,
+            gcn_hidden=list(gcn_hidden), negative_slope=negative_slope,
+            encoder_hidden=list(encoder_hidden), encoder_out=encoder_out,
+            graph_edge_index=ei, graph_edge_weight=ew, label_embeddings=E)
+
+    def _cache_key(self) -> tuple:
+        ts = list(self.gcn.parameters()) + [self.edge_index, self.edge_weight,
+                                            self.label_embeddings]
+        return tuple((t.data_ptr(), t._version) for t in ts)
+
+    def train(self, mode: bool = True):
+        self._cache = None
+        return super().train(mode)
+
+    def classifiers(self) -> Tensor:
+        """The generated classifiers :math:`\\mathbf{W}` ``[C, D]`` (Eq. 4's W)."""
+        if not self.training and self._cache is not None and self._cache[0] == self._cache_key():
+            return self._cache[1]
+        W = self.gcn(self.label_embeddings, self.edge_index, self.edge_weight)
+        if not self.training and not torch.is_grad_enabled():
+            self._cache = (self._cache_key(), W)
+        return W
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        x = self.encode(batch)
+        W = self.classifiers()
+        return ModelOutput(x @ W.t(), extras={"features": x})
+
+
+register_demo_row("ml_gcn (binary)", "ml_gcn", scheme="binary")
+register_demo_row("ml_gcn (re-weighted)", "ml_gcn", scheme="reweighted")
