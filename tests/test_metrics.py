@@ -1,0 +1,427 @@
+"""Tests of pyg_mlic.metrics: AP against scikit-learn (ties, masks), the CP/CR/CF1/OP/OR/OF1
+family against hand-computed numbers and a brute-force reference, input validation."""
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.metrics import average_precision_score
+
+from pyg_mlic import metrics
+from pyg_mlic.metrics import UndefinedAPWarning, average_precision, multilabel_metrics
+
+NAMES = ("CP", "CR", "CF1", "OP", "OR", "OF1")
+
+
+@pytest.fixture(params=["numpy_sort", "torch_sort"])
+def sort_backend(request, monkeypatch):
+    """Run a test with both CPU sort paths (numpy.argsort and torch.sort)."""
+    monkeypatch.setattr(metrics, "_NUMPY_SORT_ON_CPU", request.param == "numpy_sort")
+    return request.param
+
+
+def sklearn_ap(scores: np.ndarray, targets: np.ndarray, mask: np.ndarray | None = None) -> list:
+    """Per-class sklearn AP on the unmasked entries (None where no positive)."""
+    out = []
+    for c in range(scores.shape[1]):
+        keep = np.ones(len(scores), bool) if mask is None else mask[:, c].astype(bool)
+        y = targets[keep, c]
+        out.append(float(average_precision_score(y, scores[keep, c])) if y.sum() > 0 else None)
+    return out
+
+
+def reference_metrics(prob: np.ndarray, y: np.ndarray, mask: np.ndarray, threshold: float,
+                      k: int) -> dict:
+    """Brute force, one image and one class at a time (scores must be tie-free for top-k)."""
+    n, c = prob.shape
+    pred_t = np.zeros((n, c), bool)
+    pred_k = np.zeros((n, c), bool)
+    for i in range(n):
+        for j in range(c):
+            pred_t[i, j] = mask[i, j] and prob[i, j] > threshold
+        unmasked = [j for j in range(c) if mask[i, j]]
+        for j in sorted(unmasked, key=lambda j: -prob[i, j])[:k]:
+            pred_k[i, j] = True
+    pos = (y == 1) & mask
+    evaluated = pos.sum(0) > 0
+    out = {}
+    for suffix, pred in (("", pred_t), (f"_top{k}", pred_k)):
+        tp = (pred & pos).sum(0)
+        npred = pred.sum(0)
+        p_c = [tp[j] / npred[j] if npred[j] else 0.0 for j in range(c) if evaluated[j]]
+        r_c = [tp[j] / pos[:, j].sum() for j in range(c) if evaluated[j]]
+        cp, cr = float(np.mean(p_c)), float(np.mean(r_c))
+        op = tp.sum() / npred.sum() if npred.sum() else 0.0
+        or_ = tp.sum() / pos.sum()
+        f1 = lambda a, b: 2 * a * b / (a + b) if a + b else 0.0  # noqa: E731
+        out.update({f"CP{suffix}": cp, f"CR{suffix}": cr, f"CF1{suffix}": f1(cp, cr),
+                    f"OP{suffix}": op, f"OR{suffix}": or_, f"OF1{suffix}": f1(op, or_)})
+    ap = sklearn_ap(prob, y, mask)
+    out["AP"] = ap
+    out["mAP"] = float(np.mean([a for a in ap if a is not None]))
+    return out
+
+
+def assert_metrics_close(m: dict, ref: dict, tol: float = 1e-12, ap_tol: float = 1e-6) -> None:
+    assert set(ref) <= set(m), set(ref) - set(m)
+    for key, value in ref.items():
+        if key == "AP":
+            assert [a is None for a in m[key]] == [a is None for a in value]
+            assert [a for a in m[key] if a is not None] == pytest.approx(
+                [a for a in value if a is not None], abs=ap_tol)
+        elif key == "mAP":
+            assert m[key] == pytest.approx(value, abs=ap_tol)
+        else:
+            assert m[key] == pytest.approx(value, abs=tol), key
+
+
+def assert_no_nan(m: dict) -> None:
+    for key, value in m.items():
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            assert v is None or math.isfinite(v), (key, v)
+
+
+# --------------------------------------------------------------------------- #
+# average precision = sklearn, ties included
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize("decimals", [0, 1, 3])
+def test_ap_equals_sklearn_with_many_ties(decimals, sort_backend):
+    rng = np.random.default_rng(decimals)
+    n, c = 500, 12
+    y = (rng.random((n, c)) < 0.2).astype(np.uint8)
+    scores = np.round(rng.random((n, c)) + 0.3 * y, decimals)  # rounded: large tie groups
+    assert len(np.unique(scores[:, 0])) < n  # there are ties
+    m = multilabel_metrics(scores, y)
+    ref = sklearn_ap(scores, y)
+    np.testing.assert_allclose(m["AP"], ref, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(average_precision(scores, y).numpy(), ref, atol=1e-6, rtol=0)
+    assert m["mAP"] == pytest.approx(np.mean(ref), abs=1e-6)
+
+
+def test_ap_float32_ties_from_float_rounding(sort_backend):
+    # float32 logits of 40k samples collide by chance (24-bit mantissa); bf16 ties a lot.
+    g = torch.Generator().manual_seed(1)
+    y = (torch.rand(5000, 4, generator=g) < 0.1).to(torch.uint8)
+    s = (torch.randn(5000, 4, generator=g) + y).to(torch.bfloat16)
+    ap = average_precision(s, y)
+    ref = sklearn_ap(s.float().numpy(), y.numpy())
+    np.testing.assert_allclose(ap.numpy(), ref, atol=1e-6, rtol=0)
+
+
+def test_ap_hand_computed_tie():
+    # scores 0.5 (+), 0.5 (-), 0.2 (+): the tie group has precision 1/2 and brings 1 TP,
+    # then 0.2 brings the second at precision 2/3 -> AP = 1/2 * 1/2 + 1/2 * 2/3 = 7/12.
+    ap = average_precision(np.array([[0.5], [0.5], [0.2]]), np.array([[1], [0], [1]]))
+    assert ap.item() == pytest.approx(7 / 12, abs=1e-12)
+    assert ap.item() == pytest.approx(average_precision_score([1, 0, 1], [0.5, 0.5, 0.2]))
+
+
+def test_perfect_ranking_gives_ap_one():
+    rng = np.random.default_rng(3)
+    y = (rng.random((200, 5)) < 0.3).astype(np.int64)
+    y[0] = 1
+    scores = y + 0.5 * rng.random(y.shape)  # every positive above every negative
+    m = multilabel_metrics(scores, y, scores_are="logits")
+    assert m["AP"] == [1.0] * 5 and m["mAP"] == 1.0
+
+
+def test_mask_equals_sklearn_on_unmasked_subset(sort_backend):
+    rng = np.random.default_rng(4)
+    n, c = 300, 6
+    y = (rng.random((n, c)) < 0.3).astype(np.uint8)
+    scores = np.round(rng.normal(size=(n, c)) + y, 1).astype(np.float32)
+    mask = rng.random((n, c)) < 0.7
+    m = multilabel_metrics(torch.from_numpy(scores), torch.from_numpy(y), torch.from_numpy(mask))
+    np.testing.assert_allclose(m["AP"], sklearn_ap(scores, y, mask), atol=1e-6, rtol=0)
+
+
+def test_masked_entries_count_nowhere():
+    """Whatever sits under mask == False (scores, even -1 / 0 VOC targets) changes nothing."""
+    rng = np.random.default_rng(5)
+    n, c = 120, 5
+    y = (rng.random((n, c)) < 0.3).astype(np.int64)
+    scores = rng.random((n, c))
+    mask = rng.random((n, c)) < 0.75
+    base = multilabel_metrics(scores, y, mask, topk=2)
+    scores2, y2 = scores.copy(), y.copy()
+    scores2[~mask] = rng.random((~mask).sum())  # new scores, possibly the highest of a row
+    y2[~mask] = rng.choice([-1, 0, 1], size=(~mask).sum())
+    assert multilabel_metrics(scores2, y2, mask, topk=2) == base
+    assert_metrics_close(base, reference_metrics(scores, y, mask, 0.5, 2))
+
+
+def test_real_voc2007_difficult_mask(data_dir):
+    """Real VOC 2007 test labels (1 / -1 / 0 = difficult): difficult is ignored, as sklearn on
+    the non-difficult subset."""
+    path = data_dir / "labels" / "voc2007.npz"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    with np.load(path, allow_pickle=False) as d:
+        labels = d["labels"][d["split"] == "test"].astype(np.int64)
+    assert (labels == 0).any()  # real difficult entries
+    rng = np.random.default_rng(6)
+    scores = np.round(rng.normal(size=labels.shape) + 1.5 * (labels == 1), 1).astype(np.float32)
+    m = multilabel_metrics(scores, labels == 1, mask=labels != 0)
+    ref = sklearn_ap(scores, (labels == 1).astype(int), labels != 0)
+    np.testing.assert_allclose(m["AP"], ref, atol=1e-6, rtol=0)
+    assert m["num_classes_evaluated"] == 20
+    # passing the raw VOC labels is refused with a hint, not silently misread
+    with pytest.raises(ValueError, match="VOC-style"):
+        multilabel_metrics(scores, labels)
+
+
+def test_input_not_modified_and_layouts():
+    g = torch.Generator().manual_seed(7)
+    base = torch.randn(4, 50, generator=g)  # [C, N] contiguous -> scores = base.t()
+    keep = base.clone()
+    y = (torch.rand(50, 4, generator=g) < 0.4).to(torch.uint8)
+    y[0] = 1
+    mask = torch.rand(50, 4, generator=g) < 0.8
+    a = multilabel_metrics(base.t(), y, mask)
+    assert torch.equal(base, keep)
+    b = multilabel_metrics(base.t().contiguous().numpy(), y.numpy(), mask.numpy())
+    c = multilabel_metrics(base.t().double(), y.bool(), mask.to(torch.uint8))
+    assert a == b
+    assert_metrics_close(c, a)
+
+
+# --------------------------------------------------------------------------- #
+# classes without positives
+# --------------------------------------------------------------------------- #
+def test_class_without_positive_is_excluded_with_one_warning():
+    scores = np.array([[0.9, 0.2, 0.7], [0.1, 0.8, 0.6], [0.4, 0.3, 0.2]])
+    y = np.array([[1, 0, 0], [0, 1, 0], [1, 0, 0]])  # class 2 has no positive
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        m = multilabel_metrics(scores, y, class_names=["cat", "dog", "unicorn"])
+    undefined = [w for w in rec if issubclass(w.category, UndefinedAPWarning)]
+    assert len(undefined) == 1 and "2 (unicorn)" in str(undefined[0].message)
+    assert undefined[0].filename == __file__  # points at the caller
+    assert m["AP"][2] is None and m["num_classes_evaluated"] == 2
+    assert m["mAP"] == pytest.approx((1.0 + 1.0) / 2)
+    # CP/CR average over classes 0 and 1 only; OP still counts class 2's false positives
+    # threshold 0.5 predicts (0,0) TP, (0,2) FP, (1,1) TP, (1,2) FP
+    assert m["CP"] == 1.0 and m["CR"] == pytest.approx((0.5 + 1.0) / 2)
+    assert m["OP"] == 0.5 and m["OR"] == pytest.approx(2 / 3)
+    assert_no_nan(m)
+
+
+def test_mask_can_remove_all_positives_of_a_class():
+    scores = np.array([[0.9, 0.2], [0.1, 0.8], [0.4, 0.3]])
+    y = np.array([[1, 1], [0, 1], [1, 0]])
+    mask = np.array([[1, 0], [1, 0], [1, 1]], bool)
+    with pytest.warns(UndefinedAPWarning, match="1 class"):
+        m = multilabel_metrics(scores, y, mask)
+    assert m["AP"] == [1.0, None]
+    assert_no_nan(m)
+    with pytest.warns(UndefinedAPWarning):
+        ap = average_precision(scores, y, mask)
+    assert ap[0] == 1.0 and torch.isnan(ap[1])
+
+
+def test_no_class_with_positive_raises():
+    with pytest.raises(ValueError, match="no class has an"):
+        multilabel_metrics(np.random.rand(4, 3), np.zeros((4, 3)))
+
+
+# --------------------------------------------------------------------------- #
+# CP/CR/CF1/OP/OR/OF1 against hand-computed numbers
+# --------------------------------------------------------------------------- #
+HAND_SCORES = np.array([[0.9, 0.6, 0.1],
+                        [0.8, 0.2, 0.7],
+                        [0.3, 0.4, 0.2],
+                        [0.1, 0.55, 0.65]])
+HAND_TARGETS = np.array([[1, 1, 0],
+                         [1, 0, 0],
+                         [0, 1, 1],
+                         [1, 0, 1]])
+
+
+def test_hand_computed_threshold_and_top2():
+    m = multilabel_metrics(HAND_SCORES, HAND_TARGETS, threshold=0.5, topk=2)
+    # AP: class 0 ranks +,+,-,+ -> (1 + 1 + 3/4) / 3; class 1 +,-,+,- -> (1 + 2/3) / 2;
+    # class 2 -,+,+,- -> (1/2 + 2/3) / 2
+    assert m["AP"] == pytest.approx([11 / 12, 5 / 6, 7 / 12])
+    assert m["mAP"] == pytest.approx(7 / 9)
+    # > 0.5: class 0 predicted for images {0,1} (TP 2, 3 positives), class 1 {0,3} (TP 1 of 2),
+    # class 2 {1,3} (TP 1 of 2)
+    expected = {"CP": 2 / 3, "CR": 5 / 9, "CF1": 20 / 33, "OP": 4 / 6, "OR": 4 / 7, "OF1": 8 / 13,
+                # top-2 per image: {0,1}, {0,2}, {1,0}, {2,1}
+                "CP_top2": 11 / 18, "CR_top2": 13 / 18, "CF1_top2": 143 / 216,
+                "OP_top2": 5 / 8, "OR_top2": 5 / 7, "OF1_top2": 2 / 3}
+    for key, value in expected.items():
+        assert m[key] == pytest.approx(value, abs=1e-12), key
+    assert m["num_classes_evaluated"] == 3
+    assert set(m) == {"mAP", *NAMES, *(f"{k}_top2" for k in NAMES), "AP",
+                      "num_classes_evaluated"}
+    # with the public ML-GCN code's rule (top-k AND above threshold) image 2 loses its two
+    # sub-threshold labels, which here gives back the threshold numbers
+    m2 = multilabel_metrics(HAND_SCORES, HAND_TARGETS, topk=2, topk_requires_threshold=True)
+    for key in NAMES:
+        assert m2[f"{key}_top2"] == pytest.approx(expected[key], abs=1e-12), key
+    # top-3 of 3 classes predicts everything: precision = positive rate, recall = 1
+    m3 = multilabel_metrics(HAND_SCORES, HAND_TARGETS)
+    assert m3["CP_top3"] == pytest.approx((3 / 4 + 2 / 4 + 2 / 4) / 3)
+    assert m3["OP_top3"] == pytest.approx(7 / 12)
+    assert m3["CR_top3"] == 1.0 and m3["OR_top3"] == 1.0
+    m5 = multilabel_metrics(HAND_SCORES, HAND_TARGETS, topk=5)  # k > C: the same, named top5
+    assert [m5[f"{k}_top5"] for k in NAMES] == [m3[f"{k}_top3"] for k in NAMES]
+    # nothing above the threshold: precision 0 (not NaN), F1 0
+    m4 = multilabel_metrics(HAND_SCORES, HAND_TARGETS, threshold=np.float32(0.95), topk=None)
+    assert (m4["CP"], m4["CR"], m4["CF1"], m4["OP"], m4["OR"], m4["OF1"]) == (0, 0, 0, 0, 0, 0)
+    assert not any(k.endswith("_top3") for k in m4)
+
+
+def test_against_brute_force_reference(sort_backend):
+    rng = np.random.default_rng(8)
+    for trial in range(5):
+        n, c, k = 60, 7, 1 + trial % 4
+        y = (rng.random((n, c)) < 0.3).astype(np.uint8)
+        prob = rng.random((n, c))  # tie-free, so top-k is unambiguous
+        mask = rng.random((n, c)) < (1.0 if trial == 0 else 0.8)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UndefinedAPWarning)
+            m = multilabel_metrics(prob, y, mask, threshold=0.4, topk=k)
+            ref = reference_metrics(prob, y, mask, 0.4, k)
+        assert_metrics_close(m, ref)
+
+
+# --------------------------------------------------------------------------- #
+# logits vs probabilities, dtypes, exact thresholds
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize("threshold", [0.5, 0.3, 0.8])
+def test_logits_and_probabilities_agree(threshold):
+    rng = np.random.default_rng(9)
+    logits = np.round(rng.normal(size=(200, 6)) * 2, 1)  # float64, ties, |x| < 10
+    y = (rng.random((200, 6)) < 0.3).astype(np.uint8)
+    probs = 1.0 / (1.0 + np.exp(-logits))
+    a = multilabel_metrics(logits, y, threshold=threshold)  # auto -> logits
+    b = multilabel_metrics(logits, y, threshold=threshold, scores_are="logits")
+    c = multilabel_metrics(probs, y, threshold=threshold, scores_are="probabilities")
+    d = multilabel_metrics(probs, y, threshold=threshold)  # auto -> probabilities
+    assert a == b
+    assert c == d
+    assert_metrics_close(c, a, ap_tol=1e-12)
+    # the threshold applies to probabilities even for logits: sigmoid(0.3) = 0.574
+    one = np.array([[1, 1]])
+    assert multilabel_metrics(np.array([[0.3, -0.3]]), one, threshold=0.55, topk=None,
+                              scores_are="logits")["OR"] == 0.5
+    assert multilabel_metrics(np.array([[0.3, -0.3]]), one, threshold=0.6, topk=None,
+                              scores_are="logits")["OR"] == 0.0
+
+
+def test_threshold_comparison_is_exact():
+    y = np.array([[1, 1]])
+    # float32(0.1) = 0.100000001490... > 0.1 (predicted); float32(0.7) = 0.699999988 < 0.7
+    s = torch.tensor([[0.1, 0.7]], dtype=torch.float32)
+    assert multilabel_metrics(s, y, threshold=0.1, topk=None)["OR"] == 1.0
+    assert multilabel_metrics(s, y, threshold=0.7, topk=None)["OR"] == 0.0
+    # strictly greater: probability 0.5 / logit 0 is not predicted at threshold 0.5
+    assert multilabel_metrics(np.array([[0.5, 0.5]]), y, topk=None)["OR"] == 0.0
+    assert multilabel_metrics(np.array([[0.0, 0.0]]), y, topk=None,
+                              scores_are="logits")["OR"] == 0.0
+    assert multilabel_metrics(np.array([[1e-30, 0.0]]), y, topk=None,
+                              scores_are="logits")["OR"] == 0.5
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_input(dtype):
+    g = torch.Generator().manual_seed(10)
+    y = (torch.rand(300, 5, generator=g) < 0.3).to(torch.uint8)
+    y[0] = 1
+    s = (torch.randn(300, 5, generator=g) + y).to(dtype)
+    m = multilabel_metrics(s, y)
+    assert m == multilabel_metrics(s.float(), y)  # upcast is exact
+    np.testing.assert_allclose(m["AP"], sklearn_ap(s.float().numpy(), y.numpy()), atol=1e-6)
+    assert_no_nan(m)
+
+
+# --------------------------------------------------------------------------- #
+# bad input
+# --------------------------------------------------------------------------- #
+GOOD_S = np.array([[0.2, 0.9], [0.7, 0.1]])
+GOOD_Y = np.array([[0, 1], [1, 0]])
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(scores=np.array([[np.nan, 0.9], [0.7, 0.1]])), "non-finite"),
+    (dict(scores=np.array([[np.inf, 0.9], [0.7, 0.1]])), "non-finite"),
+    (dict(scores=torch.tensor([[0.2, -float("inf")], [0.7, 0.1]])), r"first at .*\[0, 1\]"),
+    (dict(targets=np.array([[0, 2], [1, 0]])), "must be 0/1"),
+    (dict(targets=np.array([[0, 1], [-1, 0]])), "VOC-style"),
+    (dict(targets=np.array([[0.0, 0.5], [1.0, 0.0]])), "value 0.5"),
+    (dict(targets=np.array([[0, 1, 0], [1, 0, 0]])), "shape"),
+    (dict(scores=np.array([0.2, 0.9]), targets=np.array([0, 1])), r"\[N, 1\]"),
+    (dict(scores=np.zeros((0, 2)), targets=np.zeros((0, 2))), "empty"),
+    (dict(scores=np.zeros((2, 0)), targets=np.zeros((2, 0))), "empty"),
+    (dict(mask=np.ones((2, 3), bool)), "`mask` has shape"),
+    (dict(mask=np.array([[1, 2], [1, 1]])), "`mask` must be boolean"),
+    (dict(scores=np.array([["a", "b"], ["c", "d"]])), "must hold numbers"),
+    (dict(scores_are="logit"), "scores_are"),
+    (dict(scores=GOOD_S * 3, scores_are="probabilities"), "outside"),
+    (dict(threshold=1.5), "threshold"),
+    (dict(threshold=-0.1), "threshold"),
+    (dict(threshold=True), "threshold"),
+    (dict(topk=0), "topk"),
+    (dict(topk=-1), "topk"),
+    (dict(topk=1.5), "topk"),
+    (dict(class_names=["a"]), "class_names"),
+])
+def test_bad_input_raises(kwargs, match):
+    args = dict(scores=GOOD_S, targets=GOOD_Y, topk=1)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        multilabel_metrics(**args)
+
+
+def test_bad_input_raises_in_average_precision():
+    with pytest.raises(ValueError, match="non-finite"):
+        average_precision(np.array([[np.nan], [1.0]]), np.array([[1], [0]]))
+
+
+# --------------------------------------------------------------------------- #
+# properties
+# --------------------------------------------------------------------------- #
+@st.composite
+def problems(draw):
+    n = draw(st.integers(1, 25))
+    c = draw(st.integers(1, 6))
+    levels = draw(st.integers(2, 12))  # few distinct values -> many ties
+    s = np.array(draw(st.lists(st.integers(0, levels), min_size=n * c, max_size=n * c)),
+                 dtype=np.float64).reshape(n, c) / levels
+    y = np.array(draw(st.lists(st.booleans(), min_size=n * c, max_size=n * c))).reshape(n, c)
+    y[draw(st.integers(0, n - 1)), draw(st.integers(0, c - 1))] = True
+    mask = np.array(draw(st.lists(st.booleans(), min_size=n * c, max_size=n * c))).reshape(n, c)
+    use_mask = draw(st.booleans())
+    if use_mask and not (y & mask).any():
+        mask |= y  # keep at least one unmasked positive
+    return s, y.astype(np.uint8), (mask if use_mask else None), draw(st.integers(1, c))
+
+
+@settings(max_examples=60, deadline=None)
+@given(problems(), st.floats(0.0, 1.0), st.randoms(use_true_random=False))
+def test_property_ranges_and_class_permutation(problem, threshold, rnd):
+    s, y, mask, k = problem
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedAPWarning)
+        m = multilabel_metrics(s, y, mask, threshold=threshold, topk=k)
+        perm = list(range(s.shape[1]))
+        rnd.shuffle(perm)
+        mp = multilabel_metrics(s[:, perm], y[:, perm], None if mask is None else mask[:, perm],
+                                threshold=threshold, topk=k)
+    assert_no_nan(m)
+    for key, value in m.items():
+        if key not in ("AP", "num_classes_evaluated"):
+            assert 0.0 <= value <= 1.0, (key, value)
+    assert all(a is None or 0.0 <= a <= 1.0 for a in m["AP"])
+    assert mp["AP"] == [m["AP"][p] for p in perm]
+    for key in ("mAP", *NAMES):  # invariant up to summation order
+        assert mp[key] == pytest.approx(m[key], abs=1e-12)
+    ref = sklearn_ap(s, y, mask)
+    assert m["AP"] == pytest.approx(ref, abs=1e-6)
