@@ -76,9 +76,10 @@ def model_context(train_set, *, label_embeddings: Optional[str] = None,
 
 # ---------------------------------------------------------------------------- train
 def cmd_train(args) -> int:
-    from pyg_mlic.engine import TrainConfig, Trainer
+    from pyg_mlic.engine import TrainConfig, Trainer, seed_everything
     from pyg_mlic.models import build_model, get_model_class
 
+    seed_everything(args.seed)  # the model's initialisation is part of the seeded run
     train, val, test = _splits(args)
     cfg = _parse_set(args.set)
     ctx = model_context(train, label_embeddings=args.label_embeddings, backbone=args.backbone,
@@ -155,6 +156,22 @@ def cmd_predict(args) -> int:
             print(f"{r['image']}: {', '.join(r['labels']) or '(none above threshold)'}")
             for name, s in top:
                 print(f"    {s:7.4f}  {name}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- export
+def cmd_export(args) -> int:
+    from pyg_mlic.engine import load_checkpoint, model_from_checkpoint
+    from pyg_mlic.export import export_model
+
+    ckpt = load_checkpoint(args.checkpoint)
+    model = model_from_checkpoint(ckpt)
+    size = args.image_size or int(ckpt.get("run_info", {}).get("image_size") or 448)
+    out = args.out or str(Path(args.checkpoint).with_suffix(
+        ".onnx" if args.format == "onnx" else ".torchscript.pt"))
+    export_model(model, out, args.format, image_size=size)
+    print(f"wrote {out} ({args.format}; input [B, 3, {size}, {size}] or [B, F] -> logits "
+          f"[B, {model.num_classes}])")
     return 0
 
 
@@ -291,6 +308,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int)
     p.add_argument("--format", choices=["table", "json"], default="table")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="freeze a checkpoint to ONNX or TorchScript")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    p.add_argument("--out", help="output file (default: next to the checkpoint)")
+    p.add_argument("--image-size", type=int, help="example input side (default: training size)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("graph", help="build, inspect and plot a label graph")
     p.add_argument("--labels", help=".npz with labels [N,C] and classes (e.g. shared/data/labels)")

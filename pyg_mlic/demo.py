@@ -32,7 +32,7 @@ def run_demo(out: str = "runs/demo", epochs: Optional[int] = None,
     from pyg_mlic.cli import format_table, model_context
     from pyg_mlic.data.synthetic import SyntheticScenes
     from pyg_mlic.data.transforms import build_transforms
-    from pyg_mlic.engine import TrainConfig, Trainer, write_json
+    from pyg_mlic.engine import TrainConfig, Trainer, seed_everything, write_json
     from pyg_mlic.models import ablation_tables, build_model, demo_rows
 
     epochs = epochs or DEMO_DEFAULTS["epochs"]
@@ -65,6 +65,7 @@ def run_demo(out: str = "runs/demo", epochs: Optional[int] = None,
         for label, (model_name, cfg) in rows_.items():
             t0 = time.time()
             ctx = model_context(train)
+            seed_everything(seed)
             model = build_model(model_name, **{**ctx, **DEMO_MODEL, **cfg})
             tcfg = TrainConfig(epochs=epochs, batch_size=DEMO_DEFAULTS["batch_size"], seed=seed,
                                progress=progress, **DEMO_TRAIN)

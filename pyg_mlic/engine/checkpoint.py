@@ -23,13 +23,14 @@ PathLike = Union[str, os.PathLike]
 
 
 def _plain(obj: Any) -> Any:
-    """Convert numpy values/arrays and tuples to types the safe unpickler accepts."""
+    """Convert numpy values/arrays and paths to types the safe unpickler accepts
+    (dict keys are kept: optimiser states are keyed by parameter index)."""
     import numpy as np
 
     if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):  # keep tuples: optimisers compare e.g. `betas`
+        return type(obj)(_plain(v) for v in obj)
     if isinstance(obj, np.ndarray):
         return torch.from_numpy(np.ascontiguousarray(obj))
     if isinstance(obj, np.generic):

@@ -104,6 +104,15 @@ class MultiLabelModel(nn.Module):
     def forward(self, batch: Batch) -> ModelOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def export_module(self) -> nn.Module:
+        """A plain module ``input -> logits`` for deployment (see :mod:`pyg_mlic.export`).
+
+        Models with static classifiers return a
+        :class:`~pyg_mlic.export.FrozenClassifier`; others raise."""
+        raise NotImplementedError(
+            f"{self.model_name}: classifiers depend on the image, so the model cannot be "
+            "frozen into backbone + one linear layer")
+
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}"
 

@@ -54,5 +54,10 @@ class Baseline(MultiLabelModel):
         x = self.encode(batch)
         return ModelOutput(self.fc(self.dropout(x)), extras={"features": x})
 
+    def export_module(self) -> nn.Module:
+        from pyg_mlic.export import FrozenClassifier
+
+        return FrozenClassifier(self.encoder, self.fc.weight, self.fc.bias, self.classes)
+
 
 register_demo_row("baseline", "baseline")

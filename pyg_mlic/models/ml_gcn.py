@@ -188,6 +188,14 @@ class MLGCN(MultiLabelModel):
         W = self.classifiers()
         return ModelOutput(x @ W.t(), extras={"features": x})
 
+    def export_module(self) -> nn.Module:
+        """Backbone + pooling + the generated classifiers frozen into one linear layer."""
+        from pyg_mlic.export import FrozenClassifier
+
+        with torch.no_grad():
+            W = self.gcn(self.label_embeddings, self.edge_index, self.edge_weight)
+        return FrozenClassifier(self.encoder, W, None, self.classes)
+
 
 register_demo_row("ml_gcn (binary)", "ml_gcn", scheme="binary")
 register_demo_row("ml_gcn (re-weighted)", "ml_gcn", scheme="reweighted")

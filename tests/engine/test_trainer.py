@@ -6,7 +6,8 @@ import torch
 
 from helpers_features import make_features_npz
 from pyg_mlic.data.features import FeaturesDataset
-from pyg_mlic.engine import TrainConfig, Trainer, load_checkpoint, model_from_checkpoint, evaluate
+from pyg_mlic.engine import (TrainConfig, Trainer, evaluate, load_checkpoint,
+                             model_from_checkpoint, seed_everything)
 from pyg_mlic.errors import CheckpointError, ClassMismatchError
 from pyg_mlic.models import build_model
 
@@ -19,7 +20,8 @@ def feature_sets(tmp_path):
     return tr, va, te
 
 
-def _model(tr):
+def _model(tr, seed=0):
+    seed_everything(seed)  # initialisation is part of the run: seed it, as the CLI does
     return build_model("baseline", classes=tr.classes, input_kind="features",
                        in_features=tr.feature_dim, encoder_hidden=[32], encoder_out=32)
 
@@ -47,21 +49,18 @@ def test_training_learns_and_writes_outputs(feature_sets, tmp_path):
 
 def test_same_seed_same_metrics(feature_sets, tmp_path):
     tr, va, te = feature_sets
-    a = Trainer(_model(tr), tr, va, te, _cfg(seed=3)).fit()
-    torch.manual_seed(123)  # disturb the global generator: the engine must reseed
-    b = Trainer(_model(tr), tr, va, te, _cfg(seed=3)).fit()
+    a = Trainer(_model(tr, 3), tr, va, te, _cfg(seed=3)).fit()
+    b = Trainer(_model(tr, 3), tr, va, te, _cfg(seed=3)).fit()
     assert a["mAP"] == b["mAP"] and a["AP"] == b["AP"]
 
 
 def test_resume_gives_identical_metrics(feature_sets, tmp_path):
     tr, va, te = feature_sets
-    torch.manual_seed(0)
-    full = Trainer(_model(tr), tr, va, te, _cfg(epochs=4, seed=5), out_dir=tmp_path / "a").fit()
-    # interrupted run: 2 epochs, then a new process-like restart that resumes to 4
-    torch.manual_seed(0)
-    Trainer(_model(tr), tr, va, te, _cfg(epochs=2, seed=5), out_dir=tmp_path / "b").fit()
-    torch.manual_seed(99)
-    resumed = Trainer(_model(tr), tr, va, te, _cfg(epochs=4, seed=5),
+    full = Trainer(_model(tr, 5), tr, va, te, _cfg(epochs=4, seed=5), out_dir=tmp_path / "a").fit()
+    # interrupted run: 2 epochs, then a restart that resumes to 4 from a differently
+    # initialised model (the checkpoint must restore everything)
+    Trainer(_model(tr, 5), tr, va, te, _cfg(epochs=2, seed=5), out_dir=tmp_path / "b").fit()
+    resumed = Trainer(_model(tr, 99), tr, va, te, _cfg(epochs=4, seed=5),
                       out_dir=tmp_path / "b").fit(resume=True)
     assert resumed["mAP"] == full["mAP"]
     assert resumed["AP"] == full["AP"]
@@ -83,7 +82,7 @@ def test_checkpoint_roundtrip_and_refusals(feature_sets, tmp_path):
     model = _model(tr)
     Trainer(model, tr, va, te, _cfg(epochs=1), out_dir=tmp_path).fit()
     rebuilt = model_from_checkpoint(tmp_path / "last.pt")
-    batch = {"features": torch.from_numpy(np.load(tmp_path / "../tr.npz")["features"][:7])}
+    batch = {"features": torch.from_numpy(np.load(tmp_path / "tr.npz")["features"][:7])}
     model.eval()
     rebuilt.eval()
     torch.testing.assert_close(rebuilt(batch).logits, model(batch).logits)
