@@ -61,7 +61,10 @@ def build_splits(name: str, *, root: Optional[str] = None, train_file: Optional[
         if num_images:
             n_val, n_test = max(num_images // 4, 8), max(num_images // 2, 8)
         kw = dict(image_size=image_size, seed=seed)
-        train = SyntheticScenes("train", num_images=num_images, transform=train_tf, **kw)
+        # small objects: a mild crop, so that no labelled object is cropped away
+        syn_train_tf = build_transforms(train=True, size=image_size, scale=(0.85, 1.0)) \
+            if augment else test_tf
+        train = SyntheticScenes("train", num_images=num_images, transform=syn_train_tf, **kw)
         val = SyntheticScenes("val", num_images=n_val, transform=test_tf, **kw)
         test = SyntheticScenes("test", num_images=n_test, transform=test_tf, **kw)
         return train, val, test
