@@ -1,0 +1,827 @@
+r"""The ML-GCN label graph: co-occurrence statistics → correlation matrix → PyG graph.
+
+Implements Sec. 3.4 of *Multi-Label Image Recognition with Graph Convolutional
+Networks* (Chen et al., CVPR 2019; "ML-GCN"), Eqs. 2, 6, 7 and 8, and — as an
+explicit alternative — the operator actually computed by the public ML-GCN code
+(``gen_A`` / ``gen_adj`` in ``util.py`` of github.com/megvii-research/ML-GCN),
+which differs from the paper (see :func:`propagation_matrix`).
+
+Pipeline:
+
+1. :func:`cooccurrence` counts label pairs in a multi-hot matrix
+   :math:`\mathbf{Y} \in \{0,1\}^{N \times C}` (training split only):
+   :math:`\mathbf{M} = \mathbf{Y}^\top \mathbf{Y}` with a zero diagonal, and
+   :math:`N_i = (\mathbf{Y}^\top \mathbf{Y})_{ii}`.
+2. :func:`conditional_probability` gives :math:`P_{ij} = P(L_j \mid L_i)` (Eq. 6).
+3. :func:`propagation_matrix` turns it into the dense operator
+   :math:`\mathbf{P}` a GCN layer applies as :math:`\mathbf{H}' = \mathbf{P}\mathbf{H}\mathbf{W}`
+   (Eq. 2), following one of three schemes (Eq. 6 raw, Eq. 7 binary, Eq. 8 re-weighted)
+   and one of two conventions (``"paper"`` or ``"mlgcn_code"``).
+4. :class:`LabelGraph` stores the operator as a :class:`torch_geometric.data.Data`
+   (``edge_index`` / ``edge_weight``, label embeddings as ``x``, and the statistics and
+   settings it was built from).
+
+Example::
+
+    >>> import numpy as np
+    >>> from pyg_mlic.graphs import LabelGraph, cooccurrence
+    >>> Y = np.array([[1, 1, 0], [1, 0, 0], [1, 1, 1]], dtype=np.uint8)
+    >>> counts, nums = cooccurrence(Y)
+    >>> nums
+    array([3, 2, 1])
+    >>> g = LabelGraph.from_labels(Y, classes=["person", "dog", "frisbee"])
+    >>> g.propagation().shape
+    torch.Size([3, 3])
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import os
+import warnings
+from pathlib import Path
+from typing import Any, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pyg_mlic.errors import ClassMismatchError, check_same_classes
+
+__all__ = [
+    "SCHEMES",
+    "CONVENTIONS",
+    "cooccurrence",
+    "conditional_probability",
+    "propagation_matrix",
+    "LabelGraph",
+]
+
+ArrayLike = Union[np.ndarray, Tensor, Sequence]
+
+#: Valid values of ``scheme``.
+SCHEMES: Tuple[str, ...] = ("reweighted", "binary", "probability")
+#: Valid values of ``convention``.
+CONVENTIONS: Tuple[str, ...] = ("paper", "mlgcn_code")
+
+# float32 represents every integer up to 2**24 exactly, so a float32 Yᵀ Y of 0/1
+# entries is exact as long as no count can exceed that, i.e. N < 2**24.
+_FLOAT32_EXACT_LIMIT = 2 ** 24
+# CPU integer/bool labels at least this large use the int8 GEMM (_gram_int8); smaller
+# ones (where speed does not matter) and float labels use the float product.
+_USE_INT8_GEMM = True
+_INT8_MIN_ROWS = 1024
+_INT8_MIN_COLS = 8
+# The constant the ML-GCN release adds to the column sums in gen_A.
+_MLGCN_EPS = 1e-6
+
+
+# ----------------------------------------------------------------------------- input checks
+
+def _to_tensor(a: Any, name: str) -> Tuple[Tensor, bool]:
+    """``a`` as a tensor (zero-copy for numpy where possible) and whether it was numpy-like."""
+    if isinstance(a, Tensor):
+        return a.detach(), False
+    arr = np.asarray(a)
+    if arr.dtype == object or arr.dtype.kind in "USV":
+        raise TypeError(f"{name} must be a numeric numpy array or torch tensor, "
+                        f"got dtype {arr.dtype}")
+    if arr.dtype.kind == "c":
+        raise TypeError(f"{name} must be real-valued, got complex dtype {arr.dtype}")
+    if arr.dtype.kind == "u" and arr.dtype.itemsize > 1:  # uint16/32/64: no torch equivalent
+        arr = arr.astype(np.int64)
+    if any(s < 0 for s in arr.strides):
+        arr = np.ascontiguousarray(arr)  # torch.from_numpy rejects negative strides
+    if not arr.flags.writeable:  # e.g. a memory-mapped file: nothing here writes to it
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.from_numpy(arr), True
+    return torch.from_numpy(arr), True
+
+
+def _check_labels(Y: Any, name: str = "Y") -> Tuple[Tensor, bool]:
+    r"""Validate a multi-hot label matrix; return it as a tensor (no copy) + numpy flag."""
+    Yt, was_numpy = _to_tensor(Y, name)
+    if Yt.is_complex():
+        raise TypeError(f"{name} must be real-valued, got complex dtype {Yt.dtype}")
+    if Yt.dim() != 2:
+        raise ValueError(f"{name} must be a 2-D multi-hot matrix [N, C] (images x labels), "
+                         f"got shape {tuple(Yt.shape)}")
+    if Yt.shape[1] == 0:
+        raise ValueError(f"{name} has no label columns (shape {tuple(Yt.shape)})")
+    if Yt.numel() == 0 or Yt.dtype == torch.bool:
+        return Yt, was_numpy
+    if Yt.is_floating_point():
+        bad = (Yt != 0) & (Yt != 1)  # NaN compares unequal to both: caught here
+        if bool(bad.any()):
+            r, c = (int(v) for v in bad.nonzero()[0])
+            v = float(Yt[r, c])
+            what = "NaN" if math.isnan(v) else repr(v)
+            raise ValueError(f"{name} must contain only 0 and 1, found {what} at [{r}, {c}]"
+                             + _VOC_HINT * (v == -1.0))
+        return Yt, was_numpy
+    if Yt.device.type == "cpu":            # numpy's reductions are faster on small ints
+        arr = Yt.numpy()
+        lo = 0 if Yt.dtype == torch.uint8 else int(arr.min())
+        hi = int(arr.max())
+    else:
+        lo_t, hi_t = torch.aminmax(Yt)
+        lo, hi = int(lo_t), int(hi_t)
+    if lo < 0 or hi > 1:
+        bad = (Yt < 0) | (Yt > 1)
+        r, c = (int(v) for v in bad.nonzero()[0])
+        v = int(Yt[r, c])
+        raise ValueError(f"{name} must contain only 0 and 1, found {v} at [{r}, {c}]"
+                         + _VOC_HINT * (v == -1))
+    return Yt, was_numpy
+
+
+_VOC_HINT = (" (VOC-style labels with 1 = present, 0 = difficult, -1 = absent must be "
+             "converted by the caller, e.g. Y == 1 to count positives only as the ML-GCN "
+             "release does; LabelGraph.from_voc does this)")
+
+
+def _check_unit_interval(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number in [0, 1], got {value!r}")
+    v = float(value)
+    if not (0.0 <= v <= 1.0):  # also rejects NaN
+        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+    return v
+
+
+def _check_choice(value: Any, name: str, valid: Sequence[str]) -> str:
+    if not isinstance(value, str) or value not in valid:
+        raise ValueError(f"unknown {name} {value!r}; valid values: "
+                         + ", ".join(repr(v) for v in valid))
+    return value
+
+
+def _check_counts(counts: Any, nums: Any) -> Tuple[Tensor, Tensor]:
+    """Validate precomputed co-occurrence statistics; return CPU int64 tensors."""
+    out = []
+    for a, name in ((counts, "counts"), (nums, "nums")):
+        t, _ = _to_tensor(a, name)
+        if t.dtype == torch.bool:
+            raise TypeError(f"{name} must hold integer counts, got dtype bool")
+        if t.is_floating_point():
+            if not bool(torch.isfinite(t).all()):
+                raise ValueError(f"{name} contains NaN or infinite values")
+            if not bool((t == t.round()).all()):
+                raise ValueError(f"{name} must hold whole numbers (image counts)")
+        out.append(t.to(device="cpu", dtype=torch.int64))
+    M, n = out
+    if M.dim() != 2 or M.shape[0] != M.shape[1]:
+        raise ValueError(f"counts must be a square [C, C] matrix, got shape {tuple(M.shape)}")
+    if n.dim() != 1 or n.shape[0] != M.shape[0]:
+        raise ValueError(f"nums must be a vector [C] with C = {M.shape[0]} (the size of "
+                         f"counts), got shape {tuple(n.shape)}")
+    if M.shape[0] == 0:
+        raise ValueError("counts is empty: there must be at least one label")
+    if bool((M < 0).any()) or bool((n < 0).any()):
+        raise ValueError("counts and nums must be non-negative")
+    if bool((M.diagonal() != 0).any()):
+        raise ValueError("counts must have a zero diagonal (M_ij counts images holding "
+                         "two different labels; the per-label counts go in nums)")
+    if not torch.equal(M, M.T):
+        raise ValueError("counts must be symmetric (M_ij = M_ji = images holding both "
+                         "L_i and L_j)")
+    over = M > n[:, None]
+    if bool(over.any()):
+        i, j = (int(v) for v in over.nonzero()[0])
+        raise ValueError(f"counts[{i}, {j}] = {int(M[i, j])} exceeds nums[{i}] = {int(n[i])}: "
+                         f"two labels cannot co-occur in more images than either occurs in")
+    return M, n
+
+
+def _check_classes(classes: Optional[Sequence[str]], C: int) -> List[str]:
+    if classes is None:
+        return [str(i) for i in range(C)]
+    if isinstance(classes, str):
+        raise TypeError("classes must be a sequence of names, not a single string")
+    names = [str(c) for c in (classes.tolist() if hasattr(classes, "tolist") else classes)]
+    if len(names) != C:
+        raise ClassMismatchError(f"classes has {len(names)} names but the label statistics "
+                                 f"have {C} labels")
+    if len(set(names)) != C:
+        dup = sorted({c for c in names if names.count(c) > 1})
+        raise ValueError(f"classes contains duplicate names: {dup[:10]}")
+    return names
+
+
+def _check_embeddings(embeddings: Any, C: int) -> Optional[Tensor]:
+    if embeddings is None:
+        return None
+    E, _ = _to_tensor(embeddings, "embeddings")
+    if E.dim() != 2:
+        raise ValueError(f"embeddings must be a 2-D matrix [C, d], got shape {tuple(E.shape)}")
+    if E.shape[0] != C:
+        raise ClassMismatchError(f"embeddings has {E.shape[0]} rows but the label graph has "
+                                 f"{C} labels (one embedding row per label is needed)")
+    if E.shape[1] == 0:
+        raise ValueError("embeddings has zero columns (d = 0)")
+    E = E.to(device="cpu", dtype=torch.float32, copy=True)  # never alias the caller's array
+    if not bool(torch.isfinite(E).all()):
+        bad = (~torch.isfinite(E)).nonzero()[0].tolist()
+        raise ValueError(f"embeddings contains NaN or infinite values (first at {bad})")
+    return E
+
+
+# ----------------------------------------------------------------------------- statistics
+
+def _gram_int8(Yt: Tensor) -> Optional[Tensor]:
+    r""":math:`\mathbf{Y}^\top\mathbf{Y}` of a validated CPU 0/1 integer/bool tensor via
+    an int8 x int8 -> int32 GEMM (``torch._int_mm``, oneDNN), or ``None`` to fall back.
+
+    The labels are used as they are stored (one byte each, no float copy); int32
+    accumulation is exact for :math:`N < 2^{31}`. ``torch._int_mm`` is a private API
+    (torch 2.14 returns garbage for a ``1 x 1`` output), so the result is sanity-checked
+    — symmetric, :math:`0 \le G_{ij} \le G_{ii} \le N` and
+    :math:`\operatorname{tr} G = \operatorname{nnz}(\mathbf{Y})` — and anything
+    unexpected falls back to the float product.
+    """
+    N, C = Yt.shape
+    int_mm = getattr(torch, "_int_mm", None)
+    if int_mm is None or N >= 2 ** 31:
+        return None
+    if Yt.dtype in (torch.uint8, torch.bool):
+        Yi = Yt.view(torch.int8)
+    else:
+        Yi = Yt.to(torch.int8)
+    if not Yi.is_contiguous():
+        Yi = Yi.contiguous()
+    try:
+        G = int_mm(Yi.t(), Yi)
+    except (RuntimeError, TypeError, NotImplementedError):
+        return None
+    d = G.diagonal()
+    ok = (G.shape == (C, C) and torch.equal(G, G.t()) and bool((G >= 0).all())
+          and bool((G <= d[:, None]).all()) and int(d.max()) <= N
+          and int(d.sum(dtype=torch.int64)) == int(np.count_nonzero(Yi.numpy())))
+    if not ok:
+        warnings.warn("torch._int_mm returned an inconsistent label co-occurrence matrix; "
+                      "using the float32 product instead", RuntimeWarning, stacklevel=3)
+        return None
+    return G
+
+
+def _cooccurrence_tensor(Yt: Tensor) -> Tuple[Tensor, Tensor]:
+    """Co-occurrence of a validated 0/1 tensor: int64 ``(counts, nums)`` on ``Yt.device``."""
+    N, C = Yt.shape
+    G = None
+    if (_USE_INT8_GEMM and Yt.device.type == "cpu" and not Yt.is_floating_point()
+            and N >= _INT8_MIN_ROWS and C >= _INT8_MIN_COLS):
+        G = _gram_int8(Yt)
+    if G is None:
+        dtype = torch.float32 if N < _FLOAT32_EXACT_LIMIT else torch.float64
+        Yf = Yt.to(dtype)                  # cast once: the only copy of Y
+        G = torch.mm(Yf.t(), Yf)           # one BLAS product, exact for 0/1 entries
+    G = G.to(torch.int64)
+    nums = G.diagonal().clone()
+    G.fill_diagonal_(0)
+    return G, nums
+
+
+def cooccurrence(Y: ArrayLike) -> Tuple[Union[np.ndarray, Tensor], Union[np.ndarray, Tensor]]:
+    r"""Label co-occurrence statistics of a multi-hot matrix (ML-GCN Sec. 3.4).
+
+    .. math::
+        M_{ij} = \sum_{n=1}^{N} Y_{ni} Y_{nj} \quad (i \neq j), \qquad M_{ii} = 0,
+        \qquad N_i = \sum_{n=1}^{N} Y_{ni},
+
+    i.e. :math:`M_{ij}` is the number of images holding both :math:`L_i` and
+    :math:`L_j` and :math:`N_i` the number of images holding :math:`L_i`. Both come
+    from one matrix product :math:`\mathbf{Y}^\top\mathbf{Y}` (its diagonal is
+    :math:`\mathbf{N}`) computed in float32 — exact, since every partial sum is an
+    integer below :math:`2^{24}` — or in float64 when :math:`N \geq 2^{24}`; ``Y`` is
+    cast once and multiplied once. Large integer/bool label matrices on the CPU skip
+    the cast: an int8 GEMM with exact int32 accumulation computes the same product
+    from the stored bytes (checked, with the float product as fallback); see
+    ``benchmarks/bench_graphs.py`` for its cost against one float32 product.
+
+    Pass the **training** split only: statistics from test images leak labels.
+
+    Args:
+        Y (numpy.ndarray or torch.Tensor): multi-hot labels ``[N, C]`` with values in
+            :math:`\{0, 1\}` (bool, any integer or floating dtype). VOC-style labels
+            (1 present, 0 difficult, -1 absent) are rejected: the caller decides
+            about *difficult* (the ML-GCN release counts positives only, ``Y == 1``).
+
+    Returns:
+        (counts, nums): ``counts`` int64 ``[C, C]`` (symmetric, zero diagonal) and
+        ``nums`` int64 ``[C]``; numpy arrays if ``Y`` is not a tensor, else tensors on
+        ``Y.device``.
+
+    Raises:
+        ValueError: ``Y`` is not 2-D, or holds values other than 0 and 1 (including NaN).
+        TypeError: ``Y`` is not numeric.
+    """
+    Yt, was_numpy = _check_labels(Y)
+    counts, nums = _cooccurrence_tensor(Yt)
+    if was_numpy:
+        return counts.cpu().numpy(), nums.cpu().numpy()
+    return counts, nums
+
+
+def conditional_probability(counts: ArrayLike, nums: ArrayLike) -> Tensor:
+    r"""Conditional probability matrix of ML-GCN Eq. 6.
+
+    .. math::
+        P_{ij} = P(L_j \mid L_i) = \frac{M_{ij}}{N_i}, \qquad
+        P_{ij} = 0 \ \text{for all } j \text{ if } N_i = 0,
+
+    so row :math:`i` holds the probability of every other label given :math:`L_i`.
+    A label never seen in the statistics (:math:`N_i = 0`) has an all-zero row
+    instead of :math:`0/0`. The matrix is asymmetric and has a zero diagonal.
+
+    Args:
+        counts: co-occurrence counts :math:`\mathbf{M}` ``[C, C]`` (zero diagonal).
+        nums: per-label image counts :math:`\mathbf{N}` ``[C]``.
+
+    Returns:
+        torch.Tensor: float64 ``[C, C]``.
+    """
+    M, n = _check_counts(counts, nums)
+    return _conditional_probability(M, n)
+
+
+def _conditional_probability(M: Tensor, n: Tensor) -> Tensor:
+    denom = n.to(torch.float64).clamp_min(1.0)[:, None]   # N_i = 0 ⇒ M_i· = 0 ⇒ row 0
+    return M.to(torch.float64) / denom
+
+
+def propagation_matrix(counts: ArrayLike, nums: ArrayLike, tau: float = 0.4, p: float = 0.2,
+                       scheme: str = "reweighted", convention: str = "paper") -> Tensor:
+    r"""The dense operator :math:`\mathbf{P}` a label GCN layer applies (ML-GCN Eq. 2).
+
+    A layer computes :math:`\mathbf{H}' = h(\mathbf{P}\,\mathbf{H}\,\mathbf{W})`, so row
+    :math:`i` of :math:`\mathbf{P}` lists what node :math:`i` aggregates. Everything
+    starts from the conditional probabilities of Eq. 6,
+    :math:`P_{ij} = M_{ij}/N_i = P(L_j \mid L_i)` (all-zero row where :math:`N_i = 0`).
+
+    **Schemes** (the correlation matrix :math:`\mathbf{A}` before normalisation):
+
+    - ``"probability"`` — :math:`\mathbf{A} = \mathbf{P}` (Eq. 6, no threshold; ``tau``
+      unused).
+    - ``"binary"`` — Eq. 7, for :math:`i \neq j`:
+
+      .. math::
+          A_{ij} = \begin{cases} 1 & P_{ij} \geq \tau \\ 0 & P_{ij} < \tau \end{cases},
+          \qquad A_{ii} = 0,
+
+      and :math:`A_{ij} = 0` for every :math:`j` when :math:`N_i = 0`. (With
+      :math:`\tau = 0` every pair of seen labels is connected, as Eq. 7 says.)
+    - ``"reweighted"`` — Eq. 8 on top of Eq. 7, with :math:`k_i = \sum_{j \neq i} A_{ij}`
+      the number of neighbours of :math:`i`:
+
+      .. math::
+          A'_{ij} = \begin{cases} p\,A_{ij} / k_i & i \neq j \\ 1 - p & i = j
+          \end{cases} \quad (k_i > 0), \qquad
+          A'_{ij} = \delta_{ij} \quad (k_i = 0).
+
+      A node with no neighbour above :math:`\tau` (or a label never seen,
+      :math:`N_i = 0`) keeps all of its own feature, :math:`A'_{ii} = 1`, instead of
+      dividing by zero.
+
+    **Convention** ``"paper"`` (default) — node :math:`i` aggregates from :math:`j`
+    where :math:`P(L_j \mid L_i) \geq \tau`:
+
+    - ``"reweighted"``: :math:`\mathbf{P}_{op} = \mathbf{A}'` as is — Eq. 8 already makes
+      every row sum to 1 (:math:`1-p` for the node itself, :math:`p` for its neighbours).
+    - ``"binary"`` / ``"probability"``: the "normalized version" of Eq. 2, i.e. the
+      renormalisation of Kipf & Welling (ref. [14]) with degrees from row sums:
+
+      .. math::
+          \tilde{\mathbf{A}} = \mathbf{A} + \mathbf{I}, \qquad
+          \tilde{D}_{ii} = \sum_j \tilde{A}_{ij}, \qquad
+          \mathbf{P}_{op} = \tilde{\mathbf{D}}^{-1/2}\,\tilde{\mathbf{A}}\,
+          \tilde{\mathbf{D}}^{-1/2}.
+
+      :math:`\tilde{D}_{ii} \geq 1`, so isolated and unseen labels get
+      :math:`(\mathbf{P}_{op})_{ii} = 1`.
+
+    **Convention** ``"mlgcn_code"`` — exactly what the public ML-GCN code computes
+    (``gen_A`` then ``gen_adj`` in ``util.py`` of megvii-research/ML-GCN). With
+    :math:`B_{ij} = [P_{ij} \geq \tau]` (the code binarises the diagonal too, which only
+    matters for :math:`\tau = 0`) and :math:`\epsilon = 10^{-6}`:
+
+    .. math::
+        \mathbf{A} = \begin{cases}
+            \left[\dfrac{p\,B_{ij}}{\sum_k B_{kj} + \epsilon}\right]_{ij} + \mathbf{I}
+                & \text{reweighted (column sums!)} \\
+            \mathbf{B} + \mathbf{I} & \text{binary} \\
+            \mathbf{P} + \mathbf{I} & \text{probability}
+        \end{cases}, \qquad
+        D_{ii} = \Big(\sum_j A_{ij}\Big)^{-1/2}, \qquad
+        \mathbf{P}_{op} = (\mathbf{A}\mathbf{D})^\top \mathbf{D}
+                        = \mathbf{D}\,\mathbf{A}^\top\mathbf{D}.
+
+    The release hard-codes :math:`p = 0.25`: ``p=0.25`` reproduces it. Differences from
+    the paper: the re-weighting divides by *column* sums, the self weight is 1 (not
+    :math:`1-p`), a symmetric :math:`D^{-1/2}\cdot D^{-1/2}` normalisation with row-sum
+    degrees follows, and the transpose flips the direction — node :math:`i`
+    aggregates from :math:`j` where :math:`P(L_i \mid L_j) \geq \tau`. One deliberate
+    deviation: where the release divides :math:`0/0` for a label with :math:`N_i = 0`
+    (NaN everywhere after ``gen_adj``), that row of :math:`\mathbf{P}` is 0 here.
+    Computed in float64 (the release casts ``gen_A``'s float64 result to float32
+    before ``gen_adj``; the two agree to float32 rounding).
+
+    Args:
+        counts: co-occurrence counts ``[C, C]`` (see :func:`cooccurrence`).
+        nums: per-label image counts ``[C]``.
+        tau (float): threshold :math:`\tau \in [0, 1]` of Eq. 7. (default: ``0.4``)
+        p (float): re-weighting :math:`p \in [0, 1]` of Eq. 8 (used by ``"reweighted"``
+            only). (default: ``0.2``)
+        scheme (str): ``"reweighted"``, ``"binary"`` or ``"probability"``.
+        convention (str): ``"paper"`` or ``"mlgcn_code"``.
+
+    Returns:
+        torch.Tensor: float64 ``[C, C]`` operator; never NaN.
+    """
+    tau = _check_unit_interval(tau, "tau")
+    p = _check_unit_interval(p, "p")
+    scheme = _check_choice(scheme, "scheme", SCHEMES)
+    convention = _check_choice(convention, "convention", CONVENTIONS)
+    M, n = _check_counts(counts, nums)
+    return _propagation(M, n, tau, p, scheme, convention)
+
+
+def _propagation(M: Tensor, n: Tensor, tau: float, p: float, scheme: str,
+                 convention: str) -> Tensor:
+    """:func:`propagation_matrix` on validated CPU int64 statistics (float64 result)."""
+    C = M.shape[0]
+    P = _conditional_probability(M, n)
+    eye = torch.eye(C, dtype=torch.float64)
+    seen = (n > 0).to(torch.float64)[:, None]          # rows of never-seen labels → 0
+    if convention == "paper":
+        if scheme == "probability":
+            A = P
+        else:
+            A = (P >= tau).to(torch.float64) * seen
+            A.fill_diagonal_(0.0)
+        if scheme == "reweighted":
+            k = A.sum(1, keepdim=True)
+            has = k > 0
+            A = torch.where(has, A * (p / k.clamp_min(1.0)), A)
+            return A + eye * torch.where(has, 1.0 - p, 1.0)
+        A = A + eye
+        d = A.sum(1).rsqrt()                           # row sums >= 1: finite
+        return d[:, None] * A * d[None, :]
+    # convention == "mlgcn_code": gen_A ...
+    if scheme == "probability":
+        A = P + eye
+    else:
+        B = (P >= tau).to(torch.float64) * seen
+        if scheme == "reweighted":
+            B = B * p / (B.sum(0, keepdim=True) + _MLGCN_EPS)
+        A = B + eye
+    # ... then gen_adj: D = diag(rowsum^-1/2), (A D)^T D
+    d = A.sum(1).pow(-0.5)                             # row sums >= 1: finite
+    return d[:, None] * A.t() * d[None, :]
+
+
+def _edges_from_dense(P: Tensor) -> Tuple[Tensor, Tensor]:
+    """PyG edges (source_to_target) of a dense operator: ``edge_index[0]`` = source j,
+    ``edge_index[1]`` = target i, weight ``P[i, j]``; sorted by source then target."""
+    Pt = P.to(torch.float32).t()
+    ji = Pt.nonzero()                                  # rows (j, i), row-major
+    edge_index = ji.t().contiguous()
+    edge_weight = Pt[ji[:, 0], ji[:, 1]]
+    return edge_index, edge_weight
+
+
+def _dense_from_edges(edge_index: Tensor, edge_weight: Tensor, C: int) -> Tensor:
+    """Sum-aggregate edges into the dense operator: ``P[i, j] += w`` for edge j → i."""
+    P = torch.zeros(C, C, dtype=torch.float32, device=edge_weight.device)
+    P.index_put_((edge_index[1], edge_index[0]), edge_weight.to(torch.float32),
+                 accumulate=True)
+    return P
+
+
+# ----------------------------------------------------------------------------- the graph
+
+_REQUIRED_ATTRS = ("edge_index", "edge_weight", "counts", "nums", "classes", "split", "tau",
+                   "p", "scheme", "convention")
+
+
+class LabelGraph:
+    r"""The ML-GCN label graph (Chen et al., CVPR 2019, Sec. 3.4) as a PyG graph.
+
+    Nodes are the :math:`C` labels; the edges carry the operator
+    :math:`\mathbf{P}` of :func:`propagation_matrix` that a label GCN layer applies
+    as :math:`\mathbf{H}' = \mathbf{P}\,\mathbf{H}\,\mathbf{W}` (Eq. 2). Built from
+    training-split statistics with :meth:`from_labels`, :meth:`from_counts`,
+    :meth:`from_coco`, :meth:`from_voc` or :meth:`from_dataset`; rebuilt from a saved
+    :class:`~torch_geometric.data.Data` with :meth:`from_data`.
+
+    :attr:`data` is a :class:`torch_geometric.data.Data` with
+
+    - ``x`` — label embeddings float32 ``[C, d]`` (e.g. GloVe), or ``None`` when none
+      were given (pick an embedding provider; the graph does not invent one-hot
+      features);
+    - ``edge_index`` — long ``[2, E]`` in PyG's ``source_to_target`` flow:
+      ``edge_index[0]`` is the source :math:`j`, ``edge_index[1]`` the target
+      :math:`i`, meaning node :math:`i` aggregates from node :math:`j`;
+    - ``edge_weight`` — float32 ``[E]``, :math:`P_{ij}` for every nonzero of
+      :math:`\mathbf{P}`, self-loops included as ordinary edges (a layer must apply the
+      weights as given: no added self-loops, no renormalisation);
+    - ``num_nodes`` = :math:`C`;
+    - ``classes`` (list of str), ``counts`` int64 ``[C, C]`` (:math:`\mathbf{M}`),
+      ``nums`` int64 ``[C]`` (:math:`\mathbf{N}`), ``split`` (the split the statistics
+      came from), ``tau``, ``p``, ``scheme``, ``convention``. (No attribute name
+      contains ``"index"`` except ``edge_index``, so PyG batching offsets nothing else.)
+
+    Args:
+        data (torch_geometric.data.Data): a graph holding the attributes above.
+        check (bool): verify that the edges equal the operator recomputed from the
+            statistics and settings. (default: ``True``)
+    """
+
+    def __init__(self, data: Any, check: bool = True) -> None:
+        from torch_geometric.data import Data
+        if not isinstance(data, Data):
+            raise TypeError(f"LabelGraph wraps a torch_geometric.data.Data, got "
+                            f"{type(data).__name__}")
+        missing = [k for k in _REQUIRED_ATTRS if k not in data]
+        if missing:
+            raise ValueError(f"Data is not a label graph: missing attributes {missing}")
+        C = len(data.classes)
+        if data.num_nodes != C:
+            raise ValueError(f"Data has num_nodes={data.num_nodes} but {C} classes")
+        ei, ew = data.edge_index, data.edge_weight
+        if ei.dim() != 2 or ei.shape[0] != 2 or ei.dtype != torch.long:
+            raise ValueError(f"edge_index must be long [2, E], got {ei.dtype} "
+                             f"{tuple(ei.shape)}")
+        if ew.dim() != 1 or ew.shape[0] != ei.shape[1]:
+            raise ValueError(f"edge_weight must be [E] with E = {ei.shape[1]}, got "
+                             f"{tuple(ew.shape)}")
+        if ei.numel() and (int(ei.min()) < 0 or int(ei.max()) >= C):
+            raise ValueError(f"edge_index refers to nodes outside [0, {C})")
+        if not bool(torch.isfinite(ew).all()):
+            raise ValueError("edge_weight contains NaN or infinite values")
+        if data.x is not None:
+            _check_embeddings(data.x, C)
+        self.data = data
+        if check:
+            M, n = _check_counts(data.counts.cpu(), data.nums.cpu())
+            _check_classes(data.classes, M.shape[0])
+            expected = _propagation(
+                M, n, _check_unit_interval(data.tau, "tau"), _check_unit_interval(data.p, "p"),
+                _check_choice(data.scheme, "scheme", SCHEMES),
+                _check_choice(data.convention, "convention", CONVENTIONS)).to(torch.float32)
+            got = self.propagation().cpu()
+            if not torch.allclose(got, expected, rtol=1e-6, atol=1e-7):
+                err = float((got - expected).abs().max())
+                raise ValueError(f"edge weights disagree with the operator recomputed from "
+                                 f"counts/nums/tau/p/scheme/convention (max abs error {err:.3g}); "
+                                 f"pass check=False to keep them anyway")
+
+    # ---------------------------------------------------------------- constructors
+    @classmethod
+    def from_counts(cls, counts: ArrayLike, nums: ArrayLike, embeddings: Optional[ArrayLike] = None,
+                    tau: float = 0.4, p: float = 0.2, scheme: str = "reweighted",
+                    convention: str = "paper", classes: Optional[Sequence[str]] = None,
+                    split: str = "train") -> "LabelGraph":
+        r"""Build the graph from precomputed statistics :math:`\mathbf{M}`, :math:`\mathbf{N}`.
+
+        E.g. the ML-GCN release's ``adj`` / ``nums`` (``mlgcn_coco_adj.npz``).
+
+        Args:
+            counts: co-occurrence counts ``[C, C]``: non-negative integers, symmetric,
+                zero diagonal, :math:`M_{ij} \leq N_i`.
+            nums: per-label image counts ``[C]``.
+            embeddings: optional label embeddings ``[C, d]`` stored as ``data.x``
+                (float32, must be finite).
+            tau, p, scheme, convention: see :func:`propagation_matrix`.
+            classes: label names (default ``"0" … "C-1"``).
+            split (str): the split the statistics came from (recorded).
+        """
+        tau = _check_unit_interval(tau, "tau")
+        p = _check_unit_interval(p, "p")
+        scheme = _check_choice(scheme, "scheme", SCHEMES)
+        convention = _check_choice(convention, "convention", CONVENTIONS)
+        M, n = _check_counts(counts, nums)
+        return cls._build(M, n, embeddings, tau, p, scheme, convention, classes, split)
+
+    @classmethod
+    def from_labels(cls, Y: ArrayLike, embeddings: Optional[ArrayLike] = None, tau: float = 0.4,
+                    p: float = 0.2, scheme: str = "reweighted", convention: str = "paper",
+                    classes: Optional[Sequence[str]] = None,
+                    split: str = "train") -> "LabelGraph":
+        r"""Build the graph from a multi-hot training label matrix.
+
+        Counts :math:`\mathbf{M}` and :math:`\mathbf{N}` with :func:`cooccurrence`, then
+        builds the operator of :func:`propagation_matrix`.
+
+        Args:
+            Y: multi-hot labels ``[N, C]`` in :math:`\{0, 1\}` (numpy or torch) of the
+                **training** split. For VOC-style labels (1 present, 0 difficult,
+                -1 absent) pass ``Y == 1`` (positives only, as in the ML-GCN release)
+                or decide otherwise about *difficult*; -1 is rejected.
+            embeddings: optional label embeddings ``[C, d]`` (``data.x``).
+            tau, p, scheme, convention: see :func:`propagation_matrix`.
+            classes: label names (default ``"0" … "C-1"``).
+            split (str): name of the split ``Y`` comes from (recorded). (default ``"train"``)
+        """
+        tau = _check_unit_interval(tau, "tau")
+        p = _check_unit_interval(p, "p")
+        scheme = _check_choice(scheme, "scheme", SCHEMES)
+        convention = _check_choice(convention, "convention", CONVENTIONS)
+        Yt, _ = _check_labels(Y)
+        M, n = _cooccurrence_tensor(Yt)
+        return cls._build(M.cpu(), n.cpu(), embeddings, tau, p, scheme, convention, classes,
+                          split)
+
+    @classmethod
+    def from_coco(cls, ann_file: Union[str, os.PathLike], embeddings: Optional[ArrayLike] = None,
+                  tau: float = 0.4, p: float = 0.2, scheme: str = "reweighted",
+                  convention: str = "paper", classes: Optional[Sequence[str]] = None,
+                  split: Optional[str] = None) -> "LabelGraph":
+        r"""Build the graph from a COCO ``instances_*.json`` (read with pycocotools).
+
+        Image-level labels come from :func:`pyg_mlic.data.coco.coco_labels` (an image
+        holds a label if it has at least one instance of it; images without
+        annotations count towards nothing).
+
+        Args:
+            ann_file: path of a COCO instances json (use the *training* split's).
+            classes: category names selecting and ordering the labels (default: all
+                categories as :func:`~pyg_mlic.data.coco.coco_labels` orders them).
+            split (str, optional): recorded split name (default: the file name without
+                ``instances_`` and ``.json``, e.g. ``"train2014"``).
+            embeddings, tau, p, scheme, convention: as in :meth:`from_labels`.
+        """
+        from pyg_mlic.data.coco import coco_labels
+        _, labels, names = coco_labels(ann_file, classes=classes, keep_empty=True)
+        if split is None:
+            stem = Path(ann_file).name
+            stem = stem[:-5] if stem.endswith(".json") else stem
+            split = stem[len("instances_"):] if stem.startswith("instances_") else stem
+        return cls.from_labels(labels, embeddings=embeddings, tau=tau, p=p, scheme=scheme,
+                               convention=convention, classes=names, split=split)
+
+    @classmethod
+    def from_voc(cls, root: Union[str, os.PathLike], split: str = "trainval",
+                 embeddings: Optional[ArrayLike] = None, tau: float = 0.4, p: float = 0.2,
+                 scheme: str = "reweighted", convention: str = "paper",
+                 classes: Optional[Sequence[str]] = None) -> "LabelGraph":
+        r"""Build the graph from a PASCAL VOC folder (``ImageSets/Main`` + ``Annotations``).
+
+        Labels come from :func:`pyg_mlic.data.voc.voc_labels` (1 present, 0 difficult,
+        -1 absent); only positives (value 1) are counted, *difficult* objects are
+        excluded — as the ML-GCN release did for its VOC 2007 ``trainval`` statistics.
+
+        Args:
+            root: the VOC folder (holding ``ImageSets/`` and ``Annotations/``).
+            split (str): image set to count, read and recorded. (default ``"trainval"``)
+            classes: the label columns, passed to
+                :func:`~pyg_mlic.data.voc.voc_labels` (default: the 20 VOC classes; a
+                list such as ``["WBC", "RBC", "Platelets"]`` or ``"infer"`` for other
+                VOC-format data).
+            embeddings, tau, p, scheme, convention: as in :meth:`from_labels`.
+        """
+        from pyg_mlic.data.voc import voc_labels
+        if classes is None:
+            _, labels, names = voc_labels(root, split)
+        else:
+            _, labels, names = voc_labels(root, split, classes=classes)
+            if not isinstance(classes, str):
+                check_same_classes("classes argument", classes, f"VOC labels of {root}", names)
+        Y = np.asarray(labels) == 1
+        return cls.from_labels(Y, embeddings=embeddings, tau=tau, p=p, scheme=scheme,
+                               convention=convention, classes=names, split=split)
+
+    @classmethod
+    def from_dataset(cls, dataset: Any, embeddings: Optional[ArrayLike] = None, tau: float = 0.4,
+                     p: float = 0.2, scheme: str = "reweighted",
+                     convention: str = "paper") -> "LabelGraph":
+        r"""Build the graph from a :class:`~pyg_mlic.data.base.MultiLabelDataset`.
+
+        Uses its ``labels`` (``uint8 [N, C]``, 1 = present), ``classes`` and ``split``;
+        pass the *training* dataset.
+        """
+        return cls.from_labels(dataset.labels, embeddings=embeddings, tau=tau, p=p,
+                               scheme=scheme, convention=convention,
+                               classes=list(dataset.classes),
+                               split=str(getattr(dataset, "split", "train")))
+
+    @classmethod
+    def from_data(cls, data: Any, check: bool = True) -> "LabelGraph":
+        """Rebuild from a :class:`~torch_geometric.data.Data` saved from :attr:`data`
+        (e.g. in a checkpoint); see :class:`LabelGraph` for ``check``."""
+        return cls(data, check=check)
+
+    @classmethod
+    def _build(cls, M: Tensor, n: Tensor, embeddings: Any, tau: float, p: float, scheme: str,
+               convention: str, classes: Optional[Sequence[str]], split: str) -> "LabelGraph":
+        from torch_geometric.data import Data
+        C = M.shape[0]
+        names = _check_classes(classes, C)
+        x = _check_embeddings(embeddings, C)
+        if not isinstance(split, str):
+            raise TypeError(f"split must be a string naming the statistics' split, got "
+                            f"{split!r}")
+        P = _propagation(M, n, tau, p, scheme, convention)
+        edge_index, edge_weight = _edges_from_dense(P)
+        data = Data(x=x, edge_index=edge_index, edge_weight=edge_weight, num_nodes=C,
+                    classes=names, counts=M, nums=n, split=split, tau=tau, p=p,
+                    scheme=scheme, convention=convention)
+        graph = cls.__new__(cls)  # everything above is validated: skip __init__'s checks
+        graph.data = data
+        return graph
+
+    # ---------------------------------------------------------------- accessors
+    @property
+    def num_classes(self) -> int:
+        """Number of labels :math:`C` (= nodes)."""
+        return len(self.data.classes)
+
+    @property
+    def classes(self) -> List[str]:
+        """Label names, in node order."""
+        return list(self.data.classes)
+
+    @property
+    def num_edges(self) -> int:
+        """Number of stored edges (nonzeros of the operator, self-loops included)."""
+        return int(self.data.edge_index.shape[1])
+
+    @property
+    def x(self) -> Optional[Tensor]:
+        """Label embeddings ``[C, d]`` or ``None``."""
+        return self.data.x
+
+    @property
+    def edge_index(self) -> Tensor:
+        """``[2, E]``: ``edge_index[0]`` = source :math:`j`, ``edge_index[1]`` = target
+        :math:`i` (node :math:`i` aggregates from :math:`j`)."""
+        return self.data.edge_index
+
+    @property
+    def edge_weight(self) -> Tensor:
+        """``[E]``; :math:`P_{ij}` for the edge :math:`j \\to i`."""
+        return self.data.edge_weight
+
+    @property
+    def counts(self) -> Tensor:
+        """Co-occurrence counts :math:`\\mathbf{M}` int64 ``[C, C]``."""
+        return self.data.counts
+
+    @property
+    def nums(self) -> Tensor:
+        """Per-label image counts :math:`\\mathbf{N}` int64 ``[C]``."""
+        return self.data.nums
+
+    @property
+    def split(self) -> str:
+        """Name of the split the statistics came from (e.g. ``"train2014"``)."""
+        return self.data.split
+
+    @property
+    def tau(self) -> float:
+        """Threshold :math:`\\tau` of Eq. 7."""
+        return float(self.data.tau)
+
+    @property
+    def p(self) -> float:
+        """Re-weighting parameter :math:`p` of Eq. 8."""
+        return float(self.data.p)
+
+    @property
+    def scheme(self) -> str:
+        """``"reweighted"``, ``"binary"`` or ``"probability"``."""
+        return self.data.scheme
+
+    @property
+    def convention(self) -> str:
+        """``"paper"`` or ``"mlgcn_code"``."""
+        return self.data.convention
+
+    def propagation(self) -> Tensor:
+        r"""The dense operator :math:`\mathbf{P}` ``[C, C]`` (float32), rebuilt from the edges.
+
+        :math:`P_{ij} = \sum` of the weights of edges :math:`j \to i` — exactly what a
+        sum-aggregating message-passing layer applies to the edges, i.e.
+        :math:`\mathbf{H}' = \mathbf{P}\,\mathbf{H}\,\mathbf{W}` (Eq. 2). On the device of
+        the edges.
+        """
+        return _dense_from_edges(self.data.edge_index, self.data.edge_weight, self.num_classes)
+
+    def conditional_probability(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        r"""Dense :math:`P_{ij} = M_{ij}/N_i = P(L_j \mid L_i)` of Eq. 6 (zero rows where
+        :math:`N_i = 0`), ``[C, C]`` on the device of ``counts``."""
+        return _conditional_probability(self.data.counts.cpu(), self.data.nums.cpu()).to(
+            dtype=dtype, device=self.data.counts.device)
+
+    def to(self, device: Union[str, torch.device], *args: Any, **kwargs: Any) -> "LabelGraph":
+        """Move every tensor of :attr:`data` to ``device`` (in place, like
+        :meth:`torch_geometric.data.Data.to`); returns ``self``."""
+        self.data = self.data.to(device, *args, **kwargs)
+        return self
+
+    def __repr__(self) -> str:
+        x = "None" if self.data.x is None else list(self.data.x.shape)
+        return (f"{type(self).__name__}(num_classes={self.num_classes}, "
+                f"num_edges={self.num_edges}, scheme={self.scheme!r}, "
+                f"convention={self.convention!r}, tau={self.tau:g}, p={self.p:g}, "
+                f"split={self.split!r}, x={x})")
