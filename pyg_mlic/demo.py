@@ -15,7 +15,7 @@ from typing import Dict, Optional, Sequence
 import torch
 
 #: settings shared by every row, so the table compares methods, not recipes
-DEMO_DEFAULTS = dict(epochs=12, num_images=1500, image_size=64, batch_size=32)
+DEMO_DEFAULTS = dict(epochs=10, num_images=1200, image_size=64, batch_size=32)
 DEMO_TRAIN = dict(optimizer="adam", lr=2e-3, backbone_lr=2e-3, weight_decay=1e-4, lr_step=None,
                   select="best_val")
 DEMO_MODEL = dict(backbone="small_cnn")
@@ -51,7 +51,7 @@ def run_demo(out: str = "runs/demo", epochs: Optional[int] = None,
     t_start = time.time()
     kw = dict(image_size=image_size, seed=seed, cache=True)
     train = SyntheticScenes("train", num_images=num_images,
-                            transform=build_transforms(True, image_size, scale=(0.7, 1.0)), **kw)
+                            transform=build_transforms(True, image_size, scale=(0.85, 1.0)), **kw)
     val = SyntheticScenes("val", num_images=max(num_images // 4, 50),
                           transform=build_transforms(False, image_size), **kw)
     test = SyntheticScenes("test", num_images=max(num_images // 2, 100),

@@ -18,12 +18,12 @@ class SmallCNN(nn.Module):
         \mathbf{F}^{(0)} = \mathbf{I}
 
     With the default four blocks a :math:`64 \times 64` image gives a
-    :math:`256 \times 4 \times 4` map (stride 16), small enough to train the demo's models
+    :math:`128 \times 4 \times 4` map (stride 16), small enough to train the demo's models
     in minutes on two CPU cores. Convolutions use Kaiming-normal initialisation.
 
     Args:
         widths (sequence of int): output channels of each block. (default:
-            :obj:`(32, 64, 128, 256)`)
+            :obj:`(16, 32, 64, 128)`)
         in_channels (int): image channels. (default: :obj:`3`)
         weights: :obj:`None` (random init), a local weights file or a state dict.
 
@@ -33,7 +33,7 @@ class SmallCNN(nn.Module):
           \lfloor W/2^{K} \rfloor)` with :math:`K` = ``len(widths)``
     """
 
-    def __init__(self, widths: Sequence[int] = (32, 64, 128, 256), in_channels: int = 3,
+    def __init__(self, widths: Sequence[int] = (16, 32, 64, 128), in_channels: int = 3,
                  weights: Union[None, str, Path, Mapping[str, Tensor]] = None) -> None:
         super().__init__()
         widths = tuple(int(w) for w in widths)
@@ -90,6 +90,6 @@ class SmallCNN(nn.Module):
 @register_backbone("small_cnn")
 def small_cnn(weights: Union[None, str, Path, Mapping[str, Tensor]] = None,
               **kwargs: Any) -> SmallCNN:
-    """Small CNN for the synthetic-scenes demo (:math:`D = 256` by default); see
+    """Small CNN for the synthetic-scenes demo (:math:`D = 128` by default); see
     :class:`SmallCNN`."""
     return SmallCNN(weights=weights, **kwargs)

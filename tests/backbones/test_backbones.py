@@ -70,8 +70,8 @@ def test_list_and_unknown():
 @pytest.mark.parametrize("name, hw, out", [
     ("resnet50", (64, 64), (2048, 2, 2)),
     ("resnet101", (64, 64), (2048, 2, 2)),
-    ("small_cnn", (64, 64), (256, 4, 4)),
-    ("small_cnn", (64, 96), (256, 4, 6)),
+    ("small_cnn", (64, 64), (128, 4, 4)),
+    ("small_cnn", (64, 96), (128, 4, 6)),
     pytest.param("efficientnet_lite0", (64, 64), (1280, 2, 2), marks=needs_effnet),
     pytest.param("efficientnet_lite0", (72, 100), (1280, 3, 4), marks=needs_effnet),
 ])

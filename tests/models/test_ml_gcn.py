@@ -35,16 +35,16 @@ def test_logits_are_generated_classifiers_times_features(voc):
     with torch.no_grad():
         feats = m.encoder(x)
         torch.testing.assert_close(m({"image": x}).logits, feats @ W.t(), atol=1e-4, rtol=1e-4)
-    assert W.shape == (20, m.encoder.out_channels) == (20, 256)
+    assert W.shape == (20, m.encoder.out_channels) == (20, 128)
 
 
 def test_paper_defaults_and_depth(voc):
     m = _model(voc)
-    assert [c.out_channels for c in m.gcn.convs] == [1024, 256]
+    assert [c.out_channels for c in m.gcn.convs] == [1024, 128]
     assert m.gcn.act.negative_slope == 0.2
     assert m.default_train_config["lr"] == 0.01 and m.default_train_config["lr_step"] == 40
     deep = _model(voc, gcn_hidden=[1024, 1024, 1024])
-    assert [c.out_channels for c in deep.gcn.convs] == [1024, 1024, 1024, 256]
+    assert [c.out_channels for c in deep.gcn.convs] == [1024, 1024, 1024, 128]
 
 
 def test_classifiers_once_per_forward_and_cached_in_eval(voc):
