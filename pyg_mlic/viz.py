@@ -108,3 +108,60 @@ def plot_samples(dataset, path: PathLike, n: int = 8) -> Path:
         names = [dataset.classes[j] for j in s["target"].nonzero().flatten().tolist()]
         ax.set_title(", ".join(names), fontsize=7)
     return _save(fig, path)
+
+
+def plot_learned_graph(learned, statistical, classes: Sequence[str], path: PathLike,
+                       max_labels: int = 80, titles: Optional[Sequence[str]] = None) -> Path:
+    r"""Heatmaps of a learned label graph (A-GCN's :math:`\hat{\mathbf{A}}`) next to the
+    statistical one (ML-GCN's operator), row :math:`i` aggregating from column :math:`j`
+    in both.
+
+    Args:
+        learned (Tensor): dense ``[C, C]`` learned operator (e.g.
+            :meth:`pyg_mlic.models.a_gcn.AGCN.learned_graph`).
+        statistical: a :class:`~pyg_mlic.graphs.LabelGraph` (its
+            :meth:`~pyg_mlic.graphs.LabelGraph.propagation` is drawn) or a dense
+            ``[C, C]`` tensor/array.
+        classes (list[str]): the ``C`` label names (checked against a LabelGraph's).
+        path: PNG to write.
+        max_labels (int): draw only the first ``max_labels`` labels.
+        titles (list[str], optional): the two panel titles.
+    """
+    import torch
+
+    from pyg_mlic.errors import ClassMismatchError, check_same_classes
+
+    def dense(m, what: str) -> np.ndarray:
+        if hasattr(m, "propagation"):
+            check_same_classes("classes", classes, f"{what} graph", m.classes)
+            m = m.propagation()
+        if isinstance(m, torch.Tensor):
+            a = m.detach().cpu().float().numpy()
+        else:
+            a = np.asarray(m, dtype=float)
+        if a.shape != (len(classes), len(classes)):
+            raise ClassMismatchError(f"plot_learned_graph: {what} graph has shape {a.shape}, "
+                                     f"expected [{len(classes)}, {len(classes)}] for "
+                                     f"{len(classes)} classes")
+        if not np.isfinite(a).all():
+            raise ValueError(f"plot_learned_graph: {what} graph has non-finite entries")
+        return a
+
+    A, S = dense(learned, "learned"), dense(statistical, "statistical")
+    names = [str(c) for c in classes][:max_labels]
+    k = len(names)
+    plt = _plt()
+    side = min(12, 2 + 0.16 * k)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * side + 2, side), constrained_layout=True)
+    titles = list(titles or ["learned (A-GCN, Eq. 4)", "statistical (ML-GCN)"])
+    fs = 6 if k > 30 else 8
+    for ax, M, title in zip(axes, (A[:k, :k], S[:k, :k]), titles):
+        im = ax.imshow(M, cmap="viridis")
+        ax.set_xticks(range(k), names, rotation=90, fontsize=fs)
+        ax.set_yticks(range(k), names, fontsize=fs)
+        ax.set_xlabel("source label j")
+        if ax is axes[0]:
+            ax.set_ylabel("target label i (aggregates from j)")
+        ax.set_title(title)
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    return _save(fig, path)

@@ -1,4 +1,5 @@
-"""Message-passing layers, one per file."""
+"""Message-passing layers and graph modules, one per file."""
+from pyg_mlic.nn.adaptive_label_graph import AdaptiveLabelGraph, sparse_correlation_loss
 from pyg_mlic.nn.label_gcn_conv import LabelGCNConv
 
-__all__ = ["LabelGCNConv"]
+__all__ = ["LabelGCNConv", "AdaptiveLabelGraph", "sparse_correlation_loss"]
