@@ -2,17 +2,17 @@
 
 A dataset is a :class:`torch.utils.data.Dataset` whose items are ``dict`` samples:
 
-=============  ==========================  ==============================================
-key            value                       notes
-=============  ==========================  ==============================================
-``image``      float tensor ``[3, H, W]``  image datasets (``input_kind == "image"``)
-``features``   float tensor ``[D]``        feature datasets (``input_kind == "features"``)
-``target``     float tensor ``[C]``        1 = present, 0 = absent
-``mask``       bool tensor ``[C]``         False = ignored (e.g. VOC *difficult*)
-``boxes``      float tensor ``[M, 4]``     optional; xyxy in the (transformed) image's pixels
-``box_labels`` long tensor ``[M]``         optional; class index of each box
-``index``      int                         position of the sample in the dataset
-=============  ==========================  ==============================================
+=================  ==========================  ===================================================
+key                value                       notes
+=================  ==========================  ===================================================
+``image``          float tensor ``[3, H, W]``  image datasets (``input_kind == "image"``)
+``features``       float tensor ``[D]``        feature datasets (``input_kind == "features"``)
+``target``         float tensor ``[C]``        1 = present, 0 = absent
+``mask``           bool tensor ``[C]``         False = ignored (e.g. VOC *difficult*)
+``boxes``          float tensor ``[M, 4]``     optional; xyxy in the (transformed) image's pixels
+``box_labels``     long tensor ``[M]``         optional; class index of each box
+``index``          int                         position of the sample in the dataset
+=================  ==========================  ===================================================
 
 and which exposes, without loading any image:
 
