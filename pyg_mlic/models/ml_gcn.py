@@ -128,6 +128,10 @@ class MLGCN(MultiLabelModel):
             feature size ``D``. ML-GCN: ``[1024]`` (2 layers, 1024 → 2048 with ResNet-101);
             Table 3: ``[1024, 1024]`` and ``[1024, 1024, 1024]``.
         negative_slope (float): LeakyReLU slope. (default: :obj:`0.2`)
+        bias (bool): add a learnable per-class bias to the logits,
+            :math:`\hat{\mathbf{y}} = \mathbf{W}\mathbf{x} + \mathbf{b}`. Eq. 4 and the
+            public code have none; with a backbone trained from scratch (as in the demo) it
+            absorbs the label priors. (default: :obj:`False`)
     """
 
     default_train_config = dict(optimizer="sgd", lr=0.01, backbone_lr=0.001, momentum=0.9,
@@ -139,7 +143,8 @@ class MLGCN(MultiLabelModel):
                  train_labels: Any = None, label_graph: Any = None, label_embeddings: Any = None,
                  tau: float = 0.4, p: float = 0.2, scheme: str = "reweighted",
                  convention: str = "paper", gcn_hidden: Sequence[int] = (1024,),
-                 negative_slope: float = 0.2, encoder_hidden: Sequence[int] = (512,),
+                 negative_slope: float = 0.2, bias: bool = False,
+                 encoder_hidden: Sequence[int] = (512,),
                  encoder_out: int = 512, graph_edge_index: Optional[Tensor] = None,
                  graph_edge_weight: Optional[Tensor] = None, **context):
         super().__init__(classes)
@@ -157,11 +162,12 @@ class MLGCN(MultiLabelModel):
         self.register_buffer("label_embeddings", E, persistent=True)
         self.gcn = ClassifierGCN(E.size(1), list(gcn_hidden), self.encoder.out_channels,
                                  negative_slope)
+        self.bias = nn.Parameter(torch.zeros(self.num_classes)) if bias else None
         self._cache: Optional[tuple] = None
         self.build_kwargs = dict(
             classes=list(self.classes), input_kind=input_kind, backbone=backbone, pool=pool,
             in_features=in_features, tau=tau, p=p, scheme=scheme, convention=convention,
-            gcn_hidden=list(gcn_hidden), negative_slope=negative_slope,
+            gcn_hidden=list(gcn_hidden), negative_slope=negative_slope, bias=bias,
             encoder_hidden=list(encoder_hidden), encoder_out=encoder_out,
             graph_edge_index=ei, graph_edge_weight=ew, label_embeddings=E)
 
@@ -186,7 +192,10 @@ class MLGCN(MultiLabelModel):
     def forward(self, batch: Batch) -> ModelOutput:
         x = self.encode(batch)
         W = self.classifiers()
-        return ModelOutput(x @ W.t(), extras={"features": x})
+        logits = x @ W.t()
+        if self.bias is not None:
+            logits = logits + self.bias
+        return ModelOutput(logits, extras={"features": x})
 
     def export_module(self) -> nn.Module:
         """Backbone + pooling + the generated classifiers frozen into one linear layer."""
@@ -194,7 +203,7 @@ class MLGCN(MultiLabelModel):
 
         with torch.no_grad():
             W = self.gcn(self.label_embeddings, self.edge_index, self.edge_weight)
-        return FrozenClassifier(self.encoder, W, None, self.classes)
+        return FrozenClassifier(self.encoder, W, self.bias, self.classes)
 
 
 register_demo_row("ml_gcn (binary)", "ml_gcn", scheme="binary")
