@@ -17,7 +17,7 @@ STAMP := $(VENV)/.pyg_mlic-complete
 WITH_SCATTER ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: venv install demo test docs bench notebooks clean-venv print-venv
+.PHONY: venv install demo test docs bench notebooks clean-venv print-venv detectron2
 
 $(STAMP):
 	@echo ">> building venv $(VENV)"
@@ -59,3 +59,17 @@ clean-venv:
 
 print-venv:
 	@echo $(VENV)
+
+# Optional: detectron2 from the source package pb1-detectron2 (Python sources only, no C++
+# ops). pip >= 26 refuses its direct-URL metadata, so pip 25.3 downloads it; its setup.py is
+# made to build no extension. The detectron2 region backend's tests run only after this.
+detectron2: install
+	set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(VPY) -m pip download -q --no-deps "pip==25.3" -d "$$tmp"; \
+	$(VPY) "$$tmp/pip-25.3-py3-none-any.whl/pip" download -q --no-deps --no-build-isolation "pb1-detectron2==0.6" -d "$$tmp"; \
+	tar -xzf "$$tmp/pb1-detectron2-0.6.tar.gz" -C "$$tmp"; \
+	sed -i 's/ext_modules=get_extensions(),/ext_modules=[],/' "$$tmp/pb1-detectron2-0.6/setup.py"; \
+	grep -q 'ext_modules=\[\],' "$$tmp/pb1-detectron2-0.6/setup.py"; \
+	$(VPY) -m pip install -q --no-deps --no-build-isolation "$$tmp/pb1-detectron2-0.6"; \
+	$(VPY) -m pip install -q "fvcore==0.1.5.post20221221" "iopath>=0.1.7,<0.1.10" omegaconf cloudpickle; \
+	$(VPY) -c "from pyg_mlic.detection import detectron2_available as a; assert a(), 'detectron2 does not import'"
