@@ -59,10 +59,21 @@ def test_graph_command_on_real_coco_labels(data_dir, tmp_path):
     assert "edges" in p.stdout and png.stat().st_size > 1000
 
 
-def test_demo_runs_the_baseline_row(tmp_path):
+def test_demo_runs_the_baseline_row(tmp_path, data_dir):
     p = run_cli("demo", "--out", tmp_path, "--epochs", "1", "--num-images", "64",
                 "--image-size", "32", "--models", "baseline", "--no-progress")
     assert "baseline" in p.stdout and "mAP" in p.stdout
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert set(m["rows"]) == {"baseline"}
     assert (tmp_path / "table.txt").exists() and (tmp_path / "val_map.png").exists()
+    # the demo's checkpoint serves `predict` on real images (JSON) and exports to ONNX
+    ckpt = tmp_path / "baseline" / "last.pt"
+    img = data_dir / "images" / "coco8" / "images" / "000000000009.jpg"
+    p = run_cli("predict", img, "--checkpoint", ckpt, "--format", "json")
+    out = json.loads(p.stdout)
+    assert out[0]["image"] == str(img) and len(out[0]["scores"]) == 15
+    assert all(0.0 <= s <= 1.0 for s in out[0]["scores"].values())
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not a jpeg")
+    p = run_cli("predict", bad, "--checkpoint", ckpt, check=False)
+    assert p.returncode != 0 and "broken.jpg" in p.stderr
