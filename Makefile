@@ -38,7 +38,8 @@ venv: $(STAMP)
 
 # (re)point the cached venv at this checkout: cheap, no dependency resolution
 install: venv
-	@$(VPY) -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v "^$$" || true
+	@$(VPY) -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 \
+	  || $(VPY) -m pip install --no-deps --no-build-isolation -e .
 	@$(VPY) -c "import pyg_mlic, sys; print('>> pyg_mlic', pyg_mlic.__version__, 'from', pyg_mlic.__file__)"
 
 demo: install
