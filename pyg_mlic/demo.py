@@ -15,7 +15,7 @@ from typing import Dict, Optional, Sequence
 import torch
 
 #: settings shared by every row, so the table compares methods, not recipes
-DEMO_DEFAULTS = dict(epochs=6, num_images=800, image_size=64, batch_size=32)
+DEMO_DEFAULTS = dict(epochs=5, num_images=800, image_size=64, batch_size=32)
 DEMO_TRAIN = dict(optimizer="adam", lr=2e-3, backbone_lr=2e-3, weight_decay=1e-4, lr_step=None,
                   select="best_val")
 DEMO_MODEL = dict(backbone="small_cnn")
