@@ -233,6 +233,45 @@ def cmd_demo(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- extract-features
+def cmd_extract_features(args) -> int:
+    """Backbone features of one split written as a features ``.npz``
+    (see :mod:`pyg_mlic.data.extract`)."""
+    import time
+
+    import torch
+
+    from pyg_mlic.backbones import ImageEncoder, build_backbone
+    from pyg_mlic.data.extract import build_extraction_dataset, extract_features
+    from pyg_mlic.data.features import save_features
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    backbone = build_backbone(args.backbone, weights=args.backbone_weights)
+    cfg = getattr(backbone, "default_cfg", {}) or {}
+    size = args.image_size or int((cfg.get("input_size") or (3, 448, 448))[-1])
+    ds = build_extraction_dataset(args.dataset, root=args.root, split=args.split,
+                                  image_size=size, classes=args.classes,
+                                  mean=cfg.get("mean"), std=cfg.get("std"),
+                                  num_images=args.num_images, seed=args.seed)
+    encoder = ImageEncoder(backbone, args.pool)
+    t0 = time.time()
+    X, Y, M = extract_features(ds, encoder, batch_size=args.batch_size,
+                               progress=not args.no_progress, device=args.device,
+                               num_workers=args.num_workers)
+    files = getattr(ds, "image_files", None)
+    out = save_features(args.out, X, Y, ds.classes, mask=M,
+                        image=[str(f) for f in files] if files is not None else None,
+                        compress=args.compress)
+    print(f"{args.dataset} {ds.split}: {X.shape[0]} images -> features [{X.shape[0]}, "
+          f"{X.shape[1]}] ({args.backbone}, weights={args.backbone_weights}, {size}px, "
+          f"{args.pool} pooling), labels [{Y.shape[0]}, {Y.shape[1]}] classes {ds.classes[:10]}"
+          f"{' ...' if len(ds.classes) > 10 else ''}, "
+          f"mask: {'yes' if M is not None else 'no'}; {time.time() - t0:.1f} s")
+    print(f"wrote {out}")
+    return 0
+
+
 # ---------------------------------------------------------------------------- table
 METRIC_COLUMNS = ["mAP", "CP", "CR", "CF1", "OP", "OR", "OF1"]
 
@@ -332,6 +371,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save", help="write the graph (torch file of tensors)")
     p.set_defaults(func=cmd_graph, test_file=None, val_file=None, val_fraction=0.0,
                    image_size=448, num_images=None, no_augment=False)
+    p = sub.add_parser("extract-features",
+                       help="backbone features of one split -> features .npz (--dataset features)")
+    from pyg_mlic.data.extract import EXTRACT_DATASETS
+
+    p.add_argument("--dataset", required=True, choices=EXTRACT_DATASETS,
+                   help="image dataset (voc2007 reads any VOC-format folder, e.g. BCCD)")
+    p.add_argument("--root", help="dataset folder")
+    p.add_argument("--split", help="VOC: ImageSets/Main name (trainval, test ...); COCO: "
+                   "instances json or split name (train2014); folder: CSV file; "
+                   "nuswide/synthetic: train|test")
+    p.add_argument("--classes", help="comma-separated class names fixing the columns (e.g. "
+                   "WBC,RBC,Platelets for BCCD) or 'infer'")
+    p.add_argument("--backbone", default="efficientnet_lite0")
+    p.add_argument("--backbone-weights", default=None,
+                   help="local weights file, or 'imagenet' where the weights ship offline "
+                        "(efficientnet_lite0); default: random init")
+    p.add_argument("--pool", default="avg", choices=["avg", "max"],
+                   help="global pooling of the feature map (default: avg)")
+    p.add_argument("--image-size", type=int, help="input side (default: the backbone's, "
+                   "224 for efficientnet_lite0)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--num-images", type=int, help="synthetic scenes: number of images")
+    p.add_argument("--seed", type=int, default=0, help="synthetic scenes: seed")
+    p.add_argument("--device")
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--compress", action="store_true", help="np.savez_compressed")
+    p.add_argument("--out", required=True, help="output .npz")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_extract_features)
     return ap
 
 
