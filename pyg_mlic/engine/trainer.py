@@ -308,7 +308,7 @@ class Trainer:
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v * bs
             if hasattr(it, "set_postfix"):
-                it.set_postfix(loss=f"{float(loss):.4f}")
+                it.set_postfix(loss=f"{float(loss.detach()):.4f}")
         return {f"train_{k}": v / max(n, 1) for k, v in sums.items()}
 
     def final_evaluation(self, train_time: float = float("nan")) -> Dict[str, Any]:
