@@ -291,12 +291,14 @@ def knn_retrieval(features_query, features_gallery, k: int = 5, metric: str = "e
     .. math::
         d(\mathbf{q}_i, \mathbf{g}_j) = \lVert \mathbf{q}_i - \mathbf{g}_j \rVert_2
         \quad\text{or}\quad
-        1 - \frac{\mathbf{q}_i^{\top}\mathbf{g}_j}{\lVert\mathbf{q}_i\rVert\,\lVert\mathbf{g}_j\rVert}
+        1 - \frac{\mathbf{q}_i^{\top}\mathbf{g}_j}
+                 {\lVert\mathbf{q}_i\rVert\,\lVert\mathbf{g}_j\rVert}
         \;(\text{cosine}),
 
     first :math:`k` kept; ties go to the lower gallery index (stable sort). Distances
-    are computed in float64 pairwise (no :math:`\lVert a\rVert^2 + \lVert b\rVert^2 - 2ab`
-    expansion), so exact duplicates are at distance 0. Use the learned image features
+    are computed in float64; Euclidean ones pairwise (no
+    :math:`\lVert a\rVert^2 + \lVert b\rVert^2 - 2ab` expansion), so exact duplicates are
+    at distance 0. Use the learned image features
     of a model (``ModelOutput.extras["features"]``, e.g. from
     :func:`pyg_mlic.engine.predict`).
 

@@ -91,17 +91,9 @@ class CacheReport:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from pyg_mlic.engine.checkpoint import atomic_write
+
+    atomic_write(path, lambda f: f.write(text), binary=False)
 
 
 @contextlib.contextmanager

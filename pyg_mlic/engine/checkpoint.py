@@ -40,14 +40,15 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-def atomic_torch_save(obj: Any, path: PathLike) -> None:
-    """``torch.save`` to a temp file in the target folder, fsync, then ``os.replace``."""
+def atomic_write(path: PathLike, write, binary: bool = True) -> None:
+    """Call ``write(f)`` on a temp file in the target folder, fsync, then ``os.replace``:
+    readers see the old file or the complete new one, never a truncated one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -55,6 +56,11 @@ def atomic_torch_save(obj: Any, path: PathLike) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_torch_save(obj: Any, path: PathLike) -> None:
+    """``torch.save`` through :func:`atomic_write`."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def save_checkpoint(path: PathLike, *, model, extra: Optional[Dict[str, Any]] = None) -> None:
