@@ -41,7 +41,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
