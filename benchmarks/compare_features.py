@@ -82,7 +82,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from _common import ROOT, data_dir, machine
+from _common import data_dir, machine
 
 CLASSES = ["WBC", "RBC", "Platelets"]
 METRICS = ["mAP", "CP", "CR", "CF1", "OP", "OR", "OF1", "CP_top3", "CR_top3", "CF1_top3",

@@ -186,8 +186,8 @@ def format_comparison(res: Dict[str, Any]) -> str:
     """Paper rows and measured rows, one pair per method (values in %)."""
     lines: List[str] = []
     if res["dataset"] == "coco":
-        head = f"{'Method':<32}" + "".join(f"{c.replace('_top3', ''):>7}" for c in COCO_COLUMNS[:7]) \
-            + " |" + "".join(f"{c.replace('_top3', ''):>7}" for c in COCO_COLUMNS[7:])
+        cols = [f"{c.replace('_top3', ''):>7}" for c in COCO_COLUMNS]
+        head = f"{'Method':<32}" + "".join(cols[:7]) + " |" + "".join(cols[7:])
         lines += [f"{'':<32}{'All':^49} |{'Top-3':^42}", head, "-" * len(head)]
         for row, m in res["measured"].items():
             p = PAPER_COCO[row]
