@@ -88,6 +88,7 @@ CLASSES = ["WBC", "RBC", "Platelets"]
 METRICS = ["mAP", "CP", "CR", "CF1", "OP", "OR", "OF1", "CP_top3", "CR_top3", "CF1_top3",
            "OP_top3", "OR_top3", "OF1_top3"]
 PAPER_TRAIN = dict(optimizer="sgd", lr=0.01, weight_decay=1e-4, epochs=100)
+SCALES = ("none", "std")
 
 
 # ------------------------------------------------------------------------- features
@@ -206,9 +207,9 @@ def sklearn_eval(kind: str, params: Dict[str, Any], train: Path, test: Path,
 
 def sklearn_grid(quick: bool) -> Dict[str, List[Dict[str, Any]]]:
     if quick:
-        return {"logreg": [dict(scale="std", C=1.0)],
-                "knn": [dict(scale="std", k=15, weights="uniform")],
-                "mlp": [dict(scale="std", hidden=[256], alpha=1e-2, max_iter=200)]}
+        return {"logreg": [dict(scale=s, C=1.0) for s in SCALES],
+                "knn": [dict(scale=s, k=15, weights="uniform") for s in SCALES],
+                "mlp": [dict(scale=s, hidden=[256], alpha=1e-2, max_iter=200) for s in SCALES]}
     return {
         "logreg": [dict(scale=s, C=c) for s in ("none", "std") for c in (0.01, 0.1, 1.0, 10.0)],
         "knn": [dict(scale=s, k=k, weights=w) for s in ("none", "std") for k in (5, 15, 25)
@@ -318,9 +319,20 @@ def run(quick: bool = False, root: Optional[Path] = None, seeds: Optional[Sequen
         "sizes": {k: int(len(_load(p)[1])) for k, p in feats.items()},
         "cache": str(feats["train"].parent)}, "classes": CLASSES}
     try:
-        # ---- selection on val
+        # ---- selection on val: per method, the best configuration overall and the best
+        # within each input scaling ("none" = raw features, "std" = z-scored)
         selection: Dict[str, Any] = {}
-        chosen: Dict[str, Any] = {}
+        chosen: Dict[str, Dict[str, Any]] = {}
+
+        def pick(rows: List[Dict[str, Any]], key: str) -> Dict[str, Any]:
+            out = {"overall": max(rows, key=lambda r: r["val_mAP"])[key]}
+            for sc in SCALES:
+                cand = [r for r in rows if (r[key]["scale"] if key == "params" else
+                                            r["scale"]) == sc]
+                if cand:
+                    out[sc] = max(cand, key=lambda r: r["val_mAP"])[key]
+            return out
+
         for kind, grid in sklearn_grid(quick).items():
             rows = []
             for params in grid:
@@ -328,8 +340,8 @@ def run(quick: bool = False, root: Optional[Path] = None, seeds: Optional[Sequen
                                  sel_seeds if kind == "mlp" else [0])
                 rows.append({"params": params, "val_mAP": m["mAP"], "val_AP": m["AP"]})
             selection[kind] = rows
-            chosen[kind] = max(rows, key=lambda r: r["val_mAP"])["params"]
-            print(f"  selected {kind}: {chosen[kind]} (val mAP "
+            chosen[kind] = pick(rows, "params")
+            print(f"  selected {kind}: {chosen[kind]['overall']} (val mAP "
                   f"{100 * max(r['val_mAP'] for r in rows):.2f})", flush=True)
         # feature files per input scaling: "std" = z-scored with the phase's training split
         sel_files = {"none": feats, "std": standardized(feats, "train", ["train", "val"])}
@@ -340,19 +352,18 @@ def run(quick: bool = False, root: Optional[Path] = None, seeds: Optional[Sequen
                 f = sel_files[cfg["scale"]]
                 m = engine_eval(model, cfg["model_opts"], cfg["train_opts"], f["train"], f["val"],
                                 sel_seeds)
-                rows.append({**cfg, "val_mAP": m["mAP"], "val_mAP_std": m["mAP_std"],
-                             "val_AP": m["AP"]})
+                rows.append({"cfg": cfg, "scale": cfg["scale"], "val_mAP": m["mAP"],
+                             "val_mAP_std": m["mAP_std"], "val_AP": m["AP"]})
             selection[model] = rows
-            best = max(rows, key=lambda r: r["val_mAP"])
-            chosen[model] = {k: best[k] for k in ("scale", "model_opts", "train_opts")}
-            print(f"  selected {model}: {chosen[model]} (val mAP {100 * best['val_mAP']:.2f})",
-                  flush=True)
+            chosen[model] = pick(rows, "cfg")
+            print(f"  selected {model}: {chosen[model]['overall']} (val mAP "
+                  f"{100 * max(r['val_mAP'] for r in rows):.2f})", flush=True)
         res["selection_val"] = selection
         res["chosen"] = chosen
 
-        # ---- ML-GCN ablations on val
+        # ---- ML-GCN ablations on val, at ML-GCN's selected configuration
         abl = {}
-        c = chosen["ml_gcn"]
+        c = chosen["ml_gcn"]["overall"]
         for name, mo, emb in mlgcn_ablations(c["model_opts"], quick):
             f = sel_files[c["scale"]]
             m = engine_eval("ml_gcn", mo, c["train_opts"], f["train"], f["val"], sel_seeds,
@@ -360,29 +371,42 @@ def run(quick: bool = False, root: Optional[Path] = None, seeds: Optional[Sequen
             abl[name] = m
         res["mlgcn_ablations_val"] = abl
 
-        # ---- test: selected configurations retrained on trainval
-        test: Dict[str, Any] = {}
-        with tempfile.TemporaryDirectory(prefix="pyg_mlic_cmp_") as tmp:
-            paper = dict(PAPER_TRAIN, epochs=10) if quick else PAPER_TRAIN
-            test["baseline (paper defaults)"] = engine_cli(
-                "baseline", {}, paper, feats["trainval"], feats["test"], test_seeds,
-                Path(tmp) / "base_default")
-            test["ml_gcn (paper defaults)"] = engine_cli(
-                "ml_gcn", {}, paper, feats["trainval"], feats["test"], test_seeds,
-                Path(tmp) / "mlgcn_default")
-            for model in ("baseline", "ml_gcn"):
-                c = chosen[model]
-                f = test_files[c["scale"]]
-                test[f"{model} (selected on val)"] = engine_cli(
-                    model, c["model_opts"], c["train_opts"], f["trainval"], f["test"],
-                    test_seeds, Path(tmp) / f"{model}_sel")
-        names = {"logreg": "LogisticRegression (OvR)", "knn": "KNeighborsClassifier",
+        # ---- test: selected configurations retrained on trainval (memoised: a configuration
+        # selected in several blocks is trained once)
+        names = {"baseline": "baseline (engine)", "ml_gcn": "ml_gcn (engine)",
+                 "logreg": "LogisticRegression (OvR)", "knn": "KNeighborsClassifier",
                  "mlp": "MLPClassifier"}
-        for kind in ("logreg", "knn", "mlp"):
-            test[f"{names[kind]} (selected on val)"] = sklearn_eval(
-                kind, chosen[kind], feats["trainval"], feats["test"],
-                test_seeds if kind == "mlp" else [0])
-        res["test"] = test
+        memo: Dict[str, Dict[str, Any]] = {}
+        blocks: Dict[str, Dict[str, Any]] = {}
+        with tempfile.TemporaryDirectory(prefix="pyg_mlic_cmp_") as tmp:
+            def test_eval(method: str, cfg: Dict[str, Any]) -> Dict[str, Any]:
+                key = json.dumps([method, cfg], sort_keys=True, default=str)
+                if key not in memo:
+                    if method in ("baseline", "ml_gcn"):
+                        f = test_files[cfg["scale"]]
+                        memo[key] = engine_cli(method, cfg["model_opts"], cfg["train_opts"],
+                                               f["trainval"], f["test"], test_seeds,
+                                               Path(tmp) / f"run{len(memo)}")
+                    else:
+                        memo[key] = sklearn_eval(method, cfg, feats["trainval"], feats["test"],
+                                                 test_seeds if method == "mlp" else [0])
+                    memo[key]["config"] = cfg
+                return memo[key]
+
+            for block, which in (("selected on val (any input scaling)", "overall"),
+                                 ("raw features, selected on val among raw", "none"),
+                                 ("standardised features, selected on val among std", "std")):
+                rows = {}
+                if which == "none":
+                    paper = dict(PAPER_TRAIN, epochs=10) if quick else dict(PAPER_TRAIN)
+                    for model in ("baseline", "ml_gcn"):
+                        rows[f"{model} (paper defaults, untuned)"] = test_eval(
+                            model, dict(scale="none", model_opts={}, train_opts=paper))
+                for method in ("baseline", "ml_gcn", "logreg", "knn", "mlp"):
+                    if which in chosen[method]:
+                        rows[names[method]] = test_eval(method, chosen[method][which])
+                blocks[block] = rows
+        res["test"] = blocks
     finally:
         torch.set_num_threads(old_threads)
     res["total_time_s"] = time.time() - t_start
@@ -413,10 +437,10 @@ def main() -> None:
     f = r["features"]
     print(f"\nBCCD features: {f['backbone']}, {f['image_size']} px, {f['pool']} pooling, "
           f"D={f['dim']}; images {f['sizes']}")
-    print("\nTest split (72 images); configurations selected on the validation split, "
-          "retrained on trainval; mean over seeds")
-    print(_table(r["test"]))
-    c = r["chosen"]["ml_gcn"]
+    for block, rows in r["test"].items():
+        print(f"\nTest split (72 images), {block}; retrained on trainval; mean over seeds")
+        print(_table(rows))
+    c = r["chosen"]["ml_gcn"]["overall"]
     print(f"\nML-GCN ablations (train -> val, mean over seeds; at the selected "
           f"{c['scale']} input scaling, {c['train_opts']})")
     print(_table(r["mlgcn_ablations_val"]))
