@@ -42,16 +42,36 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=int, default=448, help="network input side (448)")
     p.add_argument("--num-images", type=int, help="synthetic scenes: training-set size")
     p.add_argument("--no-augment", action="store_true", help="no random crop/flip in training")
+    p.add_argument("--regions", metavar="BACKEND",
+                   help="add ROIs from a region backend to every sample (IA-GCN, GM-MLIC): "
+                        "auto, torchvision, detectron2, precomputed, groundtruth; extracted "
+                        "once into an on-disk cache (see pyg_mlic.detection.RegionDataset)")
+    p.add_argument("--region-opt", action="append", metavar="KEY=VALUE",
+                   help="a region-backend argument, e.g. weights=PATH, mode=rpn, path=DIR "
+                        "(repeatable)")
+    p.add_argument("--max-instances", type=int,
+                   help="ROIs kept per image by the region backend (default: the backend's)")
+    p.add_argument("--region-cache", help="folder of the ROI cache (default: ~/.cache/pyg_mlic)")
 
 
 def _splits(args):
     from pyg_mlic.data.factory import build_splits
 
-    return build_splits(args.dataset, root=args.root, train_file=args.train_file,
-                        test_file=args.test_file, val_file=args.val_file,
-                        image_size=args.image_size, val_fraction=args.val_fraction,
-                        seed=getattr(args, "seed", 0), num_images=args.num_images,
-                        augment=not args.no_augment)
+    splits = build_splits(args.dataset, root=args.root, train_file=args.train_file,
+                          test_file=args.test_file, val_file=args.val_file,
+                          image_size=args.image_size, val_fraction=args.val_fraction,
+                          seed=getattr(args, "seed", 0), num_images=args.num_images,
+                          augment=not args.no_augment)
+    if not getattr(args, "regions", None):
+        return splits
+    from pyg_mlic.detection import RegionDataset, build_region_extractor
+
+    opts = _parse_set(args.region_opt)
+    if args.max_instances is not None:
+        opts["max_instances"] = args.max_instances
+    extractor = build_region_extractor(args.regions, **opts)
+    root = {"root": args.region_cache} if args.region_cache else {}
+    return tuple(None if ds is None else RegionDataset(ds, extractor, **root) for ds in splits)
 
 
 def model_context(train_set, *, label_embeddings: Optional[str] = None,
@@ -62,6 +82,9 @@ def model_context(train_set, *, label_embeddings: Optional[str] = None,
                                train_labels=train_set.labels)
     if train_set.input_kind == "features":
         ctx["in_features"] = int(train_set.feature_dim)
+    if getattr(train_set, "roi_feature_dim", None):
+        # a RegionDataset: region models size their ROI layers from it
+        ctx["roi_feature_dim"] = int(train_set.roi_feature_dim)
     if backbone:
         ctx["backbone"] = backbone
     if backbone_weights:

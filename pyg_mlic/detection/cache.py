@@ -123,8 +123,10 @@ class RegionCache:
         extractor (RegionExtractor): the backend (its :meth:`config` enters the key).
         dataset: a dataset :func:`~pyg_mlic.detection.region_source` understands (COCO,
             VOC, folder, NUS-WIDE, synthetic scenes, subsets of them).
-        path (str, optional): the cache folder. (default: ``default_cache_root() /
+        path (str, optional): the cache folder. (default: ``root /
             "<dataset type>-<split>-<backend>-<key[:16]>"``)
+        root (str, optional): where the default folder is made, so that several
+            datasets/splits/backends can share one root. (default: :func:`default_cache_root`)
         dtype (str): storage type of the features, ``"float32"`` or ``"float16"``
             (half the disk; read back as float32). (default: :obj:`"float32"`)
         chunk_size (int): images per resumable chunk. (default: :obj:`64`)
@@ -139,7 +141,7 @@ class RegionCache:
     """
 
     def __init__(self, extractor: RegionExtractor, dataset, path: Optional[PathLike] = None,
-                 *, dtype: str = "float32", chunk_size: int = 64,
+                 *, root: Optional[PathLike] = None, dtype: str = "float32", chunk_size: int = 64,
                  verify: str = "checksum") -> None:
         if not isinstance(extractor, RegionExtractor):
             raise TypeError(f"RegionCache: extractor must be a RegionExtractor, got "
@@ -163,7 +165,7 @@ class RegionCache:
         if path is None:
             name = f"{type(dataset).__name__}-{getattr(dataset, 'split', '')}-" \
                    f"{extractor.backend}-{self.key[:16]}"
-            path = default_cache_root() / name
+            path = (Path(root).expanduser() if root is not None else default_cache_root()) / name
         self.path = Path(path).expanduser()
         self._arrays: Optional[Dict[str, np.ndarray]] = None
         self._ready = False

@@ -51,7 +51,7 @@ class RegionDataset(MultiLabelDataset):
             (default: :obj:`True`)
         progress (bool): progress bar while building. (default: :obj:`True`)
         num_workers (int): image-decoding workers while building. (default: :obj:`0`)
-        **cache_kwargs: ``dtype``, ``chunk_size``, ``verify`` of :class:`RegionCache`.
+        **cache_kwargs: ``root``, ``dtype``, ``chunk_size``, ``verify`` of :class:`RegionCache`.
     """
 
     def __init__(self, dataset: MultiLabelDataset, extractor: Union[RegionExtractor, str],
