@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from pyg_mlic.models.base import Batch, ModelOutput, MultiLabelModel, build_encoder
-from pyg_mlic.models.ml_gcn import ClassifierGCN, resolve_label_embeddings
+from pyg_mlic.models.ml_gcn import ClassifierGCN, default_gcn_hidden, resolve_label_embeddings
 from pyg_mlic.models.registry import register_ablation, register_demo_row, register_model
 from pyg_mlic.nn.adaptive_label_graph import (NONNEG, REDUCTIONS, VARIANTS, AdaptiveLabelGraph,
                                               adjacency_to_edges, sparse_correlation_loss)
@@ -67,7 +67,9 @@ class AGCN(MultiLabelModel):
             learned correlations before Eq. 4 (see :class:`~pyg_mlic.nn.AdaptiveLabelGraph`).
         max_value (float): cap on the mapped correlations. (default: :obj:`1e4`)
         gcn_hidden (list[int]): hidden widths of the GCN; its last layer's width is the
-            image feature size. The paper keeps ML-GCN's 2 layers: ``[1024]``.
+            image feature size. The paper keeps ML-GCN's 2 layers: ``[1024]`` with
+            ResNet-101. (default: ``[D // 2]``, see
+            :func:`~pyg_mlic.models.ml_gcn.default_gcn_hidden`)
         negative_slope (float): LeakyReLU slope :math:`\delta` (Eq. 3). (default: :obj:`0.2`)
 
     Shapes:
@@ -92,7 +94,7 @@ class AGCN(MultiLabelModel):
                  label_embeddings: Any = None, variant: str = "default", alpha: float = 1.0,
                  la_reduction: str = "mean", lg_hidden: Optional[int] = None,
                  lg_bias: bool = True, nonneg: str = "relu", max_value: float = 1e4,
-                 gcn_hidden: Sequence[int] = (1024,), negative_slope: float = 0.2,
+                 gcn_hidden: Optional[Sequence[int]] = None, negative_slope: float = 0.2,
                  encoder_hidden: Sequence[int] = (512,), encoder_out: int = 512, **context):
         super().__init__(classes)
         if variant not in VARIANTS:
@@ -116,6 +118,8 @@ class AGCN(MultiLabelModel):
         self.lg = AdaptiveLabelGraph(E.size(1), self.num_classes, hidden_channels=lg_hidden,
                                      variant=variant, nonneg=nonneg, bias=lg_bias,
                                      max_value=max_value)
+        if gcn_hidden is None:
+            gcn_hidden = default_gcn_hidden(self.encoder.out_channels)
         self.gcn = ClassifierGCN(E.size(1), list(gcn_hidden), self.encoder.out_channels,
                                  negative_slope)
         self._cache: Optional[tuple] = None

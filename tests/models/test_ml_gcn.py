@@ -40,7 +40,10 @@ def test_logits_are_generated_classifiers_times_features(voc):
 
 def test_paper_defaults_and_depth(voc):
     m = _model(voc)
-    assert [c.out_channels for c in m.gcn.convs] == [1024, 128]
+    # default hidden width D // 2: ML-GCN's 1024 -> 2048 for ResNet-101, 64 -> 128 here
+    assert [c.out_channels for c in m.gcn.convs] == [64, 128]
+    from pyg_mlic.models.ml_gcn import default_gcn_hidden
+    assert default_gcn_hidden(2048) == [1024]
     assert m.gcn.act.negative_slope == 0.2
     assert m.default_train_config["lr"] == 0.01 and m.default_train_config["lr_step"] == 40
     deep = _model(voc, gcn_hidden=[1024, 1024, 1024])
