@@ -116,7 +116,8 @@ def model_from_checkpoint(path_or_ckpt, **expect):
     """Rebuild the model stored in a checkpoint (file path or loaded dict)."""
     from pyg_mlic.models import build_model
 
-    ckpt = path_or_ckpt if isinstance(path_or_ckpt, dict) else load_checkpoint(path_or_ckpt, **expect)
+    ckpt = (path_or_ckpt if isinstance(path_or_ckpt, dict)
+            else load_checkpoint(path_or_ckpt, **expect))
     kwargs = dict(ckpt["build_kwargs"])
     kwargs.pop("backbone_weights", None)  # the weights are in the state dict
     model = build_model(ckpt["model_name"], **kwargs)

@@ -16,7 +16,8 @@ class TrainConfig:
 
     Args:
         epochs: number of epochs.
-        batch_size: images per step (global batch).
+        batch_size: images per optimisation step over all processes (the global batch;
+            each of :math:`W` DDP processes takes ``batch_size / W``).
         optimizer: ``"sgd"`` or ``"adam"``/``"adamw"``.
         lr: learning rate of the head (everything outside the backbone).
         backbone_lr: learning rate of the backbone (``None`` = ``lr``).
@@ -34,6 +35,12 @@ class TrainConfig:
         device: ``"cpu"``, ``"cuda"``, ... (``None`` = cuda when available).
         eval_every: evaluate on the validation split every N epochs.
         progress: show tqdm progress bars.
+        find_unused_parameters: multi-process (DDP) runs only: let DDP look for
+            parameters that receive no gradient in a step (models with branches unused
+            for some inputs need it; it costs one autograd-graph traversal per step).
+            ``None`` = the model's ``ddp_find_unused_parameters`` attribute if it has
+            one, else probe one training step (state restored afterwards) and enable
+            it when any trainable parameter got no gradient.
     """
 
     epochs: int = 100
@@ -53,6 +60,7 @@ class TrainConfig:
     device: Optional[str] = None
     eval_every: int = 1
     progress: bool = True
+    find_unused_parameters: Optional[bool] = None
     extra: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -12,7 +12,11 @@ dataset of the :mod:`pyg_mlic.data` protocol:
   continues from it and, because every epoch reseeds all generators from
   ``(seed, epoch)``, ends with exactly the metrics of an uninterrupted run;
 - ``metrics.json`` (the :func:`~pyg_mlic.metrics.multilabel_metrics` dict of the
-  final evaluation plus the run settings) and ``history.json`` in ``out_dir``.
+  final evaluation plus the run settings) and ``history.json`` in ``out_dir``;
+- multi-process training (DDP) when started under ``torchrun`` with an initialised
+  process group (see :mod:`pyg_mlic.engine.distributed`): ``config.batch_size`` is
+  the global batch, split evenly over the ranks; evaluation gathers every rank's
+  predictions; only rank 0 writes files.
 """
 from __future__ import annotations
 
@@ -49,6 +53,17 @@ def seed_everything(seed: int) -> None:
 
 def _epoch_seed(seed: int, epoch: int) -> int:
     return (int(seed) * 1_000_003 + int(epoch) * 7919) % (2**31 - 1)
+
+
+#: training settings that must not change when a run is resumed (they would make the
+#: continued run differ from an uninterrupted one); epochs, device, workers, progress may.
+_RESUME_MUST_MATCH = ("batch_size", "optimizer", "lr", "backbone_lr", "momentum", "weight_decay",
+                      "lr_step", "lr_milestones", "lr_gamma", "grad_clip", "select", "seed",
+                      "eval_every", "extra")
+
+#: test hook: seconds to sleep after every training step (fault-injection tests kill a
+#: run in the middle of an epoch); unset in normal use
+_STEP_SLEEP_ENV = "PYG_MLIC_STEP_SLEEP"
 
 
 def _worker_init(worker_id: int) -> None:
@@ -96,9 +111,20 @@ def _json_default(o: Any):
 
 
 def make_loader(dataset: Dataset, batch_size: int, *, train: bool, seed: int = 0,
-                num_workers: int = 0) -> DataLoader:
-    """DataLoader with the pyg_mlic collate and, for training, a seeded epoch sampler."""
-    sampler = EpochShuffleSampler(len(dataset), seed) if train else None
+                num_workers: int = 0, world_size: int = 1, rank: int = 0) -> DataLoader:
+    """DataLoader with the pyg_mlic collate and, for training, a seeded epoch sampler.
+
+    With ``world_size > 1`` the sampler is a
+    :class:`~pyg_mlic.engine.distributed.DistributedEpochSampler` (shuffled for
+    training, in dataset order for evaluation) and ``batch_size`` is the *per-rank*
+    batch.
+    """
+    if world_size > 1:
+        from pyg_mlic.engine.distributed import DistributedEpochSampler
+
+        sampler = DistributedEpochSampler(dataset, world_size, rank, shuffle=train, seed=seed)
+    else:
+        sampler = EpochShuffleSampler(len(dataset), seed) if train else None
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False,
                       num_workers=num_workers, collate_fn=collate, drop_last=False,
                       worker_init_fn=_worker_init if num_workers else None,
@@ -147,16 +173,45 @@ def predict(model, loader: DataLoader, device: Optional[torch.device] = None,
 
 
 def evaluate(model, dataset_or_loader, *, batch_size: int = 64, device=None,
-             progress: bool = False, **metric_kwargs) -> Dict[str, Any]:
-    """:func:`~pyg_mlic.metrics.multilabel_metrics` of ``model`` on a dataset or loader."""
+             progress: bool = False, num_workers: int = 0, **metric_kwargs) -> Dict[str, Any]:
+    """:func:`~pyg_mlic.metrics.multilabel_metrics` of ``model`` on a dataset or loader.
+
+    Inside an initialised process group with more than one rank, pass a *dataset*:
+    each rank predicts its shard and the metrics are computed on the gathered union
+    (see :func:`predict_dataset`); every rank returns the same dict.
+    """
     from pyg_mlic.metrics import multilabel_metrics
 
-    loader = dataset_or_loader
-    if not isinstance(loader, DataLoader):
-        loader = make_loader(loader, batch_size, train=False)
-    p = predict(model, loader, device=device, progress=progress)
+    if isinstance(dataset_or_loader, DataLoader):
+        p = predict(model, dataset_or_loader, device=device, progress=progress)
+    else:
+        p = predict_dataset(model, dataset_or_loader, batch_size=batch_size, device=device,
+                            progress=progress, num_workers=num_workers)
     return multilabel_metrics(p["logits"], p["target"], mask=p["mask"], scores_are="logits",
                               **metric_kwargs)
+
+
+def predict_dataset(model, dataset: Dataset, *, batch_size: int = 64, device=None,
+                    progress: bool = False, num_workers: int = 0) -> Dict[str, torch.Tensor]:
+    r""":func:`predict` over a whole dataset, split over the ranks of a process group.
+
+    In one process this is ``predict(model, make_loader(dataset, ...))``. With
+    :math:`W > 1` ranks, rank :math:`r` predicts samples :math:`r, r + W, \dots` (the
+    shards are padded to equal length by repeating samples), the shards are
+    all-gathered, the repeats dropped by sample index, and every rank receives all
+    :math:`N` rows in dataset order.
+    """
+    from pyg_mlic.engine import distributed as D
+
+    info = D.current()
+    if not info.enabled:
+        return predict(model, make_loader(dataset, batch_size, train=False,
+                                          num_workers=num_workers),
+                       device=device, progress=progress)
+    loader = make_loader(dataset, max(1, batch_size // info.world_size), train=False,
+                         num_workers=num_workers, world_size=info.world_size, rank=info.rank)
+    p = predict(model, loader, device=device, progress=progress and info.is_main)
+    return D.gather_predictions(p, list(loader.sampler), len(dataset))
 
 
 class Trainer:
@@ -185,6 +240,8 @@ class Trainer:
             if ds is not None:
                 check_same_classes("training set", model.classes, f"{name} set", ds.classes)
         check_same_classes("model", model.classes, "training set", train_set.classes)
+        for name, ds in (("validation", val_set), ("test", test_set)):
+            _check_has_positives(name, ds)
         self.model = model
         self.train_set, self.val_set, self.test_set = train_set, val_set, test_set
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -194,6 +251,16 @@ class Trainer:
         self.history: List[Dict[str, Any]] = []
         self.best: Tuple[float, int] = (-math.inf, -1)
         self.start_epoch = 0
+        from pyg_mlic.engine import distributed as D
+
+        self.dist = D.current()
+        ws = self.dist.world_size
+        if ws > 1:
+            if self.config.batch_size % ws:
+                raise ValueError(f"batch_size {self.config.batch_size} (the global batch) must be "
+                                 f"divisible by the number of processes ({ws})")
+            if self.device.type == "cuda":
+                self.device = torch.device("cuda", self.dist.local_rank)
 
     # ------------------------------------------------------------------ set-up
     def _build_optim(self):
@@ -224,11 +291,15 @@ class Trainer:
         path = self._ckpt_path(name)
         if path is None:
             return
-        save_checkpoint(path, model=self.model, extra={
-            "epoch": epoch, "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "history": self.history,
-            "best_val_map": self.best[0], "best_epoch": self.best[1],
-            "train_config": self.config.to_dict(), "run_info": self.run_info})
+        if self.dist.is_main:
+            save_checkpoint(path, model=self.model, extra={
+                "epoch": epoch, "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "history": self.history,
+                "best_val_map": self.best[0], "best_epoch": self.best[1],
+                "train_config": self.config.to_dict(), "run_info": self.run_info})
+        from pyg_mlic.engine.distributed import barrier
+
+        barrier()  # no rank reads a checkpoint before rank 0 has written it
 
     def _resume(self) -> None:
         path = self._ckpt_path("last.pt")
@@ -239,7 +310,22 @@ class Trainer:
         try:
             self.model.load_state_dict(ckpt["state_dict"])
         except RuntimeError as e:
-            raise CheckpointError(f"{path}: weights do not fit this model: {str(e)[:300]}") from None
+            raise CheckpointError(f"{path}: weights do not fit this model: "
+                                  f"{str(e)[:300]}") from None
+        saved = ckpt.get("train_config") or {}
+        now = self.config.to_dict()
+        changed = {k: (saved[k], now[k]) for k in _RESUME_MUST_MATCH
+                   if k in saved and k in now and saved[k] != now[k]}
+        if changed:
+            raise CheckpointError(
+                f"{path}: --resume with different training settings would not continue the "
+                f"same run: " + ", ".join(f"{k} was {a!r}, now {b!r}"
+                                          for k, (a, b) in changed.items()) +
+                "; use the original settings (only epochs, device, workers and progress "
+                "may change) or a new --out folder")
+        if "optimizer" not in ckpt or "epoch" not in ckpt:
+            raise CheckpointError(f"{path}: a model-only checkpoint (no optimizer state / "
+                                  f"epoch) cannot be resumed")
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.history = list(ckpt.get("history", []))
@@ -249,25 +335,56 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def fit(self, resume: bool = False) -> Dict[str, Any]:
         """Train for ``config.epochs`` epochs, then evaluate; returns the final metrics."""
+        from pyg_mlic.engine import distributed as D
+
         c = self.config
+        ws, rank = self.dist.world_size, self.dist.rank
         seed_everything(c.seed)
         self.model.to(self.device)
+        if ws > 1 and self.device.type == "cuda":
+            # BatchNorm statistics over the global batch (same Parameter objects: the
+            # state dict and the optimiser groups are unchanged); on the CPU (gloo)
+            # BatchNorm layers see the per-rank batch
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.optimizer, self.scheduler = self._build_optim()
         if resume:
             self._resume()
-        loader = make_loader(self.train_set, c.batch_size, train=True, seed=c.seed,
-                             num_workers=c.num_workers)
-        val_loader = (make_loader(self.val_set, c.batch_size, train=False,
-                                  num_workers=c.num_workers) if self.val_set is not None else None)
+        self.train_model = self.model
+        if ws > 1:
+            # the label statistics, embeddings and initial weights are computed on every
+            # rank from the same files and seed: make sure they agree before training
+            D.check_ranks_agree("the class list / training labels", D.state_digest(
+                list(self.model.classes), self.train_set.labels))
+            D.check_ranks_agree("the model (weights, buffers, label graph)", D.state_digest(
+                self.model.state_dict(), self.model.build_kwargs))
+        loader = make_loader(self.train_set, c.batch_size // ws, train=True, seed=c.seed,
+                             num_workers=c.num_workers, world_size=ws, rank=rank)
+        if ws > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            find_unused = c.find_unused_parameters
+            if find_unused is None:
+                find_unused = getattr(self.model, "ddp_find_unused_parameters", None)
+            if find_unused is None:  # probe one step: does any parameter get no gradient?
+                unused = self._probe_unused_parameters(loader)
+                find_unused = D.all_reduce_sum({"n": float(len(unused))})["n"] > 0
+            self.find_unused_parameters = bool(find_unused)
+            self.train_model = DDP(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=bool(find_unused))
         t0 = time.time()
         for epoch in range(self.start_epoch, c.epochs):
-            seed_everything(_epoch_seed(c.seed, epoch))
+            # every epoch reseeds from (seed, epoch) -> resume == uninterrupted run;
+            # ranks get distinct streams (dropout, augmentation) from the rank offset
+            seed_everything(_epoch_seed(c.seed, epoch) + rank)
             loader.sampler.set_epoch(epoch)
             record = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]}
             record.update(self._train_epoch(loader, epoch))
             self.scheduler.step()
-            if val_loader is not None and ((epoch + 1) % c.eval_every == 0 or epoch + 1 == c.epochs):
-                vm = evaluate(self.model, val_loader, device=self.device)
+            if self.val_set is not None and ((epoch + 1) % c.eval_every == 0
+                                             or epoch + 1 == c.epochs):
+                vm = evaluate(self.model, self.val_set, batch_size=c.batch_size,
+                              device=self.device, num_workers=c.num_workers)
                 record["val_mAP"] = vm["mAP"]
                 record["val_CF1"], record["val_OF1"] = vm["CF1"], vm["OF1"]
                 if vm["mAP"] > self.best[0]:
@@ -276,30 +393,81 @@ class Trainer:
                         self._save("best.pt", epoch)
             self.history.append(record)
             self._save("last.pt", epoch)
-            if self.out_dir is not None:
+            if self.out_dir is not None and self.dist.is_main:
                 write_json(self.out_dir / "history.json", self.history)
         train_time = time.time() - t0
         return self.final_evaluation(train_time)
 
+    def _probe_unused_parameters(self, loader: DataLoader) -> List[str]:
+        """Names of trainable parameters that get no gradient from one training step.
+
+        Runs forward + loss + backward on the first batch of epoch ``start_epoch`` and
+        then restores everything it touched (weights, buffers such as BatchNorm
+        statistics, gradients, and the Python / NumPy / PyTorch random states), so the
+        run continues exactly as if the probe had not happened.
+        """
+        import copy
+
+        py, npy, th = random.getstate(), np.random.get_state(), torch.get_rng_state()
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        state = copy.deepcopy(self.model.state_dict())
+        was_training = self.model.training
+        try:
+            seed_everything(_epoch_seed(self.config.seed, self.start_epoch) + self.dist.rank)
+            loader.sampler.set_epoch(self.start_epoch)
+            batch = _to_device(next(iter(loader)), self.device)
+            self.model.train()
+            self.optimizer.zero_grad(set_to_none=True)
+            out = self.model(batch)
+            loss, _ = self.model.loss(out, batch)
+            loss.backward()
+            return [n for n, p in self.model.named_parameters()
+                    if p.requires_grad and p.grad is None]
+        finally:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.model.load_state_dict(state)
+            self.model.train(was_training)
+            random.setstate(py)
+            np.random.set_state(npy)
+            torch.set_rng_state(th)
+            if cuda is not None:
+                torch.cuda.set_rng_state_all(cuda)
+
     def _train_epoch(self, loader: DataLoader, epoch: int) -> Dict[str, float]:
+        from pyg_mlic.engine import distributed as D
+
         c = self.config
+        model = getattr(self, "train_model", self.model)
         self.model.train()
         sums: Dict[str, float] = {}
         n = 0
         it = loader
-        if c.progress and tqdm is not None:
+        if c.progress and tqdm is not None and self.dist.is_main:
             it = tqdm(loader, desc=f"{self.model.model_name} epoch {epoch + 1}/{c.epochs}",
                       leave=False, dynamic_ncols=True)
+        sleep = float(os.environ.get(_STEP_SLEEP_ENV, "0") or 0)
         for step, batch in enumerate(it):
             batch = _to_device(batch, self.device)
-            out = self.model(batch)
+            try:
+                out = model(batch)
+            except RuntimeError as e:
+                if "find_unused_parameters" in str(e):
+                    raise RuntimeError(
+                        f"{self.model.model_name}: some parameters got no gradient in a "
+                        f"multi-process step; train with TrainConfig(find_unused_parameters="
+                        f"True) or set the model attribute ddp_find_unused_parameters = True. "
+                        f"DDP said: {str(e)[:400]}") from e
+                raise
             loss, parts = self.model.loss(out, batch)
-            if not torch.isfinite(loss):
+            finite = bool(torch.isfinite(loss))
+            if self.dist.enabled:  # all ranks stop together instead of hanging in all-reduce
+                finite = D.all_reduce_sum({"bad": 0.0 if finite else 1.0})["bad"] == 0.0
+            if not finite:
                 raise FloatingPointError(
                     f"non-finite loss ({parts}) at epoch {epoch + 1}, step {step + 1} of "
                     f"{self.model.model_name}; lower the learning rate or check the inputs")
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # DDP averages the gradients over the ranks here
             if c.grad_clip:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
             self.optimizer.step()
@@ -309,6 +477,12 @@ class Trainer:
                 sums[k] = sums.get(k, 0.0) + v * bs
             if hasattr(it, "set_postfix"):
                 it.set_postfix(loss=f"{float(loss.detach()):.4f}")
+            if sleep > 0:
+                time.sleep(sleep)
+        if self.dist.enabled:  # the epoch's loss over all ranks' samples
+            tot = D.all_reduce_sum({**sums, "__n": float(n)})
+            n = int(tot.pop("__n"))
+            sums = tot
         return {f"train_{k}": v / max(n, 1) for k, v in sums.items()}
 
     def final_evaluation(self, train_time: float = float("nan")) -> Dict[str, Any]:
@@ -327,7 +501,7 @@ class Trainer:
             raise ValueError("nothing to evaluate: give a test or validation split")
         t0 = time.time()
         m = evaluate(self.model, test, batch_size=c.batch_size, device=self.device,
-                     progress=c.progress)
+                     progress=c.progress and self.dist.is_main, num_workers=c.num_workers)
         m["eval_time_s"] = time.time() - t0
         m["train_time_s"] = train_time
         m["selection"] = {"rule": rule, "epoch": chosen,
@@ -336,10 +510,29 @@ class Trainer:
         m["settings"] = {"model": self.model.model_name, "model_config": _jsonable(
             self.model.build_kwargs), "train_config": c.to_dict(), "library_version":
             __version__, "num_train": len(self.train_set),
-            "num_test": len(test), "classes": list(self.model.classes), **self.run_info}
-        if self.out_dir is not None:
+            "num_test": len(test), "classes": list(self.model.classes),
+            "world_size": self.dist.world_size, **self.run_info}
+        if self.out_dir is not None and self.dist.is_main:
             write_json(self.out_dir / "metrics.json", m)
         return m
+
+
+def _check_has_positives(name: str, dataset: Optional[Dataset]) -> None:
+    """Refuse, before any training, an evaluation split on which mAP is undefined
+    (no unmasked positive label at all): the run would fail only at its end."""
+    labels = getattr(dataset, "labels", None)
+    if labels is None:
+        return
+    pos = np.asarray(labels) == 1
+    mask = getattr(dataset, "label_mask", None)
+    if mask is not None:
+        pos &= np.asarray(mask, dtype=bool)
+    if not pos.any():
+        from pyg_mlic.errors import DatasetError
+
+        raise DatasetError(f"{name} set ({getattr(dataset, 'split', '?')}, {len(labels)} "
+                           f"samples) has no (unmasked) positive label: mAP and recall are "
+                           f"undefined on it")
 
 
 def _jsonable(d: Dict[str, Any]) -> Dict[str, Any]:

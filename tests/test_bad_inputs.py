@@ -1,0 +1,732 @@
+"""The bad-input matrix: every bad input, through the public API or the CLI, and what happens.
+
+Each :class:`Case` is a real input (a file written to ``tmp_path`` or an argument)
+fed to the public API / ``pyg-mlic``; its ``behaviour`` is what the user sees — a
+clear error naming the file / class / argument, or a documented, tested result.
+Never a NaN metric or a silent wrong answer.
+
+``docs/bad_inputs.rst`` holds the same list as a table, generated from ``CASES``:
+after adding or changing a case run ::
+
+    PYTHONPATH=. python tests/test_bad_inputs.py > docs/bad_inputs.rst
+
+:func:`test_doc_table_is_generated_from_cases` fails when the two drift apart.
+"""
+from __future__ import annotations
+
+import json
+import pickle
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, List
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from helpers_features import make_features_npz  # noqa: E402
+
+from pyg_mlic.errors import (CheckpointError, ClassMismatchError,  # noqa: E402
+                             DatasetError)
+
+
+@dataclass
+class Case:
+    id: str
+    area: str
+    input: str
+    behaviour: str
+    run: Callable[[Path], None]
+
+
+CASES: List[Case] = []
+
+
+def case(id: str, area: str, input: str, behaviour: str):
+    """Register the decorated ``f(tmp_path)`` as a case of the matrix."""
+    def deco(f):
+        assert id not in {c.id for c in CASES}, id
+        CASES.append(Case(id, area, input, behaviour, f))
+        return f
+    return deco
+
+
+def _need_model(name: str) -> None:
+    from pyg_mlic.models import list_models
+
+    if name not in list_models():
+        pytest.skip(f"model {name!r} is not registered yet")
+
+
+# ----------------------------------------------------------------------- small real inputs
+def _image_folder(tmp: Path, rows: str) -> Path:
+    from PIL import Image
+
+    (tmp / "img").mkdir(exist_ok=True)
+    Image.new("RGB", (24, 16), (200, 30, 30)).save(tmp / "img" / "ok.jpg", quality=90)
+    (tmp / "labels.csv").write_text("image,labels\n" + rows)
+    return tmp
+
+
+def _features_npz(tmp: Path, name: str = "f.npz", **arrays) -> Path:
+    base = dict(features=np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32),
+                labels=np.eye(6, 3, dtype=np.uint8), classes=np.array(["a", "b", "c"]))
+    base.update(arrays)
+    np.savez(tmp / name, **base)
+    return tmp / name
+
+
+def _labels(n: int = 40, c: int = 4, seed: int = 0) -> np.ndarray:
+    Y = (np.random.default_rng(seed).random((n, c)) < 0.4).astype(np.uint8)
+    Y[0] = 1
+    return Y
+
+
+def _features_model(name: str, classes=("a", "b", "c", "d"), **kw):
+    from pyg_mlic.models import build_model
+
+    return build_model(name, classes=list(classes), input_kind="features", in_features=8,
+                       encoder_hidden=[8], encoder_out=8, **kw)
+
+
+def _trained_checkpoint(tmp: Path) -> Path:
+    from pyg_mlic.cli import main
+
+    make_features_npz(tmp / "tr.npz", n=64, seed=0)
+    make_features_npz(tmp / "te.npz", n=32, seed=1)
+    assert main(_train_args(tmp, tmp / "run") + ["--epochs", "1"]) == 0
+    return tmp / "run" / "last.pt"
+
+
+def _train_args(tmp: Path, out: Path) -> List[str]:
+    return ["train", "--dataset", "features", "--train-file", str(tmp / "tr.npz"),
+            "--test-file", str(tmp / "te.npz"), "--model", "baseline", "--set",
+            "encoder_hidden=[8]", "encoder_out=8", "--batch-size", "32", "--no-progress",
+            "--out", str(out)]
+
+
+def _eval_args(tmp: Path, ckpt: Path) -> List[str]:
+    return ["eval", "--checkpoint", str(ckpt), "--dataset", "features", "--train-file",
+            str(tmp / "tr.npz"), "--test-file", str(tmp / "te.npz")]
+
+
+class _Evil:
+    """Unpickling this creates the file ``marker`` (stands for arbitrary code)."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _region_batch(K: int, present: int, D: int = 6, B: int = 2) -> dict:
+    mask = torch.zeros(B, K, dtype=torch.bool)
+    mask[:, :present] = True
+    g = torch.Generator().manual_seed(0)
+    boxes = torch.rand(B, K, 2, generator=g) * 8
+    return {"features": torch.randn(B, 8, generator=g),
+            "roi_features": torch.randn(B, K, D, generator=g),
+            "roi_boxes": torch.cat([boxes, boxes + 4], dim=-1), "roi_mask": mask,
+            "roi_image_size": torch.tensor([[16, 16]] * B),
+            "target": torch.tensor([[1.0, 0, 1, 0], [0, 1, 0, 0]])[:B],
+            "mask": torch.ones(B, 4, dtype=torch.bool)}
+
+
+def _region_model(name: str, max_instances: int):
+    _need_model(name)
+    extra = (dict(region_hidden=[8], gcn_hidden=[8, 8]) if name == "ia_gcn"
+             else dict(encoder_channels=8, conv_channels=[8]))
+    torch.manual_seed(0)
+    return _features_model(name, train_labels=_labels(), roi_feature_dim=6,
+                           max_instances=max_instances, **extra)
+
+
+# =========================================================================== images / files
+@case("corrupt-jpeg", "data", "a truncated JPEG listed in a label CSV",
+      "``DatasetError`` when the sample is loaded, naming the file ('cannot decode image "
+      "... truncated or corrupt'); ``dataset.verify()`` lists every bad file up front")
+def _(tmp):
+    from pyg_mlic.data.folder import FolderDataset
+
+    root = _image_folder(tmp, "img/ok.jpg,cat\nimg/bad.jpg,dog\n")
+    data = (root / "img" / "ok.jpg").read_bytes()
+    (root / "img" / "bad.jpg").write_bytes(data[: len(data) // 2])
+    ds = FolderDataset(root, root / "labels.csv")
+    assert ds[0]["image"].shape[0] == 3
+    with pytest.raises(DatasetError, match=r"cannot decode image.*bad\.jpg"):
+        ds[1]
+    with pytest.raises(DatasetError, match=r"bad\.jpg"):
+        ds.verify(progress=False)
+
+
+@case("missing-image", "data", "a label CSV row whose image file does not exist",
+      "``DatasetError`` 'image file not found: PATH' when the sample is loaded (and from "
+      "``dataset.verify()``)")
+def _(tmp):
+    from pyg_mlic.data.folder import FolderDataset
+
+    root = _image_folder(tmp, "img/ok.jpg,cat\nimg/gone.jpg,dog\n")
+    ds = FolderDataset(root, root / "labels.csv")
+    with pytest.raises(DatasetError, match=r"image file not found: .*gone\.jpg"):
+        ds[1]
+
+
+@case("missing-features-file", "data", "``--train-file`` pointing to no file",
+      "``DatasetError`` 'features file not found: PATH'")
+def _(tmp):
+    from pyg_mlic.cli import main
+
+    make_features_npz(tmp / "te.npz")
+    with pytest.raises(DatasetError, match=r"features file not found: .*tr\.npz"):
+        main(_train_args(tmp, tmp / "o"))
+
+
+@case("not-an-npz", "data", "a features file that is not an ``.npz`` archive (e.g. text)",
+      "``DatasetError`` 'not an .npz archive (unrecognised file header ...)'")
+def _(tmp):
+    from pyg_mlic.data.features import FeaturesDataset
+
+    (tmp / "f.npz").write_text("features,labels\n1,2\n")
+    with pytest.raises(DatasetError, match="not an .npz archive"):
+        FeaturesDataset(tmp / "f.npz")
+
+
+@case("empty-csv", "data", "an empty label CSV file", "``DatasetError`` 'the CSV file is empty'")
+def _(tmp):
+    from pyg_mlic.data.folder import FolderDataset
+
+    (tmp / "labels.csv").write_text("")
+    with pytest.raises(DatasetError, match=r"labels\.csv: the CSV file is empty"):
+        FolderDataset(tmp, tmp / "labels.csv")
+
+
+@case("empty-coco-json", "data", "a COCO annotation file listing no image",
+      "``DatasetError`` 'no image left ... empty dataset', naming the file")
+def _(tmp):
+    from pyg_mlic.data.coco import COCODataset
+
+    (tmp / "inst.json").write_text(json.dumps(
+        {"images": [], "annotations": [], "categories": [{"id": 1, "name": "cat"}]}))
+    with pytest.raises(DatasetError, match=r"inst\.json: no image left"):
+        COCODataset(tmp, tmp / "inst.json")
+
+
+@case("empty-features", "data", "a features ``.npz`` with zero rows",
+      "``DatasetError`` 'holds no rows (empty dataset)'")
+def _(tmp):
+    from pyg_mlic.data.features import FeaturesDataset
+
+    f = _features_npz(tmp, features=np.zeros((0, 4), np.float32),
+                      labels=np.zeros((0, 3), np.uint8))
+    with pytest.raises(DatasetError, match="no rows"):
+        FeaturesDataset(f)
+
+
+@case("label-id-out-of-range-coco", "data", "a COCO annotation whose ``category_id`` is not "
+      "in ``categories``", "``DatasetError`` naming the file, annotation, image and the "
+      "unknown id")
+def _(tmp):
+    from pyg_mlic.data.coco import COCODataset
+
+    (tmp / "inst.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.jpg", "height": 8, "width": 8}],
+        "annotations": [{"id": 5, "image_id": 1, "category_id": 99, "bbox": [0, 0, 2, 2],
+                         "area": 4, "iscrowd": 0}],
+        "categories": [{"id": 1, "name": "cat"}]}))
+    with pytest.raises(DatasetError, match=r"annotation 5 of image 1 has unknown category id 99"):
+        COCODataset(tmp, tmp / "inst.json")
+
+
+@case("label-value-out-of-range", "data", "a label value other than 0/1 (features ``labels`` "
+      "holding 2; a CSV class column holding 2)", "``DatasetError`` naming the file, row, "
+      "column and class")
+def _(tmp):
+    from pyg_mlic.data.features import FeaturesDataset
+    from pyg_mlic.data.folder import FolderDataset
+
+    lab = np.eye(6, 3, dtype=np.uint8)
+    lab[4, 1] = 2
+    with pytest.raises(DatasetError, match=r"out of range at row 4, column 1 \('b'\)"):
+        FeaturesDataset(_features_npz(tmp, labels=lab))
+    (tmp / "c.csv").write_text("image,cat,dog\nimg/a.jpg,1,2\n")
+    with pytest.raises(DatasetError, match=r"c\.csv, line 2: value '2' in column 'dog'"):
+        FolderDataset(tmp, tmp / "c.csv")
+
+
+@case("unknown-class-name", "data", "a CSV label name that is not in the given class list "
+      "(e.g. the test split names a class the training split lacks)",
+      "``DatasetError`` naming the file, line and label")
+def _(tmp):
+    from pyg_mlic.data.folder import FolderDataset
+
+    root = _image_folder(tmp, "img/ok.jpg,cat;dragon\n")
+    with pytest.raises(DatasetError, match=r"line 2: unknown label 'dragon'"):
+        FolderDataset(root, root / "labels.csv", classes=["cat", "dog"])
+
+
+@case("path-escapes-root", "security", "an annotation path leaving the dataset root "
+      "(``../x.jpg``, ``/etc/passwd``, a VOC image id ``../../etc/passwd``)",
+      "``DatasetError`` 'absolute or escapes the dataset root' / 'not a plain file name'; "
+      "nothing outside the root is opened")
+def _(tmp):
+    from pyg_mlic.data.folder import FolderDataset
+    from pyg_mlic.data.voc import VOCDataset
+
+    for bad in ("../x.jpg", "/etc/passwd", "img/../../x.jpg"):
+        (tmp / "labels.csv").write_text(f"image,labels\n{bad},cat\n")
+        with pytest.raises(DatasetError, match="escapes the dataset root"):
+            FolderDataset(tmp, tmp / "labels.csv")
+    main = tmp / "voc" / "ImageSets" / "Main"
+    main.mkdir(parents=True)
+    (main / "train.txt").write_text("../../etc/passwd\n")
+    with pytest.raises(DatasetError, match="not a plain file name"):
+        VOCDataset(tmp / "voc", "train")
+
+
+# =========================================================================== labels / metrics
+@case("all-negative-image", "labels", "an image with no positive label",
+      "kept: its target row is all 0 (a negative for every class) in training and in the "
+      "metrics; mAP, loss and training stay finite")
+def _(tmp):
+    from pyg_mlic.data.features import FeaturesDataset
+    from pyg_mlic.engine import TrainConfig, Trainer
+    from pyg_mlic.models import build_model
+
+    lab = np.eye(6, 3, dtype=np.uint8)
+    lab[3:] = 0  # three images without any label
+    lab[3, 0] = 1
+    ds = FeaturesDataset(_features_npz(tmp, labels=lab))
+    assert float(ds[4]["target"].sum()) == 0.0
+    model = build_model("baseline", classes=ds.classes, input_kind="features",
+                        in_features=4, encoder_hidden=[8], encoder_out=8)
+    m = Trainer(model, ds, None, ds, TrainConfig(epochs=2, batch_size=4, progress=False)).fit()
+    assert np.isfinite(m["mAP"]) and 0.0 <= m["mAP"] <= 1.0
+
+
+@case("class-without-positives", "labels", "a class with no (unmasked) positive in the "
+      "evaluated split", "``UndefinedAPWarning`` naming the class; its AP is ``None`` and it "
+      "is left out of mAP, CP, CR and CF1 (the mean over the classes that have positives)")
+def _(tmp):
+    from pyg_mlic.metrics import UndefinedAPWarning, multilabel_metrics
+
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(30, 3, generator=g)
+    t = (torch.rand(30, 3, generator=g) < 0.5).float()
+    t[:, 1] = 0
+    with pytest.warns(UndefinedAPWarning, match=r"1 \(b\)"):
+        m = multilabel_metrics(s, t, class_names=["a", "b", "c"])
+    assert m["AP"][1] is None
+    assert m["mAP"] == pytest.approx((m["AP"][0] + m["AP"][2]) / 2)
+    assert all(np.isfinite(v) for v in m.values() if isinstance(v, float))
+
+
+@case("no-class-has-positives", "labels", "an evaluation split where no class has a positive",
+      "``ValueError`` 'no class has an (unmasked) positive sample ... mAP and recall are "
+      "undefined' (no NaN metric)")
+def _(tmp):
+    from pyg_mlic.metrics import multilabel_metrics
+
+    with pytest.raises(ValueError, match="no class has an"):
+        multilabel_metrics(torch.randn(5, 3), torch.zeros(5, 3))
+
+
+@case("eval-split-without-positives", "labels", "a validation / test split with no positive "
+      "label at all (e.g. the wrong file)", "``DatasetError`` when the ``Trainer`` is built, "
+      "before any training ('test set ... has no (unmasked) positive label')")
+def _(tmp):
+    from pyg_mlic.data.features import FeaturesDataset
+    from pyg_mlic.engine import Trainer
+    from pyg_mlic.models import build_model
+
+    tr = FeaturesDataset(_features_npz(tmp, "tr.npz"))
+    te = FeaturesDataset(_features_npz(tmp, "te.npz", labels=np.zeros((6, 3), np.uint8)),
+                         split="test")
+    model = build_model("baseline", classes=tr.classes, input_kind="features", in_features=4,
+                        encoder_hidden=[8], encoder_out=8)
+    with pytest.raises(DatasetError, match=r"test set \(test, 6 samples\) has no"):
+        Trainer(model, tr, None, te)
+
+
+@case("label-never-occurs-in-train", "graphs", "a class that never occurs in the training "
+      "labels (N_i = 0) of a label graph", "no division by zero: the node keeps only its "
+      "self-loop (row of P = e_i), the graph and ML-GCN's logits stay finite")
+def _(tmp):
+    from pyg_mlic.graphs import LabelGraph
+
+    Y = _labels()
+    Y[:, 2] = 0
+    P = LabelGraph.from_labels(Y).propagation()
+    assert torch.isfinite(P).all()
+    assert P[2].tolist() == [0.0, 0.0, 1.0, 0.0]
+    out = _features_model("ml_gcn", train_labels=Y)({"features": torch.randn(3, 8)})
+    assert torch.isfinite(out.logits).all()
+
+
+@case("isolated-graph-node", "graphs", "a label whose conditional probabilities are all below "
+      "tau (a node left with no neighbour)", "the node aggregates only itself (row of P = "
+      "e_i, its self weight 1 rather than 1 - p, so re-weighting never divides by an empty "
+      "row); finite operator; ``pyg-mlic graph`` lists such nodes")
+def _(tmp):
+    from pyg_mlic.graphs import LabelGraph
+
+    Y = _labels(60)
+    Y[6:, 1] = Y[6:, 0]  # a and b always together: neighbours
+    Y[:, 3] = 0
+    Y[:6, 3] = 1
+    Y[:6, :3] = 0  # label d never co-occurs with another label
+    P = LabelGraph.from_labels(Y, tau=0.4, p=0.2).propagation()
+    assert torch.isfinite(P).all()
+    assert P[3].tolist() == [0.0, 0.0, 0.0, 1.0] and P[:, 3].tolist() == [0.0, 0.0, 0.0, 1.0]
+    off = P.clone().fill_diagonal_(0)
+    assert off[0, 1] > 0 and off[1, 0] > 0  # the other nodes keep their neighbours
+
+
+# =========================================================================== non-finite values
+@case("nan-features-file", "non-finite", "NaN or inf in a features ``.npz``",
+      "``DatasetError`` naming the file and the first bad row / column / value")
+def _(tmp):
+    from pyg_mlic.data.features import FeaturesDataset
+
+    for bad in (np.nan, np.inf):
+        x = np.ones((6, 4), np.float32)
+        x[2, 3] = bad
+        with pytest.raises(DatasetError, match=r"non-finite.*row 2 \(column 3"):
+            FeaturesDataset(_features_npz(tmp, features=x))
+
+
+@case("inf-in-batch", "non-finite", "NaN/inf reaching a model (a broken transform or "
+      "hand-made batch)", "``ValueError`` 'non-finite values in the input batch' before any "
+      "layer runs; in training a non-finite loss raises ``FloatingPointError`` naming the "
+      "epoch and step")
+def _(tmp):
+    x = torch.randn(2, 8)
+    x[1, 0] = float("inf")
+    with pytest.raises(ValueError, match="non-finite values in the input batch"):
+        _features_model("baseline")({"features": x})
+
+
+@case("nan-embeddings", "non-finite", "NaN/inf label embeddings (``npz:`` file, tensor given "
+      "to a model or to ``LabelGraph``)", "``ValueError`` naming the classes (or first "
+      "position) with non-finite vectors")
+def _(tmp):
+    from pyg_mlic.embeddings import load_label_embeddings
+    from pyg_mlic.graphs import LabelGraph
+
+    v = np.ones((3, 5), np.float32)
+    v[1, 2] = np.nan
+    np.savez(tmp / "e.npz", vectors=v, classes=np.array(["a", "b", "c"]))
+    with pytest.raises(ValueError, match=r"non-finite.*\['b'\]"):
+        load_label_embeddings(f"npz:{tmp / 'e.npz'}", ["a", "b", "c"])
+    E = torch.ones(4, 5)
+    E[2, 1] = float("inf")
+    with pytest.raises(ValueError, match=r"NaN or infinite.*\[2, 1\]"):
+        LabelGraph.from_labels(_labels(), embeddings=E)
+    with pytest.raises(ValueError, match=r"non-finite label embeddings for classes \['c'\]"):
+        _features_model("ml_gcn", train_labels=_labels(), label_embeddings=E)
+
+
+@case("nan-scores", "non-finite", "NaN/inf scores given to ``multilabel_metrics``",
+      "``ValueError`` with the count and the first [sample, class] position")
+def _(tmp):
+    from pyg_mlic.metrics import multilabel_metrics
+
+    s = torch.randn(4, 2)
+    s[1, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"1 non-finite value.*\[1, 1\]"):
+        multilabel_metrics(s, torch.tensor([[1, 0], [0, 1], [1, 1], [0, 0]]))
+
+
+# =========================================================================== hyper-parameters
+@case("tau-p-out-of-range", "hyper-parameters", "``tau`` or ``p`` outside [0, 1] or NaN "
+      "(``LabelGraph``, ``ml_gcn``, ``ia_gcn``)", "``ValueError`` 'tau must be in [0, 1], "
+      "got ...' (same for p)")
+def _(tmp):
+    from pyg_mlic.graphs import LabelGraph
+
+    Y = _labels()
+    for kw in (dict(tau=1.5), dict(tau=float("nan")), dict(p=-0.1), dict(p=2.0)):
+        name = next(iter(kw))
+        with pytest.raises(ValueError, match=rf"{name} must be in \[0, 1\]"):
+            LabelGraph.from_labels(Y, **kw)
+        with pytest.raises(ValueError, match=rf"{name} must be in \[0, 1\]"):
+            _features_model("ml_gcn", train_labels=Y, **kw)
+
+
+@case("alpha-out-of-range", "hyper-parameters", "A-GCN's ``alpha`` (weight of L_A) negative, "
+      "NaN or not a number", "``ValueError`` 'alpha ... must be a finite number >= 0'")
+def _(tmp):
+    _need_model("a_gcn")
+    for bad in (-1.0, float("nan"), "big"):
+        with pytest.raises(ValueError, match="alpha .*must be a finite number >= 0"):
+            _features_model("a_gcn", alpha=bad)
+
+
+@case("lambda-out-of-range", "hyper-parameters", "IA-GCN's fusion weight lambda (Eq. 11) "
+      "outside [0, 1]", "``ValueError`` naming ``fusion_weight`` and the valid range")
+def _(tmp):
+    _need_model("ia_gcn")
+    for bad in (1.5, -0.5, float("inf")):
+        with pytest.raises(ValueError, match="fusion_weight"):
+            _features_model("ia_gcn", train_labels=_labels(), fusion_weight=bad)
+
+
+@case("beta-out-of-range", "hyper-parameters", "GM-MLIC's ``beta`` (Eq. 15) negative or NaN",
+      "``ValueError`` 'beta (Eq. 15) must be a finite number >= 0'")
+def _(tmp):
+    _need_model("gm_mlic")
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match=r"beta \(Eq. 15\) must be a finite number >= 0"):
+            _features_model("gm_mlic", train_labels=_labels(), beta=bad)
+
+
+# =========================================================================== regions
+@case("zero-rois", "regions", "an image with no region (``roi_mask`` all False) in IA-GCN / "
+      "GM-MLIC", "finite logits and loss: padding rows are zeros and masked out of every "
+      "aggregation; the image is classified from its global feature and the label graph")
+def _(tmp):
+    for name in ("ia_gcn", "gm_mlic"):
+        model = _region_model(name, max_instances=3)
+        b = _region_batch(K=2, present=0)
+        out = model(b)
+        loss, _ = model.loss(out, b)
+        assert torch.isfinite(out.logits).all() and torch.isfinite(loss), name
+
+
+@case("more-rois-than-max-instances", "regions", "more ROIs per image than ``max_instances``",
+      "the first ``max_instances`` (highest-scored, as stored) are used: the output equals "
+      "that of the truncated input")
+def _(tmp):
+    for name in ("ia_gcn", "gm_mlic"):
+        model = _region_model(name, max_instances=3).eval()
+        b = _region_batch(K=7, present=7)
+        cut = {k: (v[:, :3] if k in ("roi_features", "roi_boxes", "roi_mask") else v)
+               for k, v in b.items()}
+        with torch.no_grad():
+            torch.testing.assert_close(model(b).logits, model(cut).logits)
+
+
+# =========================================================================== class lists
+@case("class-mismatch-graph", "class lists", "a label graph whose class list differs from the "
+      "model's", "``ClassMismatchError`` listing the missing / extra classes")
+def _(tmp):
+    from pyg_mlic.graphs import LabelGraph
+
+    g = LabelGraph.from_labels(_labels(), classes=["w", "x", "y", "z"])
+    with pytest.raises(ClassMismatchError, match=r"missing from label graph: \['a', 'b'"):
+        _features_model("ml_gcn", label_graph=g)
+
+
+@case("class-mismatch-embeddings", "class lists", "label embeddings for other classes (an "
+      "``npz:`` file lacking a class; a matrix with the wrong number of rows)",
+      "``ClassMismatchError`` naming the file and the classes without a vector / the shapes")
+def _(tmp):
+    from pyg_mlic.embeddings import load_label_embeddings
+
+    np.savez(tmp / "e.npz", vectors=np.ones((3, 5), np.float32),
+             classes=np.array(["a", "b", "x"]))
+    with pytest.raises(ClassMismatchError, match=r"e\.npz has no vector for 1 of the 3 "
+                                                 r"classes: \['c'\]"):
+        load_label_embeddings(f"npz:{tmp / 'e.npz'}", ["a", "b", "c"])
+    with pytest.raises(ClassMismatchError, match=r"shape \(5, 3\), expected \[4, d\]"):
+        _features_model("ml_gcn", train_labels=_labels(), label_embeddings=torch.ones(5, 3))
+
+
+@case("class-mismatch-labels", "class lists", "training labels with another number of "
+      "columns than the class list", "``ClassMismatchError`` 'classes has 4 names but the "
+      "label statistics have 3 labels'")
+def _(tmp):
+    with pytest.raises(ClassMismatchError, match="4 names but the label statistics have 3"):
+        _features_model("ml_gcn", train_labels=_labels(c=3))
+
+
+@case("class-mismatch-dataset-checkpoint", "class lists", "``pyg-mlic eval`` of a checkpoint "
+      "on a dataset with other classes", "``ClassMismatchError`` 'checkpoint has 5 classes, "
+      "dataset features has 4 ...'")
+def _(tmp):
+    from pyg_mlic.cli import main
+
+    ckpt = _trained_checkpoint(tmp)
+    make_features_npz(tmp / "te.npz", c=4, seed=3)
+    with pytest.raises(ClassMismatchError, match="checkpoint has 5 classes"):
+        main(_eval_args(tmp, ckpt))
+
+
+# =========================================================================== checkpoints
+@case("truncated-checkpoint", "checkpoints", "a truncated checkpoint (``eval --checkpoint`` / "
+      "``train --resume``)", "``CheckpointError`` 'not a loadable pyg_mlic checkpoint "
+      "(truncated, corrupt ...)' naming the file")
+def _(tmp):
+    from pyg_mlic.cli import main
+
+    ckpt = _trained_checkpoint(tmp)
+    cut = tmp / "cut.pt"
+    cut.write_bytes(ckpt.read_bytes()[:300])
+    with pytest.raises(CheckpointError, match=r"cut\.pt: not a loadable"):
+        main(_eval_args(tmp, cut))
+    ckpt.write_bytes(cut.read_bytes())
+    with pytest.raises(CheckpointError, match=r"last\.pt: not a loadable"):
+        main(_train_args(tmp, tmp / "run") + ["--epochs", "2", "--resume"])
+
+
+@case("foreign-checkpoint", "checkpoints", "a checkpoint of something else: a plain "
+      "state dict, or another model's checkpoint given to ``--resume``",
+      "``CheckpointError`` 'not a pyg_mlic checkpoint (missing format tag)' / 'holds model "
+      "'baseline', expected 'ml_gcn''")
+def _(tmp):
+    from pyg_mlic.cli import main
+
+    ckpt = _trained_checkpoint(tmp)
+    torch.save({"weight": torch.zeros(3)}, tmp / "foreign.pt")
+    with pytest.raises(CheckpointError, match="not a pyg_mlic checkpoint"):
+        main(_eval_args(tmp, tmp / "foreign.pt"))
+    args = _train_args(tmp, tmp / "run") + ["--epochs", "2", "--resume"]
+    args[args.index("baseline")] = "ml_gcn"
+    with pytest.raises(CheckpointError, match="holds model 'baseline', expected 'ml_gcn'"):
+        main(args)
+    torch.save({"weight": torch.zeros(3)}, ckpt)
+    with pytest.raises(CheckpointError, match="not a pyg_mlic checkpoint"):
+        main(_train_args(tmp, tmp / "run") + ["--epochs", "2", "--resume"])
+
+
+@case("missing-checkpoint", "checkpoints", "``--resume`` with no ``OUT/last.pt``",
+      "``FileNotFoundError`` '--resume: no checkpoint at PATH'")
+def _(tmp):
+    from pyg_mlic.cli import main
+
+    make_features_npz(tmp / "tr.npz", n=64)
+    make_features_npz(tmp / "te.npz", n=32, seed=1)
+    with pytest.raises(FileNotFoundError, match="--resume: no checkpoint"):
+        main(_train_args(tmp, tmp / "nothing") + ["--resume"])
+
+
+@case("resume-with-other-settings", "checkpoints", "``--resume`` with another seed, batch "
+      "size, optimiser, learning rate, schedule or selection rule than the checkpoint's",
+      "``CheckpointError`` listing each changed setting ('seed was 0, now 1'): the run would "
+      "not be the one that was interrupted. ``--epochs`` (and device, workers, progress) may "
+      "change")
+def _(tmp):
+    from pyg_mlic.cli import main
+    from pyg_mlic.engine import load_checkpoint
+
+    _trained_checkpoint(tmp)
+    base = _train_args(tmp, tmp / "run") + ["--resume", "--epochs", "2"]
+    with pytest.raises(CheckpointError, match=r"seed was 0, now 1"):
+        main(base + ["--seed", "1"])
+    with pytest.raises(CheckpointError, match=r"batch_size was 32, now 16"):
+        main([a if a != "32" else "16" for a in base])
+    assert main(base) == 0  # more epochs: the point of resuming
+    assert load_checkpoint(tmp / "run" / "last.pt")["epoch"] == 1
+
+
+@case("nproc-invalid", "distributed", "``pyg-mlic train --nproc 0`` (or negative)",
+      "exits with 'train: --nproc must be >= 1'")
+def _(tmp):
+    from pyg_mlic.cli import main
+
+    make_features_npz(tmp / "tr.npz", n=64)
+    make_features_npz(tmp / "te.npz", n=32, seed=1)
+    with pytest.raises(SystemExit, match="--nproc must be >= 1"):
+        main(_train_args(tmp, tmp / "o") + ["--nproc", "0"])
+
+
+@case("malicious-pickle-checkpoint", "security", "a checkpoint whose pickle would run code "
+      "(``eval --checkpoint``, ``train --resume``, ``predict``/``export``)",
+      "``CheckpointError``: loaded with ``torch.load(weights_only=True)``, which refuses "
+      "the object; the code never runs")
+def _(tmp):
+    from pyg_mlic.cli import main
+
+    make_features_npz(tmp / "tr.npz", n=64)
+    make_features_npz(tmp / "te.npz", n=32, seed=1)
+    marker = tmp / "pwned"
+    evil = tmp / "run" / "last.pt"
+    evil.parent.mkdir()
+    for proto in (2, pickle.HIGHEST_PROTOCOL):
+        with open(evil, "wb") as f:
+            pickle.dump({"format": "pyg_mlic-checkpoint", "x": _Evil(marker)}, f, protocol=proto)
+        torch.save({"format": "pyg_mlic-checkpoint", "x": _Evil(marker)}, tmp / "evil_zip.pt")
+        for argv in (_eval_args(tmp, evil), _eval_args(tmp, tmp / "evil_zip.pt"),
+                     _train_args(tmp, tmp / "run") + ["--resume"],
+                     ["predict", str(tmp / "any.jpg"), "--checkpoint", str(evil)],
+                     ["export", "--checkpoint", str(evil), "--out", str(tmp / "m.onnx")]):
+            with pytest.raises(CheckpointError):
+                main(argv)
+            assert not marker.exists()
+
+
+@case("object-array-npz", "security", "a features / embeddings ``.npz`` holding an object "
+      "(pickled) array", "``DatasetError`` 'object (pickled) array, which is never loaded'; "
+      "files are read with ``allow_pickle=False``, the pickle never runs")
+def _(tmp):
+    from pyg_mlic.cli import main
+    from pyg_mlic.embeddings import load_label_embeddings
+
+    marker = tmp / "pwned"
+    obj = np.empty(3, dtype=object)
+    obj[:] = [_Evil(marker), "b", "c"]
+    _features_npz(tmp, "tr.npz", classes=obj)
+    _features_npz(tmp, "te.npz")
+    with pytest.raises(DatasetError, match=r"'classes' is an object \(pickled\) array"):
+        main(_train_args(tmp, tmp / "o"))
+    np.savez(tmp / "e.npz", vectors=np.ones((3, 2), np.float32), classes=obj)
+    with pytest.raises(DatasetError, match="pickle"):
+        load_label_embeddings(f"npz:{tmp / 'e.npz'}", ["a", "b", "c"])
+    assert not marker.exists()
+
+
+# =========================================================================== the tests
+@pytest.mark.parametrize("c", CASES, ids=[c.id for c in CASES])
+def test_bad_input(c: Case, tmp_path):
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated")
+        c.run(tmp_path)
+
+
+def render_rst() -> str:
+    """``docs/bad_inputs.rst``: the table of :data:`CASES`."""
+    lines = [
+        ":orphan:",
+        "",
+        "Bad inputs",
+        "==========",
+        "",
+        ".. This file is generated from tests/test_bad_inputs.py (CASES); do not edit it by",
+        "   hand: run ``PYTHONPATH=. python tests/test_bad_inputs.py > docs/bad_inputs.rst``.",
+        "",
+        "Every bad input below is a case of ``tests/test_bad_inputs.py``: a real input fed",
+        "to the public API or the ``pyg-mlic`` command, with the behaviour asserted. The",
+        "errors derive from :class:`ValueError` (``DatasetError``, ``ClassMismatchError``,",
+        "``CheckpointError`` in :mod:`pyg_mlic.errors`) or :class:`FileNotFoundError`, and",
+        "their messages name the offending file, class or argument. No case produces a NaN",
+        "metric or a silently wrong answer.",
+        "",
+        ".. list-table::",
+        "   :header-rows: 1",
+        "   :widths: 18 12 35 35",
+        "",
+        "   * - Case",
+        "     - Area",
+        "     - Input",
+        "     - What happens",
+    ]
+    for c in CASES:
+        lines += [f"   * - ``{c.id}``", f"     - {c.area}", f"     - {c.input}",
+                  f"     - {c.behaviour}"]
+    return "\n".join(lines) + "\n"
+
+
+def test_doc_table_is_generated_from_cases():
+    doc = (ROOT / "docs" / "bad_inputs.rst").read_text()
+    assert doc == render_rst(), ("docs/bad_inputs.rst is out of date: run "
+                                 "PYTHONPATH=. python tests/test_bad_inputs.py > "
+                                 "docs/bad_inputs.rst")
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render_rst())
