@@ -99,12 +99,29 @@ def model_context(train_set, *, label_embeddings: Optional[str] = None,
 
 # ---------------------------------------------------------------------------- train
 def cmd_train(args) -> int:
-    from pyg_mlic.engine import TrainConfig, Trainer, seed_everything
+    from pyg_mlic.engine import distributed
+
+    if getattr(args, "nproc", 1) < 1:
+        raise SystemExit(f"train: --nproc must be >= 1, got {args.nproc}")
+    if getattr(args, "nproc", 1) > 1 and not distributed.under_launcher():
+        # --nproc N: re-run this command in N processes under torch.distributed.run
+        return distributed.relaunch(args._train_parser, args, "train", args.nproc)
+    distributed.init_distributed(args.device)  # no-op unless started by torchrun
+    try:
+        return _train(args)
+    finally:
+        distributed.destroy()
+
+
+def _train(args) -> int:
+    from pyg_mlic.engine import TrainConfig, Trainer, distributed, seed_everything
     from pyg_mlic.models import build_model, get_model_class
 
     seed_everything(args.seed)  # the model's initialisation is part of the seeded run
     train, val, test = _splits(args)
     cfg = _parse_set(args.set)
+    if _uses_two_stage(args):  # IML-GCN: stage 1, image-feature embeddings, stage 2
+        return _train_two_stage(args, train, val, test, cfg)
     ctx = model_context(train, label_embeddings=args.label_embeddings, backbone=args.backbone,
                         backbone_weights=args.backbone_weights)
     model = build_model(args.model, **ctx, **cfg)
@@ -119,8 +136,58 @@ def cmd_train(args) -> int:
                 "train_split": train.split, "val_split": getattr(val, "split", None)}
     trainer = Trainer(model, train, val, test, tcfg, out_dir=args.out, run_info=run_info)
     m = trainer.fit(resume=args.resume)
-    print(format_table([(args.model, m)]))
-    print(f"wrote {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'last.pt'}")
+    if distributed.current().is_main:
+        print(format_table([(args.model, m)]))
+        print(f"wrote {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'last.pt'}")
+    return 0
+
+
+def _uses_two_stage(args) -> bool:
+    """IML-GCN's two-stage recipe: a model marked ``two_stage`` or image-feature embeddings."""
+    from pyg_mlic.models import get_model_class
+
+    spec = (args.label_embeddings or "").strip().lower()
+    return spec == "image-features" or bool(getattr(get_model_class(args.model), "two_stage", False))
+
+
+#: ``--set`` keys read by the two-stage recipe, not by the model
+TWO_STAGE_KEYS = ("pca", "n_components", "on_missing", "stage1_model", "stage1_checkpoint",
+                  "embedding_batch_size")
+
+
+def _train_two_stage(args, train, val, test, cfg: Dict[str, Any]) -> int:
+    """``train`` through :func:`pyg_mlic.engine.two_stage.run_two_stage`: stage 1 in
+    ``OUT/stage1``, the embedding cache in ``OUT/embeddings``, stage 2 (metrics.json,
+    last.pt) in ``OUT``; ``--resume`` restarts a stopped run at the right stage."""
+    from pyg_mlic.engine import distributed
+    from pyg_mlic.engine.two_stage import run_two_stage
+
+    recipe = {k: cfg.pop(k) for k in TWO_STAGE_KEYS if k in cfg}
+    spec = args.label_embeddings or "image-features"
+    image_features = spec.strip().lower() == "image-features"
+    ctx = model_context(train, label_embeddings=None if image_features else spec,
+                        backbone=args.backbone, backbone_weights=args.backbone_weights)
+    embeddings = "image-features" if image_features else ctx.pop("label_embeddings")
+    overrides = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                     backbone_lr=args.backbone_lr, optimizer=args.optimizer, seed=args.seed,
+                     select=args.select, num_workers=args.num_workers, device=args.device,
+                     weight_decay=args.weight_decay, progress=not args.no_progress)
+    run_info = {"dataset": args.dataset, "root": args.root, "train_file": args.train_file,
+                "test_file": args.test_file, "image_size": args.image_size,
+                "label_embeddings": spec, "model_options": cfg, "recipe": recipe,
+                "train_split": train.split, "val_split": getattr(val, "split", None)}
+    m = run_two_stage(train, val, test, out_dir=args.out, model=args.model,
+                      model_options={**ctx, **cfg},
+                      train_overrides={k: v for k, v in overrides.items() if v is not None},
+                      label_embeddings=embeddings, resume=args.resume, run_info=run_info,
+                      **recipe)
+    if distributed.current().is_main:
+        rows = [(f"{args.model} (stage 2)", m)]
+        if m.get("stage1") and "mAP" in m["stage1"]:
+            rows.insert(0, (f"{recipe.get('stage1_model', 'asl')} (stage 1)", m["stage1"]))
+        print(format_table(rows))
+        print(f"wrote {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'last.pt'} "
+              f"(stage 1 in {Path(args.out) / 'stage1'})")
     return 0
 
 
@@ -145,6 +212,45 @@ def cmd_eval(args) -> int:
 
 
 # ---------------------------------------------------------------------------- predict
+#: file suffixes ``pyg-mlic predict`` collects from a folder (case-insensitive)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def expand_image_paths(items: Sequence[str]) -> List[Path]:
+    """Image files of ``items``: files as given, folders expanded to their images
+    (:data:`IMAGE_EXTENSIONS`, sorted by name, not recursive)."""
+    paths: List[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir()
+                           if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                raise SystemExit(f"predict: folder {p} holds no images "
+                                 f"({', '.join(IMAGE_EXTENSIONS)})")
+            paths.extend(found)
+        else:
+            paths.append(p)
+    return paths
+
+
+def write_predictions(results: List[Dict[str, Any]], classes: Sequence[str], path: Path) -> None:
+    """``results`` of :func:`cmd_predict` to ``.json`` (the list as printed) or ``.csv``
+    (columns ``image``, ``labels`` joined by ``;``, then one probability column per class)."""
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".json":
+        path.write_text(json.dumps(results, indent=2) + "\n")
+        return
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "labels", *classes])
+        for r in results:
+            w.writerow([r["image"], ";".join(r["labels"]),
+                        *(f"{r['scores'][c]:.6f}" for c in classes)])
+
+
 def cmd_predict(args) -> int:
     import torch
 
@@ -152,25 +258,55 @@ def cmd_predict(args) -> int:
     from pyg_mlic.data.transforms import build_transforms
     from pyg_mlic.engine import load_checkpoint, model_from_checkpoint
 
+    out_file = Path(args.output) if getattr(args, "output", None) else None
+    if out_file is not None and out_file.suffix.lower() not in (".csv", ".json"):
+        raise SystemExit(f"predict: --output must end in .csv or .json, got {out_file}")
+    if args.batch_size < 1:
+        raise SystemExit(f"predict: --batch-size must be >= 1, got {args.batch_size}")
     ckpt = load_checkpoint(args.checkpoint)
     model = model_from_checkpoint(ckpt).eval()
+    if model.build_kwargs.get("input_kind", "image") != "image":
+        raise SystemExit(f"predict: checkpoint {args.checkpoint} was trained on precomputed "
+                         "features (input_kind='features'); predict needs an image model")
     size = args.image_size or int(ckpt.get("run_info", {}).get("image_size") or 448)
     tf = build_transforms(train=False, size=size)
-    paths: List[Path] = []
-    for item in args.images:
-        p = Path(item)
-        paths.extend(sorted(q for q in p.iterdir() if q.suffix.lower() in
-                            (".jpg", ".jpeg", ".png", ".bmp"))) if p.is_dir() else paths.append(p)
+    paths = expand_image_paths(args.images)
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        tqdm = None
+    bar = None
+    if tqdm is not None and not args.no_progress and len(paths) > 1:
+        bar = tqdm(total=len(paths), desc="predict", unit="img", file=sys.stderr)
     results = []
+    used_names: Dict[str, int] = {}
     with torch.no_grad():
-        for p in paths:
-            img, _ = tf(load_image(p), None)
-            probs = torch.sigmoid(model({"image": img[None]}).logits.float())[0]
-            order = torch.argsort(probs, descending=True)
-            labels = [model.classes[i] for i in order.tolist() if probs[i] > args.threshold]
-            results.append({"image": str(p), "labels": labels,
-                            "scores": {model.classes[i]: round(float(probs[i]), 6)
-                                       for i in order.tolist()}})
+        for start in range(0, len(paths), args.batch_size):
+            chunk = paths[start:start + args.batch_size]
+            pil = [load_image(p) for p in chunk]
+            x = torch.stack([tf(im, None)[0] for im in pil])
+            probs_b = torch.sigmoid(model({"image": x}).logits.float())
+            for p, im, probs in zip(chunk, pil, probs_b):
+                order = torch.argsort(probs, descending=True)
+                labels = [model.classes[i] for i in order.tolist() if probs[i] > args.threshold]
+                scores = {model.classes[i]: round(float(probs[i]), 6) for i in order.tolist()}
+                results.append({"image": str(p), "labels": labels, "scores": scores})
+                if args.draw:
+                    from pyg_mlic.viz import draw_predictions
+
+                    k = used_names.get(p.name, 0)
+                    used_names[p.name] = k + 1
+                    name = p.name if k == 0 else f"{p.stem}_{k}{p.suffix}"
+                    draw_predictions(im, labels, scores, Path(args.draw) / name)
+            if bar is not None:
+                bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    if out_file is not None:
+        write_predictions(results, model.classes, out_file)
+        print(f"wrote {out_file} ({len(results)} images)", file=sys.stderr)
+    if args.draw:
+        print(f"wrote {len(results)} annotated images to {args.draw}", file=sys.stderr)
     if args.format == "json":
         print(json.dumps(results, indent=2))
     else:
@@ -314,6 +450,81 @@ def format_table(rows: Sequence, topk: int = 3) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------- info
+def parameter_table(models: Optional[Sequence[str]] = None, num_classes: int = 80,
+                    backbone: Optional[str] = None, embedding_dim: int = 300
+                    ) -> List[Dict[str, Any]]:
+    """Parameter counts (:func:`pyg_mlic.models.registry.count_parameters`) of registered
+    models built with a data-free paper-like context.
+
+    Each model is built with ``num_classes`` classes (80 = COCO), its own default (paper)
+    backbone unless ``backbone`` is given, random weights, random training labels (the
+    label graph is a buffer, its values do not change the counts) and ``[C,
+    embedding_dim]`` label embeddings (300 = ML-GCN's GloVe), except where the model class
+    defines ``paper_context(classes)`` (IML-GCN: F_PCA, ``[C, C]``).
+    A model that cannot be built this way gets an ``error`` entry instead of counts.
+    """
+    import warnings
+
+    import numpy as np
+    import torch
+
+    import pyg_mlic.models.iml_gcn  # noqa: F401  (registers iml_gcn and asl)
+    from pyg_mlic.models import build_model, get_model_class, list_models
+    from pyg_mlic.models.registry import count_parameters
+
+    names = list(models) if models else list_models()
+    classes = [f"class_{i}" for i in range(num_classes)]
+    labels = (np.random.default_rng(0).random((256, num_classes)) < 0.1).astype(np.uint8)
+    rows: List[Dict[str, Any]] = []
+    for name in names:
+        cls = get_model_class(name)
+        ctx: Dict[str, Any] = dict(classes=classes, input_kind="image", train_labels=labels,
+                                   label_embeddings=torch.zeros(num_classes, embedding_dim))
+        if callable(getattr(cls, "paper_context", None)):
+            ctx.update(cls.paper_context(classes))
+        if backbone:
+            ctx["backbone"] = backbone
+        row: Dict[str, Any] = {"model": name}
+        try:
+            with warnings.catch_warnings():  # e.g. "no pretrained weights": irrelevant here
+                warnings.simplefilter("ignore")
+                model = build_model(name, **ctx)
+        except Exception as e:  # noqa: BLE001 - reported in the table
+            row["error"] = f"{type(e).__name__}: {str(e)[:120]}"
+            rows.append(row)
+            continue
+        row["backbone_name"] = model.build_kwargs.get("backbone", ctx.get("backbone", "?"))
+        emb = getattr(model, "label_embeddings", None)
+        row["embeddings"] = list(emb.shape) if isinstance(emb, torch.Tensor) else None
+        row.update(count_parameters(model))
+        rows.append(row)
+        del model
+    return rows
+
+
+def cmd_info(args) -> int:
+    rows = parameter_table(args.model, num_classes=args.num_classes, backbone=args.backbone,
+                           embedding_dim=args.embedding_dim)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"Parameters of models built with C = {args.num_classes} classes, random weights; "
+          "backbone = parameters of encoder.backbone, head = everything else (classifier, "
+          "label GCN, graph modules); buffers (embeddings, graph) are not counted.")
+    head = f"{'model':<12}{'network':<18}{'total':>12}{'backbone':>12}{'head':>12}  embeddings"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        if "error" in r:
+            print(f"{r['model']:<12}{'-':<18}  not buildable without data: {r['error']}")
+            continue
+        emb = "x".join(map(str, r["embeddings"])) if r["embeddings"] else "-"
+        print(f"{r['model']:<12}{str(r['backbone_name']):<18}{r['total'] / 1e6:>11.2f}M"
+              f"{r['backbone'] / 1e6:>11.2f}M{r['head'] / 1e6:>11.2f}M  {emb}")
+    return 0
+
+
 # ---------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="pyg-mlic", description=__doc__.splitlines()[0])
@@ -331,10 +542,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
 
+    p = sub.add_parser("info", help="parameter counts (total, backbone, head) of the models")
+    p.add_argument("--model", nargs="*", help="models to count (default: every registered one)")
+    p.add_argument("--num-classes", type=int, default=80, help="number of classes (80 = COCO)")
+    p.add_argument("--backbone", help="build every model with this backbone instead of its "
+                   "paper default")
+    p.add_argument("--embedding-dim", type=int, default=300,
+                   help="label-embedding size for the GCN models (300 = GloVe; IML-GCN uses C)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_info)
+
     p = sub.add_parser("train", help="train a model and write metrics.json + checkpoint")
     _add_data_args(p)
     p.add_argument("--model", required=True)
-    p.add_argument("--label-embeddings", help="onehot | npz:PATH | glove:PATH | minilm | ...")
+    p.add_argument("--label-embeddings",
+                   help="onehot | npz:PATH | glove[:PATH] | minilm | image-features (IML-GCN: "
+                        "two-stage recipe, see docs/methods/iml_gcn)")
     p.add_argument("--backbone", help="backbone name (image datasets)")
     p.add_argument("--backbone-weights", help="local weights file for the backbone")
     p.add_argument("--epochs", type=int)
@@ -352,7 +575,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="model options (tau=0.4 ...)")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=cmd_train)
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="train with N processes on this machine (DDP; starts "
+                        "torch.distributed.run). --batch-size is the global batch, split "
+                        "evenly over the processes. Multi-node: use torchrun (docs/distributed)")
+    p.set_defaults(func=cmd_train, _train_parser=p)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on a dataset's test split")
     _add_data_args(p)
@@ -369,6 +596,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topk", type=int, default=5, help="scores shown per image (table)")
     p.add_argument("--image-size", type=int)
     p.add_argument("--format", choices=["table", "json"], default="table")
+    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (16)")
+    p.add_argument("--output", metavar="FILE", help="also write labels + scores to FILE.csv "
+                   "(one probability column per class) or FILE.json")
+    p.add_argument("--draw", metavar="DIR", help="write copies of the images with the "
+                   "predicted labels drawn on them to DIR")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="freeze a checkpoint to ONNX or TorchScript")

@@ -77,3 +77,133 @@ def test_demo_runs_the_baseline_row(tmp_path, data_dir):
     bad.write_bytes(b"not a jpeg")
     p = run_cli("predict", bad, "--checkpoint", ckpt, check=False)
     assert p.returncode != 0 and "broken.jpg" in p.stderr
+
+
+# ------------------------------------------------------------------ predict on folders
+@pytest.fixture(scope="module")
+def tiny_image_checkpoint(tmp_path_factory):
+    """ml_gcn with the GAT label layer (``--set conv=gat``), trained one epoch on 32 scenes."""
+    out = tmp_path_factory.mktemp("tiny_ckpt")
+    run_cli("train", "--dataset", "synthetic", "--num-images", "32", "--image-size", "32",
+            "--epochs", "1", "--model", "ml_gcn", "--backbone", "small_cnn", "--set", "conv=gat",
+            "gcn_hidden=[16]", "--out", out, "--no-progress")
+    return out / "last.pt"
+
+
+def test_predict_folder_writes_csv_json_and_drawings(tiny_image_checkpoint, data_dir, tmp_path):
+    import csv
+
+    from PIL import Image
+
+    folder = data_dir / "images" / "coco8" / "images"
+    extra = data_dir / "images" / "bccd" / "JPEGImages" / "BloodImage_00000.jpg"
+    expected = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".jpg") + [extra]
+    draw = tmp_path / "drawn"
+    p = run_cli("predict", folder, extra, "--checkpoint", tiny_image_checkpoint,
+                "--batch-size", "3", "--threshold", "0.0", "--output", tmp_path / "p.csv",
+                "--draw", draw, "--format", "json")
+    printed = json.loads(p.stdout)
+    assert [r["image"] for r in printed] == [str(q) for q in expected]
+    with open(tmp_path / "p.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    classes = list(printed[0]["scores"])
+    assert [r["image"] for r in rows] == [str(q) for q in expected]
+    for r, pr in zip(rows, printed):
+        # threshold 0: every class is predicted, most probable first; CSV = printed scores
+        assert r["labels"].split(";") == pr["labels"] == list(pr["scores"])
+        assert set(pr["labels"]) == set(classes)
+        for c in classes:
+            assert float(r[c]) == pytest.approx(pr["scores"][c], abs=1e-6)
+    # batching does not change the scores: batch size 1 gives the same numbers
+    run_cli("predict", folder, extra, "--checkpoint", tiny_image_checkpoint, "--batch-size", "1",
+            "--output", tmp_path / "p.json", "--no-progress")
+    single = json.loads((tmp_path / "p.json").read_text())
+    for a, b in zip(single, printed):
+        assert a["image"] == b["image"]
+        for c in classes:
+            assert a["scores"][c] == pytest.approx(b["scores"][c], abs=1e-5)
+    # one annotated copy per image, same size as the original, with pixels changed
+    assert sorted(q.name for q in draw.iterdir()) == sorted(q.name for q in expected)
+    for q in expected:
+        orig, ann = Image.open(q).convert("RGB"), Image.open(draw / q.name).convert("RGB")
+        assert ann.size == orig.size
+        corner = (0, 0, 60, 20)
+        assert orig.crop(corner).tobytes() != ann.crop(corner).tobytes()
+
+
+def test_predict_rejects_empty_folder_and_bad_output(tiny_image_checkpoint, data_dir, tmp_path):
+    from pyg_mlic.cli import main
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not an image")
+    with pytest.raises(SystemExit, match="holds no images") as e:
+        main(["predict", str(empty), "--checkpoint", str(tiny_image_checkpoint)])
+    assert str(empty) in str(e.value)
+    img = data_dir / "images" / "coco8" / "images" / "000000000009.jpg"
+    with pytest.raises(SystemExit, match=r"\.csv or \.json"):
+        main(["predict", str(img), "--checkpoint", str(tiny_image_checkpoint),
+              "--output", str(tmp_path / "p.txt")])
+
+
+def test_draw_predictions_writes_labels_on_a_copy(data_dir, tmp_path):
+    from PIL import Image
+
+    from pyg_mlic.viz import draw_predictions
+
+    src = data_dir / "images" / "bccd" / "JPEGImages" / "BloodImage_00000.jpg"
+    a = draw_predictions(src, ["RBC", "WBC"], {"RBC": 0.91, "WBC": 0.6}, tmp_path / "a.png")
+    b = draw_predictions(src, [], None, tmp_path / "b.png")
+    orig = Image.open(src).convert("RGB")
+    ia, ib = Image.open(a).convert("RGB"), Image.open(b).convert("RGB")
+    assert ia.size == ib.size == orig.size
+    assert ia.tobytes() != ib.tobytes() != orig.tobytes()
+    # the far corner is untouched
+    box = (orig.width - 50, orig.height - 50, orig.width, orig.height)
+    assert ia.crop(box).tobytes() == orig.crop(box).tobytes()
+    with pytest.raises(Exception, match="nope.jpg"):
+        draw_predictions(tmp_path / "nope.jpg", ["x"], None, tmp_path / "c.png")
+
+
+# ---------------------------------------------------------------------------- IML-GCN
+def test_train_iml_gcn_two_stage_on_features(tmp_path, capsys):
+    from pyg_mlic.cli import main
+
+    tr = make_features_npz(tmp_path / "A.npz", n=120, seed=0)
+    te = make_features_npz(tmp_path / "B.npz", n=60, seed=1)
+    out = tmp_path / "iml"
+    args = ["train", "--dataset", "features", "--train-file", str(tr), "--test-file", str(te),
+            "--model", "iml_gcn", "--label-embeddings", "image-features", "--out", str(out),
+            "--epochs", "2", "--no-progress", "--set", "encoder_out=16", "n_components=3"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "asl (stage 1)" in printed and "iml_gcn (stage 2)" in printed
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["settings"]["model"] == "iml_gcn"
+    assert m["settings"]["recipe"] == {"n_components": 3}
+    assert m["settings"]["two_stage"]["embeddings"]["n_components"] == 3
+    assert json.loads((out / "stages.json").read_text())["stage2"] == "done"
+    assert (out / "stage1" / "final.pt").is_file() and (out / "last.pt").is_file()
+    stamp = (out / "stage1" / "last.pt").stat().st_mtime_ns
+    assert main(args + ["--resume"]) == 0
+    assert (out / "stage1" / "last.pt").stat().st_mtime_ns == stamp
+    assert json.loads((out / "metrics.json").read_text())["mAP"] == m["mAP"]
+
+
+@pytest.mark.heavy
+def test_info_parameter_counts(capsys):
+    pytest.importorskip("timm")
+    from pyg_mlic.cli import main
+
+    assert main(["info", "--model", "asl", "iml_gcn", "ml_gcn", "--json"]) == 0
+    rows = {r["model"]: r for r in json.loads(capsys.readouterr().out)}
+    # IML-GCN Table 1: ASL (TResNetM) 29.5M, IML-GCN with F_PCA 31.5M, ML-GCN 44.9M
+    assert round(rows["asl"]["total"] / 1e6, 1) == 29.5
+    assert round(rows["iml_gcn"]["total"] / 1e6, 1) == 31.5
+    assert round(rows["ml_gcn"]["total"] / 1e6, 1) == 44.9
+    for r in rows.values():
+        assert r["total"] == r["backbone"] + r["head"]
+    assert main(["info", "--model", "baseline", "--backbone", "small_cnn",
+                 "--num-classes", "5"]) == 0
+    table = capsys.readouterr().out
+    assert "baseline" in table and "small_cnn" in table and "head" in table

@@ -180,3 +180,8 @@ def resolve_weights(weights: WeightsArg, names: Iterable[str] = ()
         hint = f" (known weight names: {names})" if names else ""
         raise FileNotFoundError(f"backbone weights file not found: {p}{hint}")
     return load_state_dict_file(p)
+
+
+# the timm aliases (tresnet_m, tresnet_l, ...) register themselves; timm itself is only
+# imported when one of them is built
+from pyg_mlic.backbones import timm_backbone as _timm_backbone  # noqa: E402,F401

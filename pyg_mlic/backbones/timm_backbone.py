@@ -1,5 +1,22 @@
 r"""Any ``timm`` CNN as a backbone (``build_backbone("timm:<model>")``), e.g. IML-GCN's
-TResNet-M (``timm:tresnet_m``, :math:`D = 2048`). Needs ``pip install pyg_mlic[timm]``."""
+TResNet-M (``timm:tresnet_m``, :math:`D = 2048`). Needs ``pip install pyg_mlic[timm]``.
+
+The TResNets of Ridnik et al. (WACV 2021), the backbones of ASL and IML-GCN, are also
+registered under plain names (:data:`TIMM_ALIASES`):
+
+==============  ==============  =====  ================================================
+name            timm model      D      parameters without classifier (random init)
+==============  ==============  =====  ================================================
+``tresnet_m``   ``tresnet_m``   2048   29.34 M (+ 0.16 M for an 80-class linear head)
+``tresnet_l``   ``tresnet_l``   2432   53.56 M (+ 0.19 M for an 80-class linear head)
+``tresnet_xl``  ``tresnet_xl``  2656   75.78 M
+==============  ==============  =====  ================================================
+
+timm >= 0.9 implements TResNet with its own fused BatchNorm + activation layers, so
+the ``inplace_abn`` CUDA extension of the original code is not needed (CPU works).
+TResNets expect inputs in :math:`[0, 1]` (``default_cfg["mean"] = (0, 0, 0)``,
+``std = (1, 1, 1)``), not ImageNet-normalised ones.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,7 +24,11 @@ from typing import Any, Dict, Mapping, Optional, Union
 
 from torch import Tensor, nn
 
-from pyg_mlic.backbones.registry import load_weights_into, resolve_weights
+from pyg_mlic.backbones.registry import load_weights_into, register_backbone, resolve_weights
+
+#: plain backbone names that build a :class:`TimmBackbone` (``name -> timm model name``)
+TIMM_ALIASES: Dict[str, str] = {"tresnet_m": "tresnet_m", "tresnet_l": "tresnet_l",
+                                "tresnet_xl": "tresnet_xl"}
 
 
 class TimmBackbone(nn.Module):
@@ -89,3 +110,19 @@ class TimmBackbone(nn.Module):
 
     def extra_repr(self) -> str:
         return f"model_name={self.model_name!r}, out_channels={self.out_channels}"
+
+
+def _alias_builder(name: str, timm_name: str):
+    def build(weights: Union[None, str, Path, Mapping[str, Tensor]] = None,
+              **kwargs: Any) -> TimmBackbone:
+        return TimmBackbone(timm_name, weights=weights, **kwargs)
+
+    build.__name__ = name
+    build.__qualname__ = name
+    build.__doc__ = (f"``{name}``: timm's ``{timm_name}`` as a :class:`TimmBackbone` "
+                     "(``weights``: None, a local file / state dict, or 'imagenet').")
+    return build
+
+
+for _name, _timm_name in TIMM_ALIASES.items():
+    register_backbone(_name)(_alias_builder(_name, _timm_name))

@@ -161,11 +161,27 @@ def minilm_embeddings(arg: Optional[str], classes: List[str], *,
 
 @register_embedding_provider("image-features", arg="none",
                              description="IML-GCN: mean GAP image feature per label + PCA "
-                                         "(built by the IML-GCN recipe)")
-def image_feature_embeddings(arg: Optional[str], classes: List[str]) -> np.ndarray:
-    """Reserved: IML-GCN's label embeddings are the mean global-average-pooled image
-    features of each label's training images, reduced by PCA (Singh et al., Eq. 5-6), so
-    they need a trained backbone and the training split; the IML-GCN recipe builds them."""
-    raise ValueError("label embeddings 'image-features' need a trained backbone and the "
-                     "training images: they are built by the IML-GCN recipe (model 'iml_gcn'), "
-                     "not from a spec; use onehot, npz:PATH, glove[:PATH] or minilm here")
+                                         "(needs encoder= and dataset=; built by the IML-GCN "
+                                         "recipe)")
+def image_features_provider(arg: Optional[str], classes: List[str], *, encoder: Any = None,
+                            dataset: Any = None, **kwargs: Any) -> torch.Tensor:
+    """IML-GCN's label embeddings: the mean global-average-pooled image features of each
+    label's training images, reduced by PCA (Singh et al., Eq. 5-6). They need the trained
+    stage-1 encoder and the training split::
+
+        load_label_embeddings("image-features", classes, encoder=enc, dataset=train_set,
+                              n_components=80, cache_dir="~/.cache/pyg_mlic")
+
+    Other keyword arguments go to
+    :func:`pyg_mlic.embeddings.image_features.image_feature_embeddings`; the two-stage
+    recipe (:func:`pyg_mlic.engine.two_stage.run_two_stage`, ``pyg-mlic train --model
+    iml_gcn``) trains the encoder first."""
+    if encoder is None or dataset is None:
+        raise ValueError("label embeddings 'image-features' need a trained backbone (encoder=...) "
+                         "and the training split (dataset=...): they are built by the IML-GCN "
+                         "recipe (model 'iml_gcn', pyg_mlic.engine.two_stage.run_two_stage), "
+                         "not from a spec alone; use onehot, npz:PATH, glove[:PATH] or minilm "
+                         "otherwise")
+    from pyg_mlic.embeddings.image_features import image_feature_embeddings
+
+    return image_feature_embeddings(encoder, dataset, classes=classes, **kwargs)

@@ -1,7 +1,7 @@
 """Model registry in the style of timm: ``@register_model``, ``build_model``, ``list_models``."""
 from __future__ import annotations
 
-from typing import Callable, Dict, List
+from typing import Any, Callable, Dict, List
 
 _REGISTRY: Dict[str, Callable] = {}
 
@@ -23,10 +23,43 @@ def list_models() -> List[str]:
     return list(_REGISTRY)
 
 
+#: built-in models registered by a module of another name (``pyg_mlic/models/<module>.py``)
+_BUILTIN_HOMES: Dict[str, str] = {"asl": "iml_gcn"}
+
+
 def get_model_class(name: str) -> Callable:
+    if name not in _REGISTRY and isinstance(name, str) and name.isidentifier():
+        # a built-in model module not imported yet (pyg_mlic/models/<name>.py registers it)
+        import importlib.util
+
+        module = _BUILTIN_HOMES.get(name, name)
+        if importlib.util.find_spec(f"pyg_mlic.models.{module}") is not None:
+            importlib.import_module(f"pyg_mlic.models.{module}")
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; registered models: {list_models()}")
     return _REGISTRY[name]
+
+
+def count_parameters(model) -> Dict[str, int]:
+    """Parameter counts of a model: ``total``, ``backbone``, ``head`` and ``trainable``.
+
+    ``backbone`` counts the parameters of ``model.encoder.backbone`` (the CNN; 0 for
+    feature datasets, whose MLP encoder is counted in ``head``), ``head`` everything else
+    (pooling, classifier, label GCN, graph modules ...). Buffers (label embeddings, the
+    label graph's edges) are not parameters and are not counted. Shared parameters are
+    counted once.
+    """
+    seen: Dict[int, Any] = {}
+    for p in model.parameters():
+        seen.setdefault(id(p), p)
+    encoder = getattr(model, "encoder", None)
+    bb = getattr(encoder, "backbone", None) if encoder is not None else None
+    bb_ids = {id(p) for p in bb.parameters()} if bb is not None else set()
+    total = sum(p.numel() for p in seen.values())
+    backbone = sum(p.numel() for i, p in seen.items() if i in bb_ids)
+    trainable = sum(p.numel() for p in seen.values() if p.requires_grad)
+    return {"total": int(total), "backbone": int(backbone), "head": int(total - backbone),
+            "trainable": int(trainable)}
 
 
 def build_model(name: str, **cfg):
