@@ -1,5 +1,5 @@
 """Cost of graph heads relative to the backbone, and of the PyG layer relative to
-a dense matmul (ML-GCN; IA-GCN and GM-MLIC join as they land).
+a dense matmul or a straightforward reference (ML-GCN, IA-GCN, GM-MLIC).
 
 ML-GCN head at C=80, d=300, D=2048, batch 32, forward + backward: classifier
 generation (2 label-GCN layers 300 -> 1024 -> 2048 over COCO's real re-weighted
@@ -9,13 +9,60 @@ and scaled linearly to 32 (said in the output; CPU time is linear in the batch a
 this size). Goal: head <= 0.5 % of the backbone. Reference 2: the same two
 layers as dense matmuls ``P (H W)``; goal: PyG layers <= 1.5x dense.
 
-Run: ``python benchmarks/bench_heads.py [--quick]``.
+IA-GCN label GCN (image-dependent graph, one graph per image), dims 300 -> 512 ->
+1024 -> 2048, batch 32, forward + backward of the per-image classifiers and the
+logits ``M_b x_b`` (gradients reach the scores ``a`` too). Three implementations of
+the same numbers, timed interleaved in the same run:
+
+- ``pyg``: :class:`~pyg_mlic.nn.InstanceAwareLabelConv` — the normalised
+  ``A_F^b = A_S * a_b a_b^T`` factorised as ``diag(s_b) A_S diag(s_b)``, all images side
+  by side as one ``[C, B*F]`` signal, one sparse CSR product per layer;
+- ``loop``: a per-image loop of :class:`~pyg_mlic.nn.LabelGCNConv` with that image's
+  normalised edge weights (what one writes without batching);
+- ``dense``: dense batched matmuls, ``P = [B, C, C]`` built from ``a`` then ``torch.bmm``.
+
+C = 80: COCO's real re-weighted graph (ML-GCN statistics, tau 0.4, p 0.2). C = 500: a
+synthetic graph with a realistic sparsity: labels of 40,000 images are *generated*
+with a co-occurrence structure (100 latent scenes, each label belongs to one; two
+scenes per image; four hub labels like COCO's "person" present in 25-50 % of images;
+0.2 % noise) and thresholded exactly like COCO (tau 0.4, p 0.2); the script prints
+its mean number of neighbours per node next to COCO's. Goals: C=80 ``pyg`` <= 1.1x
+``dense`` and >= 1.4x faster than ``loop``; C=500 >= 3x faster than ``dense``. Peak
+memory: growth of the peak resident set size of a fresh process
+running one forward + backward after its setup: the high-water mark ``VmHWM`` is reset
+through ``/proc/self/clear_refs`` after the setup and read after the step, minus the
+``VmRSS`` before it (Linux only; torch's CPU allocations are not seen by
+``tracemalloc``).
+
+Also measured in the same run: ``pyg_logits`` / ``dense_logits``, the logits as
+:meth:`IAGCN.global_logits` computes them (the last, linear layer applied to
+``W_L x_b`` first, so the ``[B, C, 2048]`` classifiers are never built), and the
+propagation alone (``A_F^b H_b`` for ``H`` ``[B, C, 1024]``, sparse vs dense bmm).
+
+Where the time goes: the label GCN's linear maps (``B*C*F_in*F_out`` per layer) are
+the same in all three implementations and dominate: per layer the dense propagation
+adds ``B*C*C*F_in``, i.e. a fraction ``C / F_out`` of the linear cost (0.04-0.16 at
+C=80, 0.25-1 at C=500), which bounds what a sparse propagation can save on the whole
+head (about 1.5x at C=500 with the classifiers materialised). On a CPU the sparse
+propagation is itself bound by memory traffic (the per-image scalings and their
+gradients are elementwise passes over ``[C, B, F]`` tensors), not by its ``|E| B F``
+flops.
+
+GM-MLIC graph network block (8 images x 35 instances x 80 labels, ROI 1024-d and
+2048-d, fwd+bwd): the fast dense path against a per-image reference built by
+concatenation; the workload, the method and the memory measurement are in
+``bench_gm_mlic.py``, which this script runs as its ``gm_mlic`` section.
+
+Run: ``python benchmarks/bench_heads.py [--quick] [--threads N] [--only SECTION ...]``.
 """
 from __future__ import annotations
 
 import argparse
 import json
-from typing import Dict
+import os
+import subprocess
+import sys
+from typing import Callable, Dict, Tuple
 
 import numpy as np
 import torch
@@ -81,20 +128,325 @@ def bench_mlgcn(batch: int = 32, backbone_batch: int = 2, image: int = 448,
     }
 
 
-def run(quick: bool = False) -> Dict[str, object]:
-    torch.manual_seed(0)
-    res = {"machine": machine(),
-           "ml_gcn": bench_mlgcn(backbone_batch=1 if quick else 2, repeats=3 if quick else 5)}
+# ----------------------------------------------------------------------------- IA-GCN
+IA_DIMS = (300, 512, 1024, 2048)
+
+
+def _synthetic_labels(C: int = 500, N: int = 40000, seed: int = 0, scenes: int = 100):
+    """Labels with a co-occurrence structure (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    home = rng.integers(0, scenes, C)                  # each label lives in one scene
+    q = rng.uniform(0.05, 0.6, C)                      # P(label | its scene is present)
+    hub_p = np.array([0.5, 0.3, 0.3, 0.25])            # "person"-like labels
+    hubs = rng.choice(C, len(hub_p), replace=False)
+    Y = np.zeros((N, C), np.uint8)
+    sc = rng.integers(0, scenes, (N, 2))               # two scenes per image
+    for k in range(2):
+        Y |= ((home[None, :] == sc[:, k:k + 1]) & (rng.random((N, C)) < q[None, :])).astype(
+            np.uint8)
+    Y[:, hubs] |= (rng.random((N, len(hubs))) < hub_p).astype(np.uint8)
+    Y |= (rng.random((N, C)) < 0.002).astype(np.uint8)
+    return Y
+
+
+def _ia_graph(C: int):
+    from pyg_mlic.graphs import LabelGraph
+
+    if C == 80:
+        g, src = _coco_graph()
+    else:
+        g = LabelGraph.from_labels(_synthetic_labels(C), tau=0.4, p=0.2)
+        src = f"synthetic structured labels (C={C}, 40,000 images, tau 0.4, p 0.2)"
+    ei = g.data.edge_index
+    nbrs = float((ei[0] != ei[1]).sum()) / C
+    return g, src, nbrs
+
+
+def _ia_setup(C: int, batch: int, seed: int = 0):
+    """Everything the three implementations share: graph, embeddings, weights, a, x."""
+    from pyg_mlic.nn import InstanceAwareLabelConv
+
+    torch.manual_seed(seed)
+    g, src, nbrs = _ia_graph(C)
+    ei, ew = g.data.edge_index, g.data.edge_weight.float()
+    convs = torch.nn.ModuleList(InstanceAwareLabelConv(a, b)
+                                for a, b in zip(IA_DIMS[:-1], IA_DIMS[1:]))
+    E = torch.randn(C, IA_DIMS[0])
+    x = torch.randn(batch, IA_DIMS[-1])
+    a0 = torch.rand(batch, C)
+    return dict(g=g, src=src, nbrs=nbrs, ei=ei, ew=ew, convs=convs, E=E, x=x, a0=a0,
+                A_S=g.propagation())
+
+
+def _ia_fns(st) -> Dict[str, Callable[[], None]]:
+    from pyg_mlic.nn import LabelGCNConv
+    from pyg_mlic.nn.instance_aware_label_conv import (instance_aware_scaling,
+                                                       label_adjacency_csr)
+
+    from torch_geometric.utils import spmm
+
+    ei, ew, convs, E, x, a0, A_S = (st[k] for k in ("ei", "ew", "convs", "E", "x", "a0", "A_S"))
+    C, B = E.size(0), x.size(0)
+    Ws = [c.lin.weight for c in convs]
+    loop_convs = torch.nn.ModuleList(LabelGCNConv(a, b) for a, b in zip(IA_DIMS[:-1], IA_DIMS[1:]))
+    for lc, c in zip(loop_convs, convs):
+        lc.lin.weight = c.lin.weight                     # the same parameters
+    relu = torch.relu
+
+    def pyg():
+        a = a0.clone().requires_grad_(True)
+        adj = label_adjacency_csr(ei, ew, C)
+        s = instance_aware_scaling(a, ei, ew, C, adj)
+        h = E
+        for i, conv in enumerate(convs):
+            h = conv(h, ei, ew, adj=adj, scaling=s)
+            h = relu(h) if i < len(convs) - 1 else h
+        torch.einsum("bcd,bd->bc", h, x).sum().backward()
+
+    def loop():
+        a = a0.clone().requires_grad_(True)
+        adj = label_adjacency_csr(ei, ew, C)
+        s = instance_aware_scaling(a, ei, ew, C, adj)   # per-image normalised weights
+        out = []
+        for b in range(B):
+            w_b = s[b, ei[1]] * ew * s[b, ei[0]]
+            h = E
+            for i, conv in enumerate(loop_convs):
+                h = conv(h, ei, w_b)
+                h = relu(h) if i < len(loop_convs) - 1 else h
+            out.append(h @ x[b])
+        torch.stack(out).sum().backward()
+
+    def dense():
+        a = a0.clone().requires_grad_(True)
+        AF = A_S[None] * a[:, :, None] * a[:, None, :]   # [B, C, C]
+        d = AF.sum(2)
+        inv = torch.where(d > 1e-12, d.clamp_min(1e-12).rsqrt(), torch.zeros_like(d))
+        P = inv[:, :, None] * AF * inv[:, None, :]
+        h = torch.bmm(P, (E @ Ws[0].t()).expand(B, -1, -1))    # shared input: lin first
+        for W in Ws[1:]:
+            h = torch.bmm(P, relu(h)) @ W.t()                    # widening: propagate first
+        torch.einsum("bcd,bd->bc", h, x).sum().backward()
+
+    def pyg_logits():                                    # what IAGCN.global_logits does
+        a = a0.clone().requires_grad_(True)
+        adj = label_adjacency_csr(ei, ew, C)
+        s = instance_aware_scaling(a, ei, ew, C, adj)
+        h = E
+        for conv in convs[:-1]:
+            h = relu(conv(h, ei, ew, adj=adj, scaling=s))
+        u = torch.einsum("bcf,bf->bc", h, x @ Ws[-1])
+        (s * spmm(adj, (s * u).t().contiguous()).t()).sum().backward()
+
+    def dense_logits():                                  # the same associativity, dense P
+        a = a0.clone().requires_grad_(True)
+        P = _dense_P(a)
+        h = relu(torch.bmm(P, (E @ Ws[0].t()).expand(B, -1, -1)))
+        h = relu(torch.bmm(P, h) @ Ws[1].t())
+        u = torch.einsum("bcf,bf->bc", h, x @ Ws[-1])
+        torch.bmm(P, u[:, :, None]).sum().backward()
+
+    def _dense_P(a):
+        AF = A_S[None] * a[:, :, None] * a[:, None, :]   # [B, C, C]
+        d = AF.sum(2)
+        inv = torch.where(d > 1e-12, d.clamp_min(1e-12).rsqrt(), torch.zeros_like(d))
+        return inv[:, :, None] * AF * inv[:, None, :]
+
+    return {"pyg": pyg, "loop": loop, "dense": dense, "pyg_logits": pyg_logits,
+            "dense_logits": dense_logits}
+
+
+def _prop_fns(st, F: int = 1024) -> Dict[str, Callable[[], None]]:
+    """Propagation only: ``A_F^b H_b`` for ``H`` ``[B, C, F]``, forward + backward."""
+    from torch_geometric.utils import spmm
+
+    from pyg_mlic.nn.instance_aware_label_conv import (instance_aware_scaling,
+                                                       label_adjacency_csr)
+
+    ei, ew, a0, A_S = st["ei"], st["ew"], st["a0"], st["A_S"]
+    B, C = a0.shape
+    H0 = torch.randn(C, B, F)                            # the layer's [C, B, F] layout
+
+    def sparse():
+        a = a0.clone().requires_grad_(True)
+        H = H0.clone().requires_grad_(True)
+        adj = label_adjacency_csr(ei, ew, C)
+        sc = instance_aware_scaling(a, ei, ew, C, adj).t().unsqueeze(-1)
+        out = spmm(adj, (H * sc).reshape(C, B * F)).view(C, B, F) * sc
+        out.sum().backward()
+
+    def dense():
+        a = a0.clone().requires_grad_(True)
+        H = H0.clone().requires_grad_(True)
+        AF = A_S[None] * a[:, :, None] * a[:, None, :]
+        d = AF.sum(2)
+        inv = torch.where(d > 1e-12, d.clamp_min(1e-12).rsqrt(), torch.zeros_like(d))
+        P = inv[:, :, None] * AF * inv[:, None, :]
+        torch.bmm(P, H.transpose(0, 1)).sum().backward()
+
+    return {"sparse": sparse, "dense": dense}
+
+
+def _ia_check(st) -> float:
+    """Max abs difference of the classifiers of ``pyg`` vs the dense reference (sanity)."""
+    from pyg_mlic.nn.instance_aware_label_conv import image_dependent_propagation
+
+    with torch.no_grad():
+        P = image_dependent_propagation(st["a0"][:2], st["A_S"])
+        h = st["E"]
+        for i, conv in enumerate(st["convs"]):
+            h = conv(h, st["ei"], st["ew"], a=st["a0"][:2])
+            h = torch.relu(h) if i < 2 else h
+        hs = []
+        for b in range(2):
+            r = st["E"]
+            for i, conv in enumerate(st["convs"]):
+                r = P[b] @ r @ conv.lin.weight.t()
+                r = torch.relu(r) if i < 2 else r
+            hs.append(r)
+        return float((h - torch.stack(hs)).abs().max() / torch.stack(hs).abs().max())
+
+
+def _status_kb(field: str) -> int:
+    import re
+
+    with open("/proc/self/status") as f:
+        return int(re.search(rf"{field}:\s+(\d+)", f.read()).group(1))
+
+
+def _peak_rss_child(C: int, batch: int, which: str) -> None:
+    """One forward + backward in this fresh process; prints the growth of the peak RSS
+    over the RSS after setup (Linux: ``clear_refs`` resets the high-water mark)."""
+    import gc
+
+    st = _ia_setup(C, batch)
+    fn = _ia_fns(st)[which]
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")                                     # reset VmHWM to the current RSS
+    before = _status_kb("VmRSS")
+    fn()
+    after = _status_kb("VmHWM")
+    print(json.dumps({"peak_rss_growth_mb": (after - before) / 1024.0}))
+
+
+def _peak_rss(C: int, batch: int, which: str, threads: int) -> float:
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    p = subprocess.run([sys.executable, os.path.abspath(__file__), "--_peak", which, str(C),
+                        str(batch), "--threads", str(threads)], capture_output=True, text=True,
+                       env=env, timeout=1800)
+    if p.returncode:
+        raise RuntimeError(f"peak-memory child failed: {p.stderr[-2000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])["peak_rss_growth_mb"]
+
+
+def bench_iagcn(C: int, batch: int = 32, repeats: int = 5, memory: bool = True,
+                threads: int = 1) -> Dict[str, object]:
+    st = _ia_setup(C, batch)
+    fns = _ia_fns(st)
+    t = time_interleaved(fns, repeats=repeats)
+    tp = time_interleaved(_prop_fns(st), repeats=repeats)
+    res: Dict[str, object] = {
+        "C": C, "batch": batch, "dims": list(IA_DIMS), "graph": st["src"],
+        "edges": int(st["ei"].size(1)), "neighbours_per_node": st["nbrs"],
+        "rel_err_vs_dense_reference": _ia_check(st),
+        **{f"{k}_s": v for k, v in t.items()},
+        "pyg_over_dense": t["pyg"] / t["dense"], "loop_over_pyg": t["loop"] / t["pyg"],
+        "dense_over_pyg": t["dense"] / t["pyg"],
+        "dense_logits_over_pyg_logits": t["dense_logits"] / t["pyg_logits"],
+        "pyg_over_pyg_logits": t["pyg"] / t["pyg_logits"],
+        "propagation_sparse_s": tp["sparse"], "propagation_dense_s": tp["dense"],
+        "propagation_dense_over_sparse": tp["dense"] / tp["sparse"],
+    }
+    if memory:
+        res["peak_rss_growth_mb"] = {k: _peak_rss(C, batch, k, threads) for k in fns}
     return res
+
+
+SECTIONS = ("ml_gcn", "ia_gcn", "gm_mlic")
+
+
+def _gm_mlic_module():
+    """``bench_gm_mlic.py`` (the GM-MLIC graph network block; its docstring has the
+    workload and the method), imported from this folder."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_gm_mlic.py")
+    spec = importlib.util.spec_from_file_location("bench_gm_mlic", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def run(quick: bool = False, threads: int = 1, sections: Tuple[str, ...] = SECTIONS
+        ) -> Dict[str, object]:
+    torch.manual_seed(0)
+    res: Dict[str, object] = {"machine": machine()}
+    if "ml_gcn" in sections:
+        res["ml_gcn"] = bench_mlgcn(backbone_batch=1 if quick else 2, repeats=3 if quick else 5)
+    if "ia_gcn" in sections:
+        res["ia_gcn"] = [bench_iagcn(C, batch=32, repeats=3 if quick else 7,
+                                     memory=not quick, threads=threads) for C in (80, 500)]
+    if "gm_mlic" in sections:
+        res["gm_mlic"] = _gm_mlic_module().run(quick=quick, threads=threads)
+    return res
+
+
+def _print_iagcn(rows) -> None:
+    for m in rows:
+        C = m["C"]
+        print(f"IA-GCN label GCN (C={C}, {' -> '.join(map(str, m['dims']))}, batch "
+              f"{m['batch']}, fwd+bwd; graph {m['graph']}, {m['edges']} edges, "
+              f"{m['neighbours_per_node']:.2f} neighbours/node; pyg vs dense reference "
+              f"rel. err {m['rel_err_vs_dense_reference']:.1e})")
+        names = {"pyg": "pyg (classifiers M_b)", "loop": "per-image loop", "dense": "dense bmm",
+                 "pyg_logits": "pyg, logits only", "dense_logits": "dense, logits only"}
+        for k, label in names.items():
+            mem = m.get("peak_rss_growth_mb", {}).get(k)
+            mtxt = f"   peak RSS +{mem:7.1f} MB" if mem is not None else ""
+            print(f"  {label:<22}{1e3 * m[k + '_s']:10.1f} ms{mtxt}")
+        if C == 80:
+            print(f"  pyg / dense             {m['pyg_over_dense']:6.2f} x   (goal <= 1.1x)")
+            print(f"  loop / pyg              {m['loop_over_pyg']:6.2f} x   (goal >= 1.4x)")
+        else:
+            print(f"  dense / pyg             {m['dense_over_pyg']:6.2f} x   (goal >= 3x)")
+            print(f"  loop / pyg              {m['loop_over_pyg']:6.2f} x")
+        print(f"  logits only: dense / pyg {m['dense_logits_over_pyg_logits']:5.2f} x; "
+              f"materialising M_b costs {m['pyg_over_pyg_logits']:.2f} x the model's path")
+        print(f"  propagation only (A_F H, F=1024, fwd+bwd): sparse "
+              f"{1e3 * m['propagation_sparse_s']:.1f} ms, dense bmm "
+              f"{1e3 * m['propagation_dense_s']:.1f} ms -> dense / sparse "
+              f"{m['propagation_dense_over_sparse']:.1f} x")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch intra-op threads (default 1: the machine is shared)")
+    ap.add_argument("--only", choices=SECTIONS, nargs="+", help="run these sections only")
+    ap.add_argument("--_peak", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    r = run(args.quick)
-    m = r["ml_gcn"]
+    torch.set_num_threads(args.threads)
+    if args._peak:
+        which, C, batch = args._peak
+        _peak_rss_child(int(C), int(batch), which)
+        return
+    sections = tuple(args.only) if args.only else SECTIONS
+    r = run(args.quick, args.threads, sections)
+    if "ml_gcn" in r:
+        _print_mlgcn(r["ml_gcn"])
+    if "ia_gcn" in r:
+        _print_iagcn(r["ia_gcn"])
+    if "gm_mlic" in r:
+        _gm_mlic_module()._print(r["gm_mlic"])
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(r, f, indent=2)
+
+
+def _print_mlgcn(m) -> None:
     print(f"ML-GCN head (C=80, d=300 -> 1024 -> D=2048, batch {m['batch']}, fwd+bwd, "
           f"graph {m['graph']}, {m['edges']} edges)")
     print(f"  PyG head            {1e3 * m['head_pyg_s']:9.2f} ms")
@@ -104,9 +456,6 @@ def main() -> None:
           f"to batch {m['batch']}")
     print(f"  head / backbone     {m['head_over_backbone_pct']:9.3f} %   (goal <= 0.5 %)")
     print(f"  PyG / dense         {m['pyg_over_dense']:9.2f} x   (goal <= 1.5x)")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(r, f, indent=2)
 
 
 if __name__ == "__main__":

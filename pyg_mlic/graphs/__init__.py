@@ -7,6 +7,10 @@
 - :func:`instance_graph` — the instance spatial graph of an image's regions (kNN over
   box centres, box-pair edge attributes; GM-MLIC Eq. 1), and its batched builders.
 """
+from pyg_mlic.graphs.assignment_graph import (
+    assignment_graph,
+    assignment_graph_batch,
+)
 from pyg_mlic.graphs.instance_graph import (
     DEFAULT_K,
     instance_graph,
@@ -32,5 +36,7 @@ __all__ = [
     "instance_graph",
     "instance_graph_batch",
     "instance_graphs_from_regions",
+    "assignment_graph",
+    "assignment_graph_batch",
     "DEFAULT_K",
 ]

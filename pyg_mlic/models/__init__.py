@@ -12,6 +12,9 @@ from pyg_mlic.models.registry import (ablation_tables, build_model, demo_rows, g
 # importing the modules registers the models
 from pyg_mlic.models import baseline, ml_gcn  # noqa: F401,E402
 from pyg_mlic.models import a_gcn  # noqa: F401,E402
+from pyg_mlic.models import iml_gcn  # noqa: F401,E402
+from pyg_mlic.models import ia_gcn  # noqa: F401,E402
+from pyg_mlic.models import gm_mlic  # noqa: F401,E402
 
 __all__ = ["ModelOutput", "MultiLabelModel", "build_encoder", "build_model", "get_model_class",
            "list_models", "register_model", "register_demo_row", "demo_rows",
