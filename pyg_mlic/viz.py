@@ -467,3 +467,54 @@ def plot_retrieval(dataset_query, dataset_gallery, query_idx: Sequence[int], ret
     fig.suptitle(title or f"k-NN retrieval (top-{k}, ascending distance)", fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def draw_predictions(image, labels: Sequence[str], scores: Optional[Dict[str, float]],
+                     path: PathLike, max_labels: int = 8) -> Path:
+    """Write a copy of ``image`` with the predicted labels (and their probabilities)
+    drawn in a box at its top-left corner (PIL ``ImageDraw``; used by
+    ``pyg-mlic predict --draw DIR``).
+
+    Args:
+        image: a PIL image or the path of an image file (read with the library's checked
+            loader: an unreadable file raises :class:`~pyg_mlic.errors.DatasetError`
+            naming it).
+        labels (list[str]): the predicted labels, most probable first. An empty list
+            writes ``"(no label above threshold)"``.
+        scores (dict, optional): ``{label: probability}``; shown after each label.
+        path: output file; the format follows its suffix (``.jpg``, ``.png`` ...).
+        max_labels (int): at most this many labels are written (then ``+N more``).
+
+    Returns:
+        Path: ``path``.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    if not isinstance(image, Image.Image):
+        from pyg_mlic.data._image_io import load_image
+
+        image = load_image(Path(image))
+    img = image.convert("RGB").copy()
+    draw = ImageDraw.Draw(img)
+    size = max(12, img.height // 28)
+    try:
+        font = ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: fixed-size bitmap font
+        font = ImageFont.load_default()
+    lines = [f"{lab} {scores[lab]:.2f}" if scores and lab in scores else str(lab)
+             for lab in list(labels)[:max_labels]]
+    if len(labels) > max_labels:
+        lines.append(f"+{len(labels) - max_labels} more")
+    if not lines:
+        lines = ["(no label above threshold)"]
+    pad = max(2, size // 4)
+    boxes = [draw.textbbox((0, 0), t, font=font) for t in lines]
+    line_h = max(b[3] - b[1] for b in boxes) + pad
+    width = max(b[2] - b[0] for b in boxes) + 2 * pad
+    draw.rectangle([0, 0, width, line_h * len(lines) + pad], fill=(0, 0, 0))
+    for i, t in enumerate(lines):
+        draw.text((pad, pad + i * line_h), t, fill=(255, 255, 0), font=font)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+    return path
