@@ -10,14 +10,13 @@ __all__ = ["VariationalROIWeighting", "VariationalROIOutput", "gaussian_kl"]
 
 
 class VariationalROIOutput(NamedTuple):
-    """Output of :class:`VariationalROIWeighting`.
+    """Output of :class:`VariationalROIWeighting`, a named tuple with fields
 
-    Attributes:
-        x (Tensor): ``[B, K, D]`` weighted ROI features :math:`\\mathbf{X}^w` (padding: 0).
-        z (Tensor): ``[B, K]`` the weights used (a sample in training, the mean in eval).
-        mu (Tensor): ``[B, K]`` :math:`z_\\mu`.
-        logvar (Tensor): ``[B, K]`` :math:`\\log z_{\\sigma^2}` (clamped).
-        kl (Tensor): scalar :math:`\\mathcal{L}_{KL}` averaged over the real ROIs.
+    - ``x``: ``[B, K, D]`` weighted ROI features :math:`\\mathbf{X}^w` (padding: 0);
+    - ``z``: ``[B, K]`` the weights used (a sample in training, the mean in eval);
+    - ``mu``: ``[B, K]`` :math:`z_\\mu`;
+    - ``logvar``: ``[B, K]`` :math:`\\log z_{\\sigma^2}` (clamped);
+    - ``kl``: scalar :math:`\\mathcal{L}_{KL}` averaged over the real ROIs.
     """
 
     x: Tensor
