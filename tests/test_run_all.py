@@ -33,6 +33,7 @@ def test_run_all_quick_subset_writes_parsable_reports(tmp_path, data_dir):
 
     # every registered demo row is either measured or recorded with its error
     assert set(acc["rows"]) | set(acc["errors"]) == set(demo_rows())
+    assert acc["errors"] == {}, acc["errors"]        # every model trains on real photographs
     assert acc["rows"]["baseline"]["ratio_mAP_vs_baseline"] == pytest.approx(1.0)
     for r in acc["rows"].values():
         assert 0.0 <= r["mAP"] <= 1.0
@@ -45,6 +46,16 @@ def test_run_all_quick_subset_writes_parsable_reports(tmp_path, data_dir):
     doc = docutils_core.publish_doctree(
         rst, settings_overrides={"report_level": 2, "halt_level": 2})
     assert "ratio_ours_over_floor" in doc.astext()
+    # --merge: re-running one section keeps the others, each stamped with its own run
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--quick",
+                        "--merge", "--only", "metrics", "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    res2 = json.loads((tmp_path / "results.json").read_text())
+    assert res2["sections"] == ["metrics", "coco8"]
+    assert res2["accuracy"]["coco8"] == res["accuracy"]["coco8"]
+    assert res2["benchmarks"]["metrics"]["date"] >= res["benchmarks"]["metrics"]["date"]
+    assert len(res2["commands"]) >= 2 and "(quick, " in (tmp_path / "RESULTS.md").read_text()
 
 
 def test_report_renderers_escape_markup_and_collect_ratios():
