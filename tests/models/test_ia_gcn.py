@@ -31,6 +31,7 @@ def _model(tr, **kw):
 
 def test_registration_defaults_and_ablation_rows():
     assert "ia_gcn" in list_models() and demo_rows()["ia_gcn"] == ("ia_gcn", {})
+    assert demo_rows()["ia_gcn (D-scaled, KL x0.1)"][1]["kl_weight"] == 0.1
     t = ablation_tables()["IA-GCN modules (Table 3)"]
     assert {k: v[1] for k, v in t.items()} == {
         "IA-GCN": {}, "IA-GCN w/o ID_LCM": {"id_lcm": False},
