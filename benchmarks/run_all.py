@@ -98,7 +98,7 @@ def collect_ratios(res: Any, prefix: str = "") -> Dict[str, Any]:
     """Flatten ``res`` and keep the in-run ratios (keys containing ``ratio`` or
     ``_over_``, e.g. ``pyg_over_dense``; not the goals) and the yes/no checks (booleans,
     e.g. ``goal_met``) a benchmark reports. List items are labelled by their ``name``
-    (or ``C``) when they have one."""
+    (or ``C`` and ``D``) when they have one."""
     out: Dict[str, Any] = {}
     if isinstance(res, dict):
         for k, v in res.items():
@@ -110,7 +110,8 @@ def collect_ratios(res: Any, prefix: str = "") -> Dict[str, Any]:
     elif isinstance(res, list) and len(res) <= 50:
         for i, v in enumerate(res):
             if isinstance(v, dict) and ("name" in v or "C" in v):
-                tag = v["name"] if "name" in v else f"C={v['C']}"
+                tag = v["name"] if "name" in v else ",".join(
+                    f"{k}={v[k]}" for k in ("C", "D") if k in v)
                 out.update(collect_ratios(v, f"{prefix}[{tag}]"))
             elif isinstance(v, (dict, list)):
                 out.update(collect_ratios(v, f"{prefix}[{i}]"))
