@@ -32,6 +32,8 @@ def _model(tr, **kw):
 def test_registration_defaults_and_ablation_rows(scenes):
     tr, _ = scenes
     assert "gm_mlic" in list_models() and demo_rows()["gm_mlic"] == ("gm_mlic", {})
+    assert demo_rows()["gm_mlic (D-scaled)"] == ("gm_mlic", {"encoder_channels": 64,
+                                                         "conv_channels": [64, 32]})
     t = ablation_tables()["GM-MLIC ablations (Table 4)"]
     assert {k: v[1] for k, v in t.items()} == {
         "Our w/o G_l": {"use_label_graph": False}, "Our w/o G_o": {"use_instance_graph": False},
