@@ -42,12 +42,18 @@ def test_reference_formula_and_scale_invariance(voc_graph):
     torch.testing.assert_close(image_dependent_propagation(torch.ones(1, 20), A_S)[0], A_S)
 
 
-@pytest.mark.parametrize("sparse", [True, False])
-def test_batched_equals_per_image_dense_reference(voc_graph, sparse):
+# (sparse CSR, 0): batched sparse product; (False, 0): gather/scatter messages;
+# (True, 128): the small-graph dense batched product (C = 20 <= 128)
+PATHS = [(True, 0), (False, 0), (True, 128)]
+
+
+@pytest.mark.parametrize("sparse,dense_max_nodes", PATHS)
+def test_batched_equals_per_image_dense_reference(voc_graph, sparse, dense_max_nodes):
     ei, ew, A_S = voc_graph
     torch.manual_seed(0)
     B, C = 5, 20
-    conv = InstanceAwareLabelConv(12, 7, bias=True, sparse=sparse)
+    conv = InstanceAwareLabelConv(12, 7, bias=True, sparse=sparse,
+                                  dense_max_nodes=dense_max_nodes)
     torch.nn.init.normal_(conv.bias)
     a = _scores(B, C, 2)
     P = image_dependent_propagation(a, A_S)
@@ -60,7 +66,8 @@ def test_batched_equals_per_image_dense_reference(voc_graph, sparse):
     xb = torch.randn(B, C, 12)                                      # per image, widening
     ref = torch.stack([P[b] @ xb[b] @ W + conv.bias for b in range(B)])
     torch.testing.assert_close(conv(xb, ei, ew, a=a), ref, atol=1e-5, rtol=1e-5)
-    narrow = InstanceAwareLabelConv(12, 3, sparse=sparse)           # lin before propagation
+    narrow = InstanceAwareLabelConv(12, 3, sparse=sparse,           # lin before propagation
+                                    dense_max_nodes=dense_max_nodes)
     ref = torch.stack([P[b] @ xb[b] @ narrow.lin.weight.t() for b in range(B)])
     torch.testing.assert_close(narrow(xb, ei, ew, a=a), ref, atol=1e-5, rtol=1e-5)
 
@@ -82,6 +89,28 @@ def test_without_scores_it_is_the_ml_gcn_layer(voc_graph):
     ref.lin.weight.data.copy_(conv.lin.weight.data)
     x = torch.randn(20, 12)
     torch.testing.assert_close(conv(x, ei, ew), ref(x, ei, ew), atol=1e-5, rtol=1e-5)
+
+
+def test_dense_and_sparse_paths_agree_in_a_stack_with_gradients(voc_graph):
+    ei, ew, _ = voc_graph
+    torch.manual_seed(0)
+    a0, x0 = _scores(4, 20, 5), torch.randn(20, 6)
+    outs, grads = [], []
+    for dmn in (0, 128):
+        torch.manual_seed(1)
+        convs = [InstanceAwareLabelConv(6, 8, dense_max_nodes=dmn),
+                 InstanceAwareLabelConv(8, 5, dense_max_nodes=dmn)]
+        a = a0.clone().requires_grad_(True)
+        h = torch.relu(convs[0](x0, ei, ew, a=a))
+        out = convs[1](h, ei, ew, a=a)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        outs.append(out.detach())
+        grads.append([a.grad] + [c.lin.weight.grad for c in convs])
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-5)
+    for g0, g1 in zip(*grads):
+        torch.testing.assert_close(g0, g1, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="dense_max_nodes"):
+        InstanceAwareLabelConv(6, 8, dense_max_nodes=-1)
 
 
 def test_degenerate_scores_give_no_nan_and_fall_back_to_as(voc_graph):
