@@ -305,9 +305,9 @@ def accuracy_real(name: str, quick: bool) -> Dict[str, Any]:
     import torch
 
     from pyg_mlic.cli import model_context
-    from pyg_mlic.demo import DEMO_MODEL, DEMO_TRAIN, two_stage_row
-    from pyg_mlic.engine import TrainConfig, Trainer, seed_everything
-    from pyg_mlic.models import build_model, demo_rows, get_model_class
+    from pyg_mlic.demo import DEMO_MODEL, DEMO_TRAIN, train_row
+    from pyg_mlic.engine import TrainConfig
+    from pyg_mlic.models import demo_rows, get_model_class
 
     s = REAL_SETTINGS[name]["quick" if quick else "full"]
     try:
@@ -331,28 +331,19 @@ def accuracy_real(name: str, quick: bool) -> Dict[str, Any]:
         t0 = time.time()
         out = Path(work.name) / re.sub(r"[^A-Za-z0-9_-]+", "_", label)
         try:
-            seed_everything(0)
             ctx = model_context(train, label_embeddings="onehot")
             tcfg = TrainConfig(epochs=s["epochs"], batch_size=s["batch_size"], seed=0,
                                progress=False, **tr_cfg)
+            if missing and getattr(get_model_class(model_name), "two_stage", False):
+                # a label without a training image (coco8: 73 of 80) gets the mean image
+                # feature, IML-GCN's documented fallback, instead of Eq. 5's error
+                cfg = {**cfg, "on_missing": "mean"}
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # tiny test sets: classes without positives
-                if getattr(get_model_class(model_name), "two_stage", False):
-                    # IML-GCN's recipe: the baseline row is stage 1 (as in the demo); a
-                    # label without a training image (coco8: 73 of 80) gets the mean image
-                    # feature, the documented fallback, instead of Eq. 5's error
-                    if missing:
-                        cfg = {**cfg, "on_missing": "mean"}
-                    res = two_stage_row(model_name, cfg, ctx, (train, val, test), tcfg, out,
-                                        stage1_ckpts, {"dataset": name, "demo_row": label})
-                    res.pop("history", None)
-                    rows[label] = res
-                else:
-                    model = build_model(model_name, **{**ctx, **DEMO_MODEL, **cfg})
-                    rows[label] = Trainer(model, train, val, test, tcfg, out_dir=out).fit()
-                    if model_name == "baseline" and not cfg:
-                        best = out / "best.pt"
-                        stage1_ckpts["baseline"] = best if best.exists() else out / "last.pt"
+                # the demo's row runner: IML-GCN reuses the baseline row as stage 1
+                rows[label], _ = train_row(model_name, cfg, ctx, (train, val, test), tcfg,
+                                           out, stage1_ckpts,
+                                           {"dataset": name, "demo_row": label})
         except Exception as e:  # noqa: BLE001 - a failing row is recorded, not fatal
             errors[label] = _err(e)
         secs[label] = time.time() - t0

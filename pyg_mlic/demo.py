@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
@@ -54,6 +54,31 @@ def two_stage_row(model_name: str, cfg: Dict, ctx: Dict, splits: tuple, tcfg,
                          seed=tcfg.seed, **recipe)
 
 
+def train_row(model_name: str, cfg: Dict, ctx: Dict, splits: tuple, tcfg, out: Path,
+              stage1_ckpts: Dict[str, Path], run_info: Optional[Dict] = None,
+              seed: int = 0) -> Tuple[Dict, list]:
+    """Train one table row and return ``(metrics, history)``: the two-stage recipe for
+    models with ``two_stage`` (:func:`two_stage_row`), else the engine on ``splits``.
+    The plain ``baseline`` row records its checkpoint in ``stage1_ckpts`` so that the
+    two-stage rows after it reuse it as stage 1."""
+    from pyg_mlic.engine import Trainer, seed_everything
+    from pyg_mlic.models import build_model, get_model_class
+
+    run_info = dict(run_info or {})
+    if getattr(get_model_class(model_name), "two_stage", False):
+        res = two_stage_row(model_name, cfg, ctx, splits, tcfg, out, stage1_ckpts, run_info)
+        return res, res.pop("history", [])
+    seed_everything(seed)
+    model = build_model(model_name, **{**ctx, **DEMO_MODEL, **cfg})
+    train, val, test = splits
+    trainer = Trainer(model, train, val, test, tcfg, out_dir=out, run_info=run_info)
+    res = trainer.fit()
+    if model_name == "baseline" and not cfg:
+        best = Path(out) / "best.pt"
+        stage1_ckpts["baseline"] = best if best.exists() else Path(out) / "last.pt"
+    return res, trainer.history
+
+
 def run_demo(out: str = "runs/demo", epochs: Optional[int] = None,
              num_images: Optional[int] = None, image_size: Optional[int] = None,
              models: Optional[Sequence[str]] = None, seed: int = 0,
@@ -65,8 +90,8 @@ def run_demo(out: str = "runs/demo", epochs: Optional[int] = None,
     from pyg_mlic.cli import format_table, model_context
     from pyg_mlic.data.synthetic import SyntheticScenes
     from pyg_mlic.data.transforms import build_transforms
-    from pyg_mlic.engine import TrainConfig, Trainer, seed_everything, write_json
-    from pyg_mlic.models import ablation_tables, build_model, demo_rows, get_model_class
+    from pyg_mlic.engine import TrainConfig, write_json
+    from pyg_mlic.models import ablation_tables, demo_rows, get_model_class
 
     epochs = epochs or DEMO_DEFAULTS["epochs"]
     num_images = num_images or DEMO_DEFAULTS["num_images"]
@@ -103,27 +128,16 @@ def run_demo(out: str = "runs/demo", epochs: Optional[int] = None,
             slug = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in label).strip("_")
             run_info = {"dataset": "synthetic", "image_size": image_size, "demo_row": label,
                         "model_options": cfg}
-            if getattr(get_model_class(model_name), "two_stage", False):
-                res[label] = two_stage_row(model_name, cfg, ctx, (train, val, test), tcfg,
-                                           out_dir / sub / slug, stage1_ckpts, run_info)
-                histories[label] = res[label].pop("history", [])
-                stage1 = "baseline row reused as stage 1" if "baseline" in stage1_ckpts \
-                    else "stage 1 + stage 2"
-                print(f"  {label:<32} test mAP {100 * res[label]['mAP']:5.1f}  "
-                      f"({time.time() - t0:5.1f} s, {stage1})", flush=True)
-                continue
-            seed_everything(seed)
-            model = build_model(model_name, **{**ctx, **DEMO_MODEL, **cfg})
-            trainer = Trainer(model, train, val, test, tcfg, out_dir=out_dir / sub / slug,
-                              run_info=run_info)
-            res[label] = trainer.fit()
-            histories[label] = trainer.history
-            if model_name == "baseline" and not cfg:  # stage 1 of the two-stage rows
-                best = out_dir / sub / slug / "best.pt"
-                stage1_ckpts["baseline"] = best if best.exists() else \
-                    out_dir / sub / slug / "last.pt"
+            two_stage = getattr(get_model_class(model_name), "two_stage", False)
+            res[label], histories[label] = train_row(
+                model_name, cfg, ctx, (train, val, test), tcfg, out_dir / sub / slug,
+                stage1_ckpts, run_info, seed=seed)
+            note = ""
+            if two_stage:
+                note = (", baseline row reused as stage 1" if "baseline" in stage1_ckpts
+                        else ", stage 1 + stage 2")
             print(f"  {label:<32} test mAP {100 * res[label]['mAP']:5.1f}  "
-                  f"({time.time() - t0:5.1f} s)", flush=True)
+                  f"({time.time() - t0:5.1f} s{note})", flush=True)
         return res
 
     emb_spec = None
