@@ -39,8 +39,11 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-fraction", type=float, default=0.0,
                    help="hold out this fraction of the training split for validation "
                         "when the dataset has no validation split (default: 0)")
-    p.add_argument("--image-size", type=int, default=448, help="network input side (448)")
-    p.add_argument("--num-images", type=int, help="synthetic scenes: training-set size")
+    p.add_argument("--image-size", type=int,
+                   help="network input side (default: 448, the papers'; 64 for --dataset "
+                        "synthetic)")
+    p.add_argument("--num-images", type=int,
+                   help="synthetic scenes: training-set size (default: 800)")
     p.add_argument("--no-augment", action="store_true", help="no random crop/flip in training")
     p.add_argument("--regions", metavar="BACKEND",
                    help="add ROIs from a region backend to every sample (IA-GCN, GM-MLIC): "
@@ -59,7 +62,7 @@ def _splits(args):
 
     splits = build_splits(args.dataset, root=args.root, train_file=args.train_file,
                           test_file=args.test_file, val_file=args.val_file,
-                          image_size=args.image_size, val_fraction=args.val_fraction,
+                          image_size=args.image_size or 448, val_fraction=args.val_fraction,
                           seed=getattr(args, "seed", 0), num_images=args.num_images,
                           augment=not args.no_augment)
     if not getattr(args, "regions", None):
@@ -74,32 +77,13 @@ def _splits(args):
     return tuple(None if ds is None else RegionDataset(ds, extractor, **root) for ds in splits)
 
 
-def model_context(train_set, *, label_embeddings: Optional[str] = None,
-                  backbone: Optional[str] = None, backbone_weights: Optional[str] = None
-                  ) -> Dict[str, Any]:
-    """The standard keyword arguments :func:`build_model` receives from a training split."""
-    ctx: Dict[str, Any] = dict(classes=list(train_set.classes), input_kind=train_set.input_kind,
-                               train_labels=train_set.labels)
-    if train_set.input_kind == "features":
-        ctx["in_features"] = int(train_set.feature_dim)
-    if getattr(train_set, "roi_feature_dim", None):
-        # a RegionDataset: region models size their ROI layers from it
-        ctx["roi_feature_dim"] = int(train_set.roi_feature_dim)
-    if backbone:
-        ctx["backbone"] = backbone
-    if backbone_weights:
-        ctx["backbone_weights"] = backbone_weights
-    if label_embeddings:
-        from pyg_mlic.embeddings import load_label_embeddings
-
-        ctx["label_embeddings"] = load_label_embeddings(label_embeddings, ctx["classes"])
-        ctx["label_embeddings_spec"] = label_embeddings
-    return ctx
-
-
 # ---------------------------------------------------------------------------- train
 def cmd_train(args) -> int:
     from pyg_mlic.engine import distributed
+    from pyg_mlic.engine.fit import check_fit_options
+
+    # a typo in --model / --set is caught here, before any process or data is started
+    check_fit_options(args.model, _parse_set(args.set), label_embeddings=args.label_embeddings)
 
     if getattr(args, "nproc", 1) < 1:
         raise SystemExit(f"train: --nproc must be >= 1, got {args.nproc}")
@@ -114,86 +98,71 @@ def cmd_train(args) -> int:
 
 
 def _train(args) -> int:
-    from pyg_mlic.engine import TrainConfig, Trainer, distributed, seed_everything
-    from pyg_mlic.models import build_model, get_model_class
+    from pyg_mlic.engine import check_fit_options, distributed, fit
+    from pyg_mlic.metrics import format_table
 
-    seed_everything(args.seed)  # the model's initialisation is part of the seeded run
+    options = _parse_set(args.set)
+    for key, value in (("backbone", args.backbone), ("backbone_weights", args.backbone_weights)):
+        if value is not None:
+            options[key] = value
+    train_options = {k: v for k, v in dict(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, backbone_lr=args.backbone_lr,
+        optimizer=args.optimizer, seed=args.seed, select=args.select,
+        num_workers=args.num_workers, device=args.device, weight_decay=args.weight_decay,
+        sync_bn=args.sync_bn or None, progress=False if args.no_progress else None).items()
+        if v is not None}
+    options, train_options = _data_defaults(args, options, train_options)
+    # every option is checked before the (possibly long) dataset load
+    check_fit_options(args.model, options, train_options, args.label_embeddings)
     train, val, test = _splits(args)
-    cfg = _parse_set(args.set)
-    if _uses_two_stage(args):  # IML-GCN: stage 1, image-feature embeddings, stage 2
-        return _train_two_stage(args, train, val, test, cfg)
-    ctx = model_context(train, label_embeddings=args.label_embeddings, backbone=args.backbone,
-                        backbone_weights=args.backbone_weights)
-    model = build_model(args.model, **ctx, **cfg)
-    tcfg = TrainConfig.for_model(
-        get_model_class(args.model), epochs=args.epochs, batch_size=args.batch_size,
-        lr=args.lr, backbone_lr=args.backbone_lr, optimizer=args.optimizer, seed=args.seed,
-        select=args.select, num_workers=args.num_workers, device=args.device,
-        weight_decay=args.weight_decay, progress=not args.no_progress)
     run_info = {"dataset": args.dataset, "root": args.root, "train_file": args.train_file,
-                "test_file": args.test_file, "image_size": args.image_size,
-                "label_embeddings": args.label_embeddings, "model_options": cfg,
-                "train_split": train.split, "val_split": getattr(val, "split", None)}
-    trainer = Trainer(model, train, val, test, tcfg, out_dir=args.out, run_info=run_info)
-    m = trainer.fit(resume=args.resume)
+                "test_file": args.test_file, "val_file": args.val_file,
+                "image_size": args.image_size, "num_images": args.num_images,
+                "augment": not args.no_augment, "regions": args.regions,
+                "data_defaults": getattr(args, "_data_defaults", None)}
+    m = fit(args.model, train, val, test, model_options=options, train_options=train_options,
+            out_dir=args.out, label_embeddings=args.label_embeddings, resume=args.resume,
+            run_info=run_info)
     if distributed.current().is_main:
-        print(format_table([(args.model, m)]))
+        rows = [(args.model, m)]
+        if m.get("stage1") and "mAP" in m["stage1"]:
+            rows = [(f"{m.get('settings', {}).get('recipe', {}).get('stage1_model', 'asl')} "
+                     "(stage 1)", m["stage1"]), (f"{args.model} (stage 2)", m)]
+        print(format_table(rows))
         print(f"wrote {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'last.pt'}")
     return 0
 
 
-def _uses_two_stage(args) -> bool:
-    """IML-GCN's two-stage recipe: a model marked ``two_stage`` or image-feature embeddings."""
-    from pyg_mlic.models import get_model_class
+def _data_defaults(args, options: Dict[str, Any], train_options: Dict[str, Any]):
+    """``--dataset synthetic``: the demo's small recipe (:data:`pyg_mlic.engine.recipes.SMALL`:
+    a small CNN from scratch, 64 px, 800 scenes, 5 epochs of Adam, weights chosen on the
+    validation split) as a complete training configuration, so that every model trains in
+    minutes on a CPU; flags the user gives win. Real datasets keep each paper's settings
+    (the model's ``default_train_config`` under the flags)."""
+    if args.dataset != "synthetic":
+        return options, train_options
+    from pyg_mlic.engine import TrainConfig
+    from pyg_mlic.engine.fit import check_fit_options
+    from pyg_mlic.engine.recipes import SMALL
 
-    spec = (args.label_embeddings or "").strip().lower()
-    return spec == "image-features" or bool(getattr(get_model_class(args.model), "two_stage", False))
-
-
-#: ``--set`` keys read by the two-stage recipe, not by the model
-TWO_STAGE_KEYS = ("pca", "n_components", "on_missing", "stage1_model", "stage1_checkpoint",
-                  "embedding_batch_size")
-
-
-def _train_two_stage(args, train, val, test, cfg: Dict[str, Any]) -> int:
-    """``train`` through :func:`pyg_mlic.engine.two_stage.run_two_stage`: stage 1 in
-    ``OUT/stage1``, the embedding cache in ``OUT/embeddings``, stage 2 (metrics.json,
-    last.pt) in ``OUT``; ``--resume`` restarts a stopped run at the right stage."""
-    from pyg_mlic.engine import distributed
-    from pyg_mlic.engine.two_stage import run_two_stage
-
-    recipe = {k: cfg.pop(k) for k in TWO_STAGE_KEYS if k in cfg}
-    spec = args.label_embeddings or "image-features"
-    image_features = spec.strip().lower() == "image-features"
-    ctx = model_context(train, label_embeddings=None if image_features else spec,
-                        backbone=args.backbone, backbone_weights=args.backbone_weights)
-    embeddings = "image-features" if image_features else ctx.pop("label_embeddings")
-    overrides = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                     backbone_lr=args.backbone_lr, optimizer=args.optimizer, seed=args.seed,
-                     select=args.select, num_workers=args.num_workers, device=args.device,
-                     weight_decay=args.weight_decay, progress=not args.no_progress)
-    run_info = {"dataset": args.dataset, "root": args.root, "train_file": args.train_file,
-                "test_file": args.test_file, "image_size": args.image_size,
-                "label_embeddings": spec, "model_options": cfg, "recipe": recipe,
-                "train_split": train.split, "val_split": getattr(val, "split", None)}
-    m = run_two_stage(train, val, test, out_dir=args.out, model=args.model,
-                      model_options={**ctx, **cfg},
-                      train_overrides={k: v for k, v in overrides.items() if v is not None},
-                      label_embeddings=embeddings, resume=args.resume, run_info=run_info,
-                      **recipe)
-    if distributed.current().is_main:
-        rows = [(f"{args.model} (stage 2)", m)]
-        if m.get("stage1") and "mAP" in m["stage1"]:
-            rows.insert(0, (f"{recipe.get('stage1_model', 'asl')} (stage 1)", m["stage1"]))
-        print(format_table(rows))
-        print(f"wrote {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'last.pt'} "
-              f"(stage 1 in {Path(args.out) / 'stage1'})")
-    return 0
+    applied: Dict[str, Any] = {}
+    for key, value in SMALL["model"].items():
+        if key not in options:
+            options[key] = applied[key] = value
+    for key, value in SMALL["data"].items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+            applied[key] = value
+    check_fit_options(args.model, options, train_options, args.label_embeddings)
+    applied.update({k: v for k, v in SMALL["train"].items() if k not in train_options})
+    args._data_defaults = applied
+    return options, TrainConfig(**{**SMALL["train"], **train_options})
 
 
 # ---------------------------------------------------------------------------- eval
 def cmd_eval(args) -> int:
     from pyg_mlic.engine import evaluate, load_checkpoint, model_from_checkpoint, write_json
+    from pyg_mlic.metrics import format_table
 
     ckpt = load_checkpoint(args.checkpoint)
     model = model_from_checkpoint(ckpt)
@@ -431,25 +400,6 @@ def cmd_extract_features(args) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------------- table
-METRIC_COLUMNS = ["mAP", "CP", "CR", "CF1", "OP", "OR", "OF1"]
-
-
-def format_table(rows: Sequence, topk: int = 3) -> str:
-    """Paper-style table (values in %): ``rows`` is ``[(name, metrics_dict), ...]``."""
-    top = [f"{c}_top{topk}" for c in METRIC_COLUMNS[1:]]
-    width = max([len("Method")] + [len(str(n)) for n, _ in rows]) + 2
-    head1 = " " * width + f"{'All':^{7 * 7}}|{'Top-' + str(topk):^{6 * 7}}"
-    head2 = f"{'Method':<{width}}" + "".join(f"{c:>7}" for c in METRIC_COLUMNS) + "|" + \
-        "".join(f"{c:>7}" for c in METRIC_COLUMNS[1:])
-    lines = [head1, head2, "-" * len(head2)]
-    for name, m in rows:
-        vals = "".join(f"{100 * m[c]:7.1f}" for c in METRIC_COLUMNS)
-        tvals = "".join(f"{100 * m[c]:7.1f}" if c in m else "      -" for c in top)
-        lines.append(f"{str(name):<{width}}{vals}|{tvals}")
-    return "\n".join(lines)
-
-
 # ---------------------------------------------------------------------------- info
 def parameter_table(models: Optional[Sequence[str]] = None, num_classes: int = 80,
                     backbone: Optional[str] = None, embedding_dim: int = 300
@@ -529,6 +479,8 @@ def cmd_info(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="pyg-mlic", description=__doc__.splitlines()[0])
     ap.add_argument("--version", action="version", version=f"pyg_mlic {__version__}")
+    ap.add_argument("--debug", action="store_true",
+                    help="show the full traceback of an error (any position on the line)")
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="train every model briefly on synthetic scenes; print the table")
@@ -552,7 +504,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("train", help="train a model and write metrics.json + checkpoint")
+    p = sub.add_parser(
+        "train", help="train a model and write metrics.json + checkpoint",
+        description="Train a model through pyg_mlic.engine.fit. Settings not given come from "
+                    "the model's paper (ResNet-101 / TResNet at 448 px, the paper's optimiser, "
+                    "learning rates and epochs) on real datasets; with --dataset synthetic "
+                    "they come from the demo's small recipe (small_cnn, 64 px, 800 scenes, "
+                    "5 epochs of Adam at 2e-3, weights chosen on the validation split), so "
+                    "that every model trains in minutes on a CPU. Flags you give win.")
     _add_data_args(p)
     p.add_argument("--model", required=True)
     p.add_argument("--label-embeddings",
@@ -573,7 +532,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device")
     p.add_argument("--out", default="runs/train")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="model options (tau=0.4 ...)")
+    p.add_argument("--set", nargs="*", metavar="KEY=VALUE",
+                   help="model options (tau=0.4 ...); an unknown key is an error")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="multi-process runs: BatchNorm statistics over the global batch "
+                        "(synchronised across processes)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="train with N processes on this machine (DDP; starts "
@@ -660,13 +623,48 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+#: exit status of a user error (bad option, file, data): argparse's own
+USER_ERROR = 2
+
+
+def user_error_types() -> tuple:
+    """Exceptions that mean bad input from the user (reported in one line, no traceback):
+    pyg_mlic's errors (all :class:`ValueError`), missing files, a diverged run."""
+    from pyg_mlic.errors import DivergenceError
+
+    return (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+            PermissionError, DivergenceError)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line; a user error prints ``pyg-mlic: error: ...`` on one line and
+    exits with status 2 (``--debug``: the full traceback instead)."""
     import warnings
 
     # torch_geometric's import triggers torch's own jit deprecation notice: not ours to act on
     warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    if debug:
+        argv.remove("--debug")
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except SystemExit as e:
+        if debug or e.code is None or isinstance(e.code, int):
+            raise
+        return _report(str(e.code))
+    except user_error_types() as e:
+        if debug:
+            raise
+        return _report(str(e) or type(e).__name__)
+
+
+def _report(message: str) -> int:
+    first = " ".join(message.strip().split("\n")[0].split()) if message.strip() else "failed"
+    extra = " (run with --debug for the traceback)"
+    print(f"pyg-mlic: error: {first}{extra}", file=sys.stderr)
+    return USER_ERROR
 
 
 if __name__ == "__main__":

@@ -14,11 +14,14 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
+from pyg_mlic.engine.recipes import SMALL
+
 #: settings shared by every row, so the table compares methods, not recipes
-DEMO_DEFAULTS = dict(epochs=5, num_images=800, image_size=64, batch_size=32)
-DEMO_TRAIN = dict(optimizer="adam", lr=2e-3, backbone_lr=2e-3, weight_decay=1e-4, lr_step=None,
-                  select="best_val")
-DEMO_MODEL = dict(backbone="small_cnn")
+DEMO_DEFAULTS = dict(epochs=SMALL["train"]["epochs"], num_images=SMALL["data"]["num_images"],
+                     image_size=SMALL["data"]["image_size"],
+                     batch_size=SMALL["train"]["batch_size"])
+DEMO_TRAIN = {k: v for k, v in SMALL["train"].items() if k not in ("epochs", "batch_size")}
+DEMO_MODEL = dict(SMALL["model"])
 #: label embeddings of the graph methods. One-hot: with a backbone trained from scratch
 #: for a few epochs, 50-d GloVe (``--label-embeddings glove``) trained ML-GCN to a much lower
 #: validation mAP here (0.33 vs 0.64 after 6 epochs on 1200 images, measured), because
@@ -26,57 +29,37 @@ DEMO_MODEL = dict(backbone="small_cnn")
 DEMO_EMBEDDINGS = ("onehot",)
 
 
-#: options of a two-stage row (IML-GCN) read by the recipe, not by the model
-TWO_STAGE_ROW_KEYS = ("label_embeddings", "pca", "n_components", "on_missing")
+def train_row(model_name: str, cfg: Dict, splits: tuple, tcfg, out: Path,
+              stage1_ckpts: Dict[str, Path], run_info: Optional[Dict] = None,
+              label_embeddings: Optional[str] = "onehot") -> Tuple[Dict, list]:
+    """Train one table row through :func:`pyg_mlic.engine.fit` and return
+    ``(metrics, history)``.
 
-
-def two_stage_row(model_name: str, cfg: Dict, ctx: Dict, splits: tuple, tcfg,
-                  out: Path, stage1_ckpts: Dict[str, Path], run_info: Dict) -> Dict:
-    """A demo row trained with the two-stage recipe
-    (:func:`pyg_mlic.engine.two_stage.run_two_stage`, IML-GCN): the ``baseline`` row
-    trained earlier in the same demo run is reused as stage 1 (its encoder gives the
-    image-feature embeddings and initialises the row's encoder); without it, stage 1
-    trains the ``asl`` model at the same demo settings first."""
-    from pyg_mlic.engine.two_stage import run_two_stage
+    ``cfg`` are the row's model options (a ``label_embeddings`` entry overrides
+    ``label_embeddings``); :data:`DEMO_MODEL` fills what the row does not set. Two-stage
+    rows (IML-GCN) reuse the plain ``baseline`` row trained earlier in the same run as
+    stage 1 (its checkpoint is recorded in ``stage1_ckpts``); without it stage 1 trains the
+    ``asl`` model at the same settings first."""
+    from pyg_mlic.engine import fit
+    from pyg_mlic.engine.fit import uses_two_stage
 
     cfg = dict(cfg)
-    recipe = {k: cfg.pop(k) for k in TWO_STAGE_ROW_KEYS if k in cfg}
-    recipe.setdefault("label_embeddings", "image-features")
-    opts = {k: v for k, v in ctx.items() if k not in ("label_embeddings", "label_embeddings_spec")}
-    opts.update(DEMO_MODEL)
-    opts.update(cfg)
-    train, val, test = splits
-    return run_two_stage(train, val, test, out_dir=out, model=model_name, model_options=opts,
-                         stage1_config=tcfg, stage2_config=tcfg,
-                         stage1_checkpoint=stage1_ckpts.get("baseline"),
-                         run_info={**run_info, "stage1": "baseline row" if "baseline" in
-                                   stage1_ckpts else "asl (trained here)"},
-                         seed=tcfg.seed, **recipe)
-
-
-def train_row(model_name: str, cfg: Dict, ctx: Dict, splits: tuple, tcfg, out: Path,
-              stage1_ckpts: Dict[str, Path], run_info: Optional[Dict] = None,
-              seed: int = 0) -> Tuple[Dict, list]:
-    """Train one table row and return ``(metrics, history)``: the two-stage recipe for
-    models with ``two_stage`` (:func:`two_stage_row`), else the engine on ``splits``.
-    The plain ``baseline`` row records its checkpoint in ``stage1_ckpts`` so that the
-    two-stage rows after it reuse it as stage 1."""
-    from pyg_mlic.engine import Trainer, seed_everything
-    from pyg_mlic.models import build_model, get_model_class
-
-    run_info = dict(run_info or {})
-    if getattr(get_model_class(model_name), "two_stage", False):
-        res = two_stage_row(model_name, cfg, ctx, splits, tcfg, out, stage1_ckpts, run_info)
-        return res, res.pop("history", [])
-    seed_everything(seed)
-    model = build_model(model_name, **{**ctx, **DEMO_MODEL, **cfg})
-    train, val, test = splits
-    trainer = Trainer(model, train, val, test, tcfg, out_dir=out, run_info=run_info)
-    res = trainer.fit()
+    row_emb = cfg.pop("label_embeddings", None)
+    two_stage = uses_two_stage(model_name, row_emb)
+    emb = row_emb if row_emb is not None else ("image-features" if two_stage
+                                               else label_embeddings)
+    options = {**DEMO_MODEL, **cfg}
+    info = dict(run_info or {})
+    if two_stage:
+        if "baseline" in stage1_ckpts:
+            options.setdefault("stage1_checkpoint", stage1_ckpts["baseline"])
+        info["stage1"] = "baseline row" if "baseline" in stage1_ckpts else "asl (trained here)"
+    res = fit(model_name, *splits, model_options=options, train_options=tcfg, out_dir=out,
+              label_embeddings=emb, run_info=info)
     if model_name == "baseline" and not cfg:
         best = Path(out) / "best.pt"
         stage1_ckpts["baseline"] = best if best.exists() else Path(out) / "last.pt"
-    return res, trainer.history
+    return res, res.pop("history", [])
 
 
 def run_demo(out: str = "runs/demo", epochs: Optional[int] = None,
@@ -87,10 +70,10 @@ def run_demo(out: str = "runs/demo", epochs: Optional[int] = None,
 
     With ``ablations=True`` the ablation tables registered by the models
     (:func:`pyg_mlic.models.registry.register_ablation`) are trained and printed too."""
-    from pyg_mlic.cli import format_table, model_context
     from pyg_mlic.data.synthetic import SyntheticScenes
     from pyg_mlic.data.transforms import build_transforms
-    from pyg_mlic.engine import TrainConfig, write_json
+    from pyg_mlic.engine import TrainConfig, model_context, write_json
+    from pyg_mlic.metrics import format_table
     from pyg_mlic.models import ablation_tables, demo_rows, get_model_class
 
     epochs = epochs or DEMO_DEFAULTS["epochs"]
@@ -122,7 +105,6 @@ def run_demo(out: str = "runs/demo", epochs: Optional[int] = None,
         res: Dict[str, Dict] = {}
         for label, (model_name, cfg) in rows_.items():
             t0 = time.time()
-            ctx = model_context(train, label_embeddings=emb_spec)
             tcfg = TrainConfig(epochs=epochs, batch_size=DEMO_DEFAULTS["batch_size"], seed=seed,
                                progress=progress, **DEMO_TRAIN)
             slug = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in label).strip("_")
@@ -130,8 +112,8 @@ def run_demo(out: str = "runs/demo", epochs: Optional[int] = None,
                         "model_options": cfg}
             two_stage = getattr(get_model_class(model_name), "two_stage", False)
             res[label], histories[label] = train_row(
-                model_name, cfg, ctx, (train, val, test), tcfg, out_dir / sub / slug,
-                stage1_ckpts, run_info, seed=seed)
+                model_name, cfg, (train, val, test), tcfg, out_dir / sub / slug,
+                stage1_ckpts, run_info, label_embeddings=emb_spec)
             note = ""
             if two_stage:
                 note = (", baseline row reused as stage 1" if "baseline" in stage1_ckpts

@@ -39,3 +39,30 @@ def check_same_classes(what_a: str, a, what_b: str, b) -> None:
     """Raise :class:`ClassMismatchError` unless ``a`` and ``b`` are the same ordered list."""
     if list(map(str, a)) != list(map(str, b)):
         raise ClassMismatchError(class_mismatch_message(what_a, a, what_b, b))
+
+
+class OptionError(ValueError):
+    """An option (model, training, recipe, CLI) that the receiver does not take."""
+
+
+def unknown_option_message(owner: str, key: str, valid, kind: str = "option") -> str:
+    """``"ml_gcn got an unknown option 'tua'; did you mean 'tau'? valid: ..."``."""
+    import difflib
+
+    valid = sorted(map(str, valid))
+    near = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.6)
+    hint = f"; did you mean {near[0]!r}?" if near else ""
+    return f"{owner} got an unknown {kind} {str(key)!r}{hint} (valid: {', '.join(valid)})"
+
+
+def check_options(owner: str, given, valid, kind: str = "option") -> None:
+    """Raise :class:`OptionError` naming the first key of ``given`` not in ``valid``."""
+    valid = set(valid)
+    for key in given:
+        if key not in valid:
+            raise OptionError(unknown_option_message(owner, key, valid, kind))
+
+
+class DivergenceError(FloatingPointError):
+    """Training produced a non-finite loss or gradient; the message says where (epoch,
+    step, learning rates), what to try, and which checkpoint is the last good one."""

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["average_precision", "multilabel_metrics", "UndefinedAPWarning"]
+__all__ = ["average_precision", "multilabel_metrics", "format_table", "METRIC_COLUMNS",
+           "UndefinedAPWarning"]
 
 ArrayLike = Union[Tensor, np.ndarray, Sequence]
 
@@ -509,3 +510,24 @@ def multilabel_metrics(scores: ArrayLike, targets: ArrayLike, mask: Optional[Arr
     out["AP"] = [float(a) if e else None for a, e in zip(r.ap.tolist(), evaluated.tolist())]
     out["num_classes_evaluated"] = num_eval
     return out
+
+
+#: the columns of the papers' tables (all labels), in order
+METRIC_COLUMNS = ["mAP", "CP", "CR", "CF1", "OP", "OR", "OF1"]
+
+
+def format_table(rows: Sequence, topk: int = 3) -> str:
+    """The papers' results table (values in %): ``rows`` is ``[(name, metrics), ...]``
+    with ``metrics`` dicts of :func:`multilabel_metrics`; columns mAP, CP, CR, CF1, OP, OR,
+    OF1, then the top-``k`` ones (``-`` where a row lacks them)."""
+    top = [f"{c}_top{topk}" for c in METRIC_COLUMNS[1:]]
+    width = max([len("Method")] + [len(str(n)) for n, _ in rows]) + 2
+    head1 = " " * width + f"{'All':^{7 * 7}}|{'Top-' + str(topk):^{6 * 7}}"
+    head2 = f"{'Method':<{width}}" + "".join(f"{c:>7}" for c in METRIC_COLUMNS) + "|" + \
+        "".join(f"{c:>7}" for c in METRIC_COLUMNS[1:])
+    lines = [head1, head2, "-" * len(head2)]
+    for name, m in rows:
+        vals = "".join(f"{100 * m[c]:7.1f}" for c in METRIC_COLUMNS)
+        tvals = "".join(f"{100 * m[c]:7.1f}" if c in m else "      -" for c in top)
+        lines.append(f"{str(name):<{width}}{vals}|{tvals}")
+    return "\n".join(lines)

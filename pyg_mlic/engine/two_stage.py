@@ -23,9 +23,10 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Union
 
-from pyg_mlic.engine.checkpoint import atomic_write, model_from_checkpoint, save_checkpoint
+from pyg_mlic.engine.checkpoint import model_from_checkpoint, save_checkpoint
 from pyg_mlic.engine.config import TrainConfig
 from pyg_mlic.engine.trainer import Trainer, seed_everything
+from pyg_mlic.utils.io import atomic_write_json
 
 __all__ = ["run_two_stage", "eval_view", "read_stages", "STAGES_FILE"]
 
@@ -45,8 +46,7 @@ def read_stages(out_dir: Union[str, os.PathLike]) -> Dict[str, Any]:
 
 
 def _write_stages(out_dir: Path, state: Dict[str, Any]) -> None:
-    atomic_write(out_dir / STAGES_FILE, lambda f: f.write(json.dumps(state, indent=2)),
-                 binary=False)
+    atomic_write_json(out_dir / STAGES_FILE, state)
 
 
 def eval_view(dataset):
@@ -104,7 +104,7 @@ def run_two_stage(train_set, val_set=None, test_set=None, *,
         model (str): the stage-2 model. (default: :obj:`"iml_gcn"`)
         model_options (dict): build options shared by both stages (``input_kind``,
             ``in_features``, ``backbone``, ``backbone_weights``, ``train_labels`` ...;
-            e.g. :func:`pyg_mlic.cli.model_context`) plus the stage-2 model's own
+            e.g. :func:`pyg_mlic.engine.model_context`) plus the stage-2 model's own
             (``tau``, ``gcn_hidden``, ``asl_*`` ...). Both stages must build the same
             encoder, so encoder options go here.
         stage1_model (str): the stage-1 model: ``"asl"`` (backbone + GAP + linear head,

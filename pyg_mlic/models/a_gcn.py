@@ -95,7 +95,7 @@ class AGCN(MultiLabelModel):
                  la_reduction: str = "mean", lg_hidden: Optional[int] = None,
                  lg_bias: bool = True, nonneg: str = "relu", max_value: float = 1e4,
                  gcn_hidden: Optional[Sequence[int]] = None, negative_slope: float = 0.2,
-                 encoder_hidden: Sequence[int] = (512,), encoder_out: int = 512, **context):
+                 encoder_hidden: Sequence[int] = (512,), encoder_out: int = 512):
         super().__init__(classes)
         if variant not in VARIANTS:
             raise ValueError(f"a_gcn: variant must be one of {list(VARIANTS)}, got {variant!r}")

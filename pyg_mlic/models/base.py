@@ -83,14 +83,15 @@ class MultiLabelModel(nn.Module):
         m = mask.to(loss.dtype)
         return (loss * m).sum() / m.sum().clamp_min(1.0)
 
-    def loss(self, out: ModelOutput, batch: Batch) -> Tuple[Tensor, Dict[str, float]]:
-        """Total loss and its named parts (floats, for logging)."""
+    def loss(self, out: ModelOutput, batch: Batch) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """Total loss and its named parts (detached 0-d tensors, for logging: the engine
+        turns them into numbers once per epoch, so that a GPU step does not wait on them)."""
         cls = self.classification_loss(out.logits, batch["target"], batch.get("mask"))
         total = cls
-        parts = {"cls": float(cls.detach())}
+        parts = {"cls": cls.detach()}
         for name, value in out.aux_losses.items():
             total = total + value
-            parts[name] = float(value.detach())
+            parts[name] = value.detach()
         return total, parts
 
     def parameter_groups(self) -> Tuple[List[nn.Parameter], List[nn.Parameter]]:

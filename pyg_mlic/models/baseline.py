@@ -37,7 +37,7 @@ class Baseline(MultiLabelModel):
     def __init__(self, classes: Sequence[str], input_kind: str = "image",
                  backbone: str = "resnet101", backbone_weights: Optional[str] = None,
                  pool: str = "max", in_features: Optional[int] = None, dropout: float = 0.0,
-                 encoder_hidden: Sequence[int] = (512,), encoder_out: int = 512, **context):
+                 encoder_hidden: Sequence[int] = (512,), encoder_out: int = 512):
         super().__init__(classes)
         self.build_kwargs = dict(classes=list(self.classes), input_kind=input_kind,
                                  backbone=backbone, backbone_weights=None, pool=pool,

@@ -12,6 +12,7 @@ from pyg_mlic.errors import ClassMismatchError, check_same_classes
 from pyg_mlic.models.base import Batch, ModelOutput, MultiLabelModel, build_encoder
 from pyg_mlic.models.registry import register_demo_row, register_model
 from pyg_mlic.nn.label_gcn_conv import LabelGCNConv
+from pyg_mlic.utils.registry import Registry
 
 
 def resolve_label_graph(classes: Sequence[str], *, label_graph: Any = None,
@@ -66,7 +67,9 @@ def resolve_label_embeddings(classes: Sequence[str], label_embeddings: Any) -> T
 
 #: ``name -> (layer class or factory, default keyword arguments)`` of the label-graph layers
 #: :class:`ClassifierGCN` (and so ``ml_gcn``'s ``conv=`` option) accepts by name.
-LABEL_CONVS: Dict[str, Tuple[Callable[..., nn.Module], Dict[str, Any]]] = {}
+#: Names are case-insensitive; :func:`register_label_conv` adds one.
+LABEL_CONVS: Registry[Tuple[Callable[..., nn.Module], Dict[str, Any]]] = Registry(
+    "conv", normalize=str.lower, identity=lambda entry: entry[0])
 
 
 def register_label_conv(name: str, factory: Callable[..., nn.Module], **defaults: Any) -> None:
@@ -81,10 +84,7 @@ def register_label_conv(name: str, factory: Callable[..., nn.Module], **defaults
         **defaults: keyword arguments always passed to ``factory`` (``conv_kwargs``
             override them).
     """
-    key = name.lower()
-    if key in LABEL_CONVS and LABEL_CONVS[key][0] is not factory:
-        raise ValueError(f"label conv {name!r} is already registered as {LABEL_CONVS[key][0]}")
-    LABEL_CONVS[key] = (factory, dict(defaults))
+    LABEL_CONVS.register(name, (factory, dict(defaults)))
 
 
 def _register_builtin_convs() -> None:
@@ -115,7 +115,7 @@ def _import_string(spec: str) -> Any:
             obj = getattr(obj, part)
     except (ImportError, AttributeError) as e:
         raise ValueError(f"conv={spec!r}: cannot import {attr!r} from module {mod_name!r} "
-                         f"({e}); use a registered name {sorted(LABEL_CONVS)} or "
+                         f"({e}); use a registered name {LABEL_CONVS.names()} or "
                          "'package.module:ClassName'") from e
     return obj
 
@@ -139,13 +139,12 @@ def resolve_label_conv(conv: Any = None) -> Tuple[Callable[..., nn.Module], Dict
                              "cannot be re-imported (a lambda or a local class); register it "
                              "with pyg_mlic.models.ml_gcn.register_label_conv(name, factory) "
                              "and build with conv=name")
-        if conv.lower() in LABEL_CONVS:
-            f, d = LABEL_CONVS[conv.lower()]
-            return f, d, conv.lower()
+        if conv in LABEL_CONVS:
+            f, d = LABEL_CONVS.get(conv)
+            return f, d, LABEL_CONVS.key(conv)
         if ":" in conv:
             return _import_string(conv), {}, conv
-        raise ValueError(f"unknown conv {conv!r}; registered label-graph layers: "
-                         f"{sorted(LABEL_CONVS)}, or pass 'package.module:ClassName'")
+        raise LABEL_CONVS.unknown(conv, also=", or pass 'package.module:ClassName'")
     if not callable(conv):
         raise TypeError(f"conv must be a name, an import string or a callable, got "
                         f"{type(conv).__name__}")
@@ -300,7 +299,7 @@ class MLGCN(MultiLabelModel):
                  encoder_hidden: Sequence[int] = (512,),
                  encoder_out: int = 512, graph_edge_index: Optional[Tensor] = None,
                  graph_edge_weight: Optional[Tensor] = None, conv: Any = "gcn",
-                 conv_kwargs: Optional[Dict[str, Any]] = None, **context):
+                 conv_kwargs: Optional[Dict[str, Any]] = None):
         super().__init__(classes)
         self.encoder = build_encoder(input_kind, backbone=backbone,
                                      backbone_weights=backbone_weights, pool=pool,

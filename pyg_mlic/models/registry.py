@@ -5,14 +5,25 @@ from typing import Any, Callable, Dict, List
 
 _REGISTRY: Dict[str, Callable] = {}
 
+#: keyword arguments that come from the data (see
+#: :func:`pyg_mlic.engine.context.model_context`), not from the user's model options
+CONTEXT_KEYS = ("classes", "input_kind", "in_features", "train_labels", "label_embeddings",
+                "label_embeddings_spec", "roi_feature_dim", "backbone", "backbone_weights")
+
 
 def register_model(name: str) -> Callable:
-    """Decorator registering a model builder (a class or function) under ``name``."""
+    """Decorator registering a model builder (a class or function) under ``name``.
+
+    A registered class gets ``model_name = name``, so that a model built directly
+    (``MLGCN(classes, ...)``) is saved under its registry name and reloads from its
+    checkpoint like one built with :func:`build_model`."""
 
     def deco(fn: Callable) -> Callable:
         if name in _REGISTRY and _REGISTRY[name] is not fn:
             raise ValueError(f"model {name!r} is already registered")
         _REGISTRY[name] = fn
+        if isinstance(fn, type):
+            fn.model_name = name
         return fn
 
     return deco
@@ -62,17 +73,54 @@ def count_parameters(model) -> Dict[str, int]:
             "trainable": int(trainable)}
 
 
-def build_model(name: str, **cfg):
-    """Build a registered model.
+def model_option_names(name_or_builder) -> List[str]:
+    """The keyword arguments a registered model (name or builder) takes: the parameters
+    of its constructor and, where it forwards ``**kwargs`` to a parent class, of the
+    parents' constructors."""
+    import inspect
 
-    Standard keyword arguments every builder understands (unused ones are ignored):
+    fn = get_model_class(name_or_builder) if isinstance(name_or_builder, str) \
+        else name_or_builder
+    from pyg_mlic.models.base import MultiLabelModel
+
+    targets = [c.__init__ for c in inspect.getmro(fn) if "__init__" in vars(c)
+               and issubclass(c, MultiLabelModel) and c is not MultiLabelModel] \
+        if isinstance(fn, type) else [fn]
+    names: List[str] = []
+    for target in targets:
+        params = list(inspect.signature(target).parameters.values())
+        for p in params:
+            if p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) or p.name == "self":
+                continue
+            if p.name not in names:
+                names.append(p.name)
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break  # nothing is forwarded further up
+    return names
+
+
+def build_model(name: str, **cfg):
+    """Build a registered model, refusing options it does not take.
+
+    Standard keyword arguments (the *context*, :data:`CONTEXT_KEYS`,
+    what :func:`~pyg_mlic.engine.context.model_context` makes from a training split):
     ``classes`` (list of class names, required), ``input_kind`` (``"image"`` or
     ``"features"``), ``in_features``, ``backbone``, ``backbone_weights``,
     ``train_labels`` (``[N, C]`` 0/1 training-split labels, for label graphs),
-    ``label_embeddings`` (``[C, d]`` tensor). Model-specific options follow the
-    paper's names (``tau``, ``p``, ...); see each model's docstring.
+    ``label_embeddings`` (``[C, d]`` tensor), ``roi_feature_dim``. A model receives the
+    context keys its constructor takes; the others are dropped. Model-specific options
+    follow the paper's names (``tau``, ``p``, ...; see each model's docstring).
+
+    Raises:
+        OptionError: an option that is neither a context key nor taken by the model,
+            e.g. ``ml_gcn got an unknown option 'tua'; did you mean 'tau'?``.
     """
-    model = get_model_class(name)(**cfg)
+    from pyg_mlic.errors import check_options
+
+    builder = get_model_class(name)
+    valid = set(model_option_names(builder))
+    check_options(name, [k for k in cfg if k not in CONTEXT_KEYS], valid)
+    model = builder(**{k: v for k, v in cfg.items() if k in valid})
     model.model_name = name
     return model
 

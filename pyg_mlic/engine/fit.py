@@ -1,0 +1,213 @@
+"""The one training path: :func:`fit`.
+
+``pyg-mlic train``, ``pyg-mlic demo``, the benchmarks and the notebooks all train
+through this function, so that a training option is added in one place:
+
+.. code-block:: python
+
+    from pyg_mlic.engine import fit
+
+    metrics = fit("ml_gcn", train, val, test,
+                  model_options={"tau": 0.4, "backbone": "small_cnn"},
+                  train_options={"epochs": 5, "optimizer": "adam", "lr": 2e-3},
+                  out_dir="runs/x")
+
+What it does, in order:
+
+1. checks the splits against each other (classes, feature size, input kind) and every
+   option against what the model, the recipe and :class:`TrainConfig` take — an unknown
+   or misspelt option raises :class:`~pyg_mlic.errors.OptionError` before any work;
+2. seeds every generator with the run's seed;
+3. builds the model context from the *training* split (:func:`model_context`: classes,
+   training labels for the label graph, feature size, label embeddings);
+4. merges the model's paper defaults (``default_train_config``) under ``train_options``;
+5. dispatches the recipe: the plain engine (:class:`Trainer`), or IML-GCN's two-stage
+   recipe (:func:`pyg_mlic.engine.two_stage.run_two_stage`) for models marked
+   ``two_stage`` or ``label_embeddings="image-features"``;
+6. trains, evaluates the weights chosen on the validation split (or the last epoch) on the
+   test split, writes ``metrics.json`` (with the resolved model, training and run
+   configuration) and the checkpoints to ``out_dir``, and returns the metrics.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, Mapping, Optional, Union
+
+from pyg_mlic.engine.config import TrainConfig
+from pyg_mlic.engine.context import CONTEXT_KEYS, model_context
+from pyg_mlic.errors import ClassMismatchError, OptionError, check_options, check_same_classes
+
+__all__ = ["fit", "check_fit_options", "check_splits", "TWO_STAGE_KEYS", "uses_two_stage"]
+
+#: model options read by the two-stage recipe (IML-GCN), not by the model
+TWO_STAGE_KEYS = ("pca", "n_components", "on_missing", "stage1_model", "stage1_checkpoint",
+                  "stage1_options", "embedding_batch_size")
+
+
+def check_splits(train_set, val_set=None, test_set=None) -> None:
+    """Refuse splits that cannot belong to one run, before any work: another class list,
+    input kind, or feature size than the training split."""
+    kind = getattr(train_set, "input_kind", "image")
+    dim = getattr(train_set, "feature_dim", None)
+    for name, ds in (("validation", val_set), ("test", test_set)):
+        if ds is None:
+            continue
+        check_same_classes("training split", train_set.classes, f"{name} split", ds.classes)
+        other = getattr(ds, "input_kind", "image")
+        if other != kind:
+            raise ClassMismatchError(f"the training split holds {kind} but the {name} split "
+                                     f"holds {other}")
+        if kind == "features" and getattr(ds, "feature_dim", None) != dim:
+            raise ClassMismatchError(
+                f"feature size differs between splits: training split {dim}, {name} split "
+                f"{getattr(ds, 'feature_dim', None)} (were they extracted with the same "
+                f"backbone and pooling?)")
+
+
+def uses_two_stage(model: str, label_embeddings: Any = None) -> bool:
+    """IML-GCN's two-stage recipe applies: the model is marked ``two_stage`` or the label
+    embeddings are ``"image-features"``."""
+    from pyg_mlic.models import get_model_class
+
+    spec = label_embeddings.strip().lower() if isinstance(label_embeddings, str) else ""
+    return spec == "image-features" or bool(getattr(get_model_class(model), "two_stage", False))
+
+
+def _train_config(model_cls, train_options: Union[None, TrainConfig, Mapping[str, Any]],
+                  owner: str) -> TrainConfig:
+    if isinstance(train_options, TrainConfig):
+        return train_options
+    opts = dict(train_options or {})
+    check_options(f"{owner} training", opts, TrainConfig.fields(), kind="training option")
+    return TrainConfig.for_model(model_cls, **opts)
+
+
+def check_fit_options(model: str, model_options: Optional[Mapping[str, Any]] = None,
+                      train_options: Union[None, TrainConfig, Mapping[str, Any]] = None,
+                      label_embeddings: Any = None) -> TrainConfig:
+    """Check, without touching any data, what :func:`fit` would check first: the model
+    name, every model / recipe option and every training option. Returns the resolved
+    :class:`TrainConfig` (the model's paper defaults under ``train_options``).
+
+    Raises:
+        OptionError: an unknown option, naming it, a close match and the valid ones.
+        ValueError: an unknown model name or an invalid training value.
+    """
+    from pyg_mlic.models import get_model_class
+    from pyg_mlic.models.registry import model_option_names
+
+    model_cls = get_model_class(model)  # unknown names raise here, listing the valid ones
+    valid = set(model_option_names(model))
+    if uses_two_stage(model, label_embeddings):
+        valid |= set(TWO_STAGE_KEYS)
+    check_options(model, [k for k in dict(model_options or {}) if k not in CONTEXT_KEYS], valid)
+    return _train_config(model_cls, train_options, model)
+
+
+def fit(model: Any, train_set, val_set=None, test_set=None, *,
+        model_options: Optional[Mapping[str, Any]] = None,
+        train_options: Union[None, TrainConfig, Mapping[str, Any]] = None,
+        out_dir: Optional[Union[str, os.PathLike]] = None,
+        label_embeddings: Any = None, resume: bool = False,
+        run_info: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """Train ``model`` on ``train_set`` and evaluate it; the library's one training path.
+
+    Args:
+        model (str or MultiLabelModel): a registered model name (built here from the
+            training split's context and ``model_options``) or a model built already
+            (then ``model_options`` must be empty; the plain recipe is used).
+        train_set, val_set, test_set: the splits. ``val_set`` chooses the weights when
+            ``select="best_val"``; the final evaluation uses ``test_set`` (``None``: the
+            validation split, recorded as ``selection.evaluated_split``).
+        model_options (dict): the model's options (``tau``, ``backbone``, ``widths`` ...;
+            see each model's docstring) and, for the two-stage recipe, its options
+            (:data:`TWO_STAGE_KEYS`). Unknown keys raise, naming the valid ones.
+        train_options (dict or TrainConfig): :class:`TrainConfig` fields over the model's
+            paper defaults (a dict), or a complete :class:`TrainConfig` used as is.
+        out_dir: where ``metrics.json``, ``history.json`` and the checkpoints go
+            (``None``: nothing is written; the two-stage recipe needs a folder).
+        label_embeddings: a spec of :func:`~pyg_mlic.embeddings.load_label_embeddings`
+            (``"onehot"``, ``"glove:PATH"`` ...), a ``[C, d]`` tensor, or
+            ``"image-features"`` (IML-GCN's two-stage recipe).
+        resume (bool): continue the stopped run in ``out_dir``.
+        run_info (dict): extra settings recorded in ``metrics.json`` and the checkpoint.
+
+    Returns:
+        dict: :func:`~pyg_mlic.metrics.multilabel_metrics` of the final evaluation plus
+        ``selection``, ``settings`` (the resolved configuration) and ``history`` (the
+        per-epoch records); two-stage runs add ``stage1`` and ``two_stage``.
+
+    Raises:
+        OptionError: an unknown model, recipe or training option (before any work).
+        ClassMismatchError: splits with different classes or feature sizes.
+    """
+    import torch
+
+    from pyg_mlic.engine.trainer import Trainer, seed_everything
+    from pyg_mlic.models import build_model
+    from pyg_mlic.models.base import MultiLabelModel
+
+    check_splits(train_set, val_set, test_set)
+    options = dict(model_options or {})
+    info: Dict[str, Any] = dict(run_info or {})
+    if isinstance(model, MultiLabelModel):
+        if options:
+            raise OptionError("fit: model_options are for a model given by name; this model "
+                              f"is built already (got {sorted(options)})")
+        tcfg = _train_config(type(model), train_options, model.model_name)
+        seed_everything(tcfg.seed)
+        trainer = Trainer(model, train_set, val_set, test_set, tcfg, out_dir=out_dir,
+                          run_info=info)
+        metrics = trainer.fit(resume=resume)
+        metrics["history"] = list(trainer.history)
+        return metrics
+    if not isinstance(model, str):
+        raise TypeError(f"fit: model must be a registered name or a MultiLabelModel, got "
+                        f"{type(model).__name__}")
+    tcfg = check_fit_options(model, options, train_options, label_embeddings)
+    two_stage = uses_two_stage(model, label_embeddings)
+    recipe = {k: options.pop(k) for k in TWO_STAGE_KEYS if k in options} if two_stage else {}
+    seed = tcfg.seed
+    emb_is_spec = isinstance(label_embeddings, str)
+    info.setdefault("label_embeddings", label_embeddings if emb_is_spec or label_embeddings
+                    is None else f"<tensor {list(label_embeddings.shape)}>")
+    info.setdefault("model_options", {k: v for k, v in options.items()
+                                      if not isinstance(v, torch.Tensor)})
+    info.setdefault("train_split", getattr(train_set, "split", None))
+    info.setdefault("val_split", getattr(val_set, "split", None))
+    if two_stage:
+        from pyg_mlic.engine.two_stage import run_two_stage
+
+        if out_dir is None:
+            raise OptionError(f"fit: the two-stage recipe of {model} needs out_dir (stage 1, "
+                              f"the embedding cache and stage 2 are written there)")
+        if label_embeddings is None:
+            label_embeddings = "image-features"
+        image_features = isinstance(label_embeddings, str) and \
+            label_embeddings.strip().lower() == "image-features"
+        embeddings = label_embeddings
+        if isinstance(label_embeddings, str) and not image_features:
+            embeddings = model_context(train_set, label_embeddings=label_embeddings)[
+                "label_embeddings"]
+        info["recipe"] = {k: (str(v) if isinstance(v, os.PathLike) else v)
+                          for k, v in recipe.items()}
+        # each stage merges the user's training options over its own model's defaults;
+        # a complete TrainConfig is used as is by both stages
+        stages: Dict[str, Any] = (dict(stage1_config=tcfg, stage2_config=tcfg)
+                                  if isinstance(train_options, TrainConfig)
+                                  else dict(train_overrides=dict(train_options or {})))
+        return run_two_stage(train_set, val_set, test_set, out_dir=out_dir, model=model,
+                             model_options={**model_context(train_set), **options},
+                             label_embeddings=embeddings, resume=resume, run_info=info,
+                             seed=seed, **stages, **recipe)
+    seed_everything(seed)  # the model's initialisation is part of the seeded run
+    spec = label_embeddings if emb_is_spec else None
+    ctx = model_context(train_set, label_embeddings=spec)
+    if label_embeddings is not None and not emb_is_spec:
+        ctx["label_embeddings"] = label_embeddings
+    net = build_model(model, **{**ctx, **options})
+    trainer = Trainer(net, train_set, val_set, test_set, tcfg, out_dir=out_dir, run_info=info)
+    metrics = trainer.fit(resume=resume)
+    metrics["history"] = list(trainer.history)
+    return metrics
+
