@@ -64,6 +64,9 @@ nothing to work with; ML-GCN matches the engine's baseline and is 1-2 mAP behind
 logistic regression on these frozen features. ML-GCN's gains need many labels with
 informative, sparse co-occurrence (COCO, VOC); see ``benchmarks/reproduce_mlgcn.py``.
 
+The JSON (``--json out.json``) carries, in its top-level ``ratios`` block, each test row's
+mAP over the engine baseline's in the same block (all measured in the same run).
+
 Run: ``python benchmarks/compare_features.py [--quick] [--json out.json]``
 (full: ~15-30 min on 2 cores; ``--quick``: one seed, tiny grids, a few minutes).
 """
@@ -82,7 +85,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from _common import data_dir, machine
+from _common import data_dir, machine, score_ratio, write_results
 
 CLASSES = ["WBC", "RBC", "Platelets"]
 METRICS = ["mAP", "CP", "CR", "CF1", "OP", "OR", "OF1", "CP_top3", "CR_top3", "CF1_top3",
@@ -223,21 +226,14 @@ def sklearn_grid(quick: bool) -> Dict[str, List[Dict[str, Any]]]:
 def engine_eval(model: str, model_opts: Dict[str, Any], train_opts: Dict[str, Any],
                 train: Path, test: Path, seeds: Sequence[int],
                 label_embeddings: Optional[str] = None) -> Dict[str, Any]:
-    """Mean metrics over seeds of ``model`` trained by :class:`pyg_mlic.engine.Trainer`
-    exactly as ``pyg-mlic train`` builds it (no files written)."""
-    from pyg_mlic.cli import model_context
+    """Mean metrics over seeds of ``model`` trained by :func:`pyg_mlic.engine.fit`, the
+    path ``pyg-mlic train`` takes (no files written)."""
     from pyg_mlic.data.features import FeaturesDataset
-    from pyg_mlic.engine import TrainConfig, Trainer, seed_everything
-    from pyg_mlic.models import build_model, get_model_class
+    from pyg_mlic.engine import fit
 
     tr, te = FeaturesDataset(train, split="train"), FeaturesDataset(test, split="test")
-    runs = []
-    for s in seeds:
-        seed_everything(s)
-        ctx = model_context(tr, label_embeddings=label_embeddings)
-        net = build_model(model, **ctx, **model_opts)
-        cfg = TrainConfig.for_model(get_model_class(model), seed=s, progress=False, **train_opts)
-        runs.append(Trainer(net, tr, None, te, cfg).fit())
+    runs = [fit(model, tr, None, te, model_options=model_opts, label_embeddings=label_embeddings,
+                train_options={**train_opts, "seed": s, "progress": False}) for s in seeds]
     return _mean_metrics(runs)
 
 
@@ -414,7 +410,7 @@ def run(quick: bool = False, root: Optional[Path] = None, seeds: Optional[Sequen
 
 
 def _table(rows: Dict[str, Dict[str, Any]]) -> str:
-    from pyg_mlic.cli import format_table
+    from pyg_mlic.metrics import format_table
 
     t = format_table(list(rows.items())).splitlines()
     w = max(len(n) for n in rows) + 2
@@ -423,6 +419,24 @@ def _table(rows: Dict[str, Dict[str, Any]]) -> str:
         extra.append(f"{name:<{w}}{100 * m['mAP_std']:9.2f}  {m['n_runs']:>3}  "
                      + " / ".join(f"{100 * a:.1f}" for a in m["AP"]))
     return "\n".join(t + extra)
+
+
+REFERENCE_ROW = "baseline (engine)"
+
+
+def ratios(r: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+    """The ``ratios`` block: in each test block, each row's mAP over the engine
+    baseline's (the same block, the same run)."""
+    out: Dict[str, Dict[str, Any]] = {}
+    for block, rows in r.get("test", {}).items():
+        base = rows.get(REFERENCE_ROW, {}).get("mAP")
+        if not base:
+            continue
+        for row, m in rows.items():
+            if row != REFERENCE_ROW and isinstance(m.get("mAP"), (int, float)):
+                out[f"{block}: mAP {row} / {REFERENCE_ROW}"] = score_ratio(
+                    m["mAP"], base, f"{REFERENCE_ROW}, {block}", row, "test mAP")
+    return out
 
 
 def main() -> None:
@@ -446,7 +460,7 @@ def main() -> None:
     print(_table(r["mlgcn_ablations_val"]))
     print(f"\ntotal {r['total_time_s']:.0f} s")
     if args.json:
-        Path(args.json).write_text(json.dumps(r, indent=2, default=str))
+        write_results(r, ratios(r), args.json)
         print(f"wrote {args.json}")
 
 

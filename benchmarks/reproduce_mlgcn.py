@@ -37,11 +37,14 @@ Smoke run on the 8 real COCO images of the shared data (CPU, one epoch)::
         --image-size 224 --backbone resnet50 --batch-size 4 --no-checkpoint
 
 (numbers from such a run mean nothing: random initialisation, 4 training images.)
+
+The JSON (``--json FILE``) carries, in its top-level ``ratios`` block, each ML-GCN row's
+measured mAP over the measured baseline row's (same run), with the paper's ratio in the
+entry's ``meaning``.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
 import sys
@@ -50,7 +53,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from _common import data_dir, machine
+from _common import data_dir, machine, score_ratio, write_results
 
 #: ML-GCN Table 1 (MS-COCO): mAP, CP, CR, CF1, OP, OR, OF1, then the top-3 CP ... OF1.
 PAPER_COCO: Dict[str, List[float]] = {
@@ -112,11 +115,9 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     """Train and evaluate the selected rows; returns ``{"measured": {row: metrics}, ...}``."""
     import torch
 
-    from pyg_mlic.cli import model_context
     from pyg_mlic.data.factory import build_splits
-    from pyg_mlic.engine import TrainConfig, Trainer, seed_everything
+    from pyg_mlic.engine import fit
     from pyg_mlic.metrics import UndefinedAPWarning
-    from pyg_mlic.models import build_model, get_model_class
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -146,32 +147,32 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         row = ROW_KEYS[key]
         model_name, opts = ROWS[row]
         t0 = time.time()
-        seed_everything(args.seed)
-        ctx = model_context(train, label_embeddings=emb, backbone=args.backbone,
-                            backbone_weights=args.backbone_weights)
         if model_name == "ml_gcn":
             opts = dict(opts, tau=args.tau, p=args.p, convention=args.convention)
-        model = build_model(model_name, **ctx, **opts)
-        tcfg = TrainConfig.for_model(
-            get_model_class(model_name), epochs=args.epochs, batch_size=args.batch_size,
-            device=args.device, num_workers=args.workers, seed=args.seed,
-            progress=not args.no_progress, select="last")
+        options = dict(opts, backbone=args.backbone)
+        if args.backbone_weights:
+            options["backbone_weights"] = args.backbone_weights
+        train_options = {k: v for k, v in dict(
+            epochs=args.epochs, batch_size=args.batch_size, device=args.device,
+            num_workers=args.workers, seed=args.seed, progress=not args.no_progress,
+            select="last").items() if v is not None}
         run_info = {"dataset": args.dataset, "root": str(args.root), "image_size": args.image_size,
-                    "label_embeddings": emb, "row": row, "model_options": opts,
-                    "train_split": train.split, "backbone": args.backbone,
+                    "row": row, "backbone": args.backbone,
                     "backbone_weights": args.backbone_weights}
         slug = re.sub(r"[^A-Za-z0-9_-]+", "_", row).strip("_")
-        trainer = Trainer(model, train, None, test, tcfg,
-                          out_dir=None if args.no_checkpoint else out_root / slug,
-                          run_info=run_info)
         with warnings.catch_warnings():
             # tiny smoke sets have classes without test positives: left out of mAP (said once)
             warnings.simplefilter("ignore", UndefinedAPWarning)
-            m = trainer.fit(resume=args.resume)
+            m = fit(model_name, train, None, test, model_options=options,
+                    train_options=train_options, label_embeddings=emb,
+                    out_dir=None if args.no_checkpoint else out_root / slug,
+                    resume=args.resume, run_info=run_info)
+        epochs = m["settings"]["train_config"]["epochs"]
+        m.pop("history", None)
         m["settings"] = {k: v for k, v in m["settings"].items() if k != "classes"}
         measured[row] = m
         print(f"  {row:<22} mAP {100 * m['mAP']:5.1f}  ({time.time() - t0:.0f} s, "
-              f"{tcfg.epochs} epochs)", flush=True)
+              f"{epochs} epochs)", flush=True)
     return {"dataset": args.dataset, "measured": measured, "deviations": deviations,
             "paper": PAPER_COCO if args.dataset == "coco" else PAPER_VOC,
             "classes": list(train.classes), "machine": machine(),
@@ -206,6 +207,28 @@ def format_comparison(res: Dict[str, Any]) -> str:
             lines.append(f"{'measured ' + row:<32}" + "".join(_fmt(v) for v in ap)
                          + _fmt(100 * m["mAP"]))
     return "\n".join(lines)
+
+
+def ratios(res: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+    """The ``ratios`` block: each measured row's mAP over the measured baseline row's
+    (the first row run), with the paper's ratio of the same rows beside it."""
+    meas = res.get("measured", {})
+    paper = res.get("paper", {})
+    base = next(iter(meas), None)
+    col = -1 if res.get("dataset") == "voc2007" else 0      # the mAP column of the table
+    out: Dict[str, Dict[str, Any]] = {}
+    if base is None or not meas[base].get("mAP"):
+        return out
+    for row, m in meas.items():
+        if row == base:
+            continue
+        note = ""
+        if base in paper and row in paper:
+            note = f"; paper: {paper[row][col] / paper[base][col]:.3f}"
+        out[f"measured mAP ratio {row} / {base}"] = score_ratio(
+            m["mAP"], meas[base]["mAP"], f"{base} (measured)", f"{row} (measured)",
+            note=note)
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -256,8 +279,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("measured with deviations from the paper's protocol: "
               + "; ".join(res["deviations"]))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(res, indent=2, default=str))
+        write_results(res, ratios(res), args.json)
         print(f"wrote {args.json}")
     return 0
 

@@ -123,13 +123,8 @@ class AGCN(MultiLabelModel):
         self.gcn = ClassifierGCN(E.size(1), list(gcn_hidden), self.encoder.out_channels,
                                  negative_slope)
         self._cache: Optional[tuple] = None
-        self.build_kwargs = dict(
-            classes=list(self.classes), input_kind=input_kind, backbone=backbone, pool=pool,
-            in_features=in_features, variant=variant, alpha=float(alpha),
-            la_reduction=la_reduction, lg_hidden=lg_hidden, lg_bias=lg_bias, nonneg=nonneg,
-            max_value=float(max_value), gcn_hidden=list(gcn_hidden),
-            negative_slope=negative_slope, encoder_hidden=list(encoder_hidden),
-            encoder_out=encoder_out, label_embeddings=E)
+        self.record_resolved(alpha=float(alpha), max_value=float(max_value),
+                             gcn_hidden=list(gcn_hidden), label_embeddings=E)
 
     # ------------------------------------------------------------------ graph + classifiers
     def _cache_key(self) -> tuple:

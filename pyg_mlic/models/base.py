@@ -13,6 +13,8 @@ auxiliary terms are already weighted by the model (their weights are model optio
 """
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -42,10 +44,15 @@ class ModelOutput:
 class MultiLabelModel(nn.Module):
     """Base class of pyg_mlic models.
 
-    Subclasses set ``self.encoder`` (images or features → ``[B, D]``), implement
-    :meth:`forward` and record the keyword arguments they were built with in
-    ``self.build_kwargs`` (JSON-able values and tensors only), so that a checkpoint
-    can rebuild the model with :func:`pyg_mlic.models.build_model`.
+    Subclasses set ``self.encoder`` (images or features → ``[B, D]``) and implement
+    :meth:`forward`. The arguments a model is built with are recorded here, once for all
+    models, in ``self.build_kwargs`` (what a checkpoint stores to rebuild the model with
+    :func:`pyg_mlic.models.build_model`): every constructor argument (defaults filled in,
+    tuples as lists) except :attr:`unsaved_arguments`, overridden by the values a model
+    *resolves* from them during construction and reports with :meth:`record_resolved`
+    (e.g. the label graph computed from ``train_labels``, so a reload needs no data).
+    A registered class knows its registry name (``model_name``), so a model built
+    directly reloads from its checkpoint too.
 
     The engine gives the parameters of ``self.encoder.backbone`` (when the encoder
     has one) the backbone learning rate and every other parameter the head learning
@@ -55,11 +62,51 @@ class MultiLabelModel(nn.Module):
     model_name: str = "?"
     #: training defaults from the paper (see :class:`pyg_mlic.engine.TrainConfig`)
     default_train_config: Dict[str, Any] = {}
+    #: constructor arguments a checkpoint does not store: data turned into buffers during
+    #: construction (recorded through :meth:`record_resolved`) and files whose content is
+    #: in the state dict
+    unsaved_arguments: Tuple[str, ...] = ("train_labels", "label_graph", "backbone_weights",
+                                          "label_embeddings_spec")
 
     def __init__(self, classes: Sequence[str]):
         super().__init__()
         self.classes: List[str] = [str(c) for c in classes]
         self.build_kwargs: Dict[str, Any] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None or getattr(init, "_records_arguments", False):
+            return
+        sig = inspect.signature(init)
+
+        @functools.wraps(init)
+        def __init__(self, *args: Any, **kw: Any) -> None:
+            outermost = "_resolved_arguments" not in self.__dict__
+            if outermost:  # subclasses calling super().__init__ record nothing themselves
+                self.__dict__["_resolved_arguments"] = {}
+            try:
+                init(self, *args, **kw)
+                if outermost:
+                    self.build_kwargs = _recorded_arguments(
+                        sig, self, args, kw, type(self).unsaved_arguments,
+                        self.__dict__["_resolved_arguments"])
+            finally:
+                if outermost:
+                    del self.__dict__["_resolved_arguments"]
+
+        __init__._records_arguments = True  # type: ignore[attr-defined]
+        cls.__init__ = __init__  # type: ignore[method-assign]
+
+    def record_resolved(self, **values: Any) -> None:
+        """Record values resolved during construction (a computed label graph, the
+        embedding matrix a spec named, a width derived from the backbone) in place of the
+        arguments they came from in ``build_kwargs``."""
+        store = self.__dict__.get("_resolved_arguments")
+        if store is None:  # called after construction: update directly
+            self.build_kwargs.update(values)
+        else:
+            store.update(values)
 
     @property
     def num_classes(self) -> int:
@@ -116,6 +163,36 @@ class MultiLabelModel(nn.Module):
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}"
+
+
+def _plain_argument(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_plain_argument(v) for v in value]
+    if isinstance(value, list):
+        return [_plain_argument(v) for v in value]
+    return value
+
+
+def _recorded_arguments(sig: inspect.Signature, model: "MultiLabelModel", args: tuple,
+                        kwargs: Dict[str, Any], unsaved: Sequence[str],
+                        resolved: Dict[str, Any]) -> Dict[str, Any]:
+    """``build_kwargs`` of a model: its bound constructor arguments (defaults filled in,
+    ``**kwargs`` flattened) less ``unsaved``, then ``resolved`` over them."""
+    bound = sig.bind(model, *args, **kwargs)
+    bound.apply_defaults()
+    out: Dict[str, Any] = {}
+    for name, value in bound.arguments.items():
+        param = sig.parameters[name]
+        if name == "self" or param.kind is param.VAR_POSITIONAL:
+            continue
+        if param.kind is param.VAR_KEYWORD:
+            out.update(value)
+        else:
+            out[name] = value
+    out = {k: _plain_argument(v) for k, v in out.items() if k not in unsaved}
+    out["classes"] = list(model.classes)
+    out.update(resolved)
+    return out
 
 
 def build_encoder(input_kind: str = "image", *, backbone: str = "resnet101",

@@ -39,10 +39,6 @@ class Baseline(MultiLabelModel):
                  pool: str = "max", in_features: Optional[int] = None, dropout: float = 0.0,
                  encoder_hidden: Sequence[int] = (512,), encoder_out: int = 512):
         super().__init__(classes)
-        self.build_kwargs = dict(classes=list(self.classes), input_kind=input_kind,
-                                 backbone=backbone, backbone_weights=None, pool=pool,
-                                 in_features=in_features, dropout=dropout,
-                                 encoder_hidden=list(encoder_hidden), encoder_out=encoder_out)
         self.encoder = build_encoder(input_kind, backbone=backbone,
                                      backbone_weights=backbone_weights, pool=pool,
                                      in_features=in_features, encoder_hidden=encoder_hidden,

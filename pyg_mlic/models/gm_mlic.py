@@ -134,7 +134,7 @@ class GMMLIC(MultiLabelModel):
                  k: int = DEFAULT_K, use_label_graph: bool = True,
                  use_instance_graph: bool = True, use_matching_edges: bool = True,
                  label_edge_index: Optional[Tensor] = None,
-                 encoder_hidden: Sequence[int] = (512,), encoder_out: int = 512, **context):
+                 encoder_hidden: Sequence[int] = (512,), encoder_out: int = 512):
         super().__init__(classes)
         name = "gm_mlic"
         if isinstance(beta, bool) or not isinstance(beta, (int, float)) \
@@ -188,16 +188,12 @@ class GMMLIC(MultiLabelModel):
                                      use_matching_edges=use_matching_edges)
         #: logits of an image without any instance (see the class docstring)
         self.empty_logits = nn.Parameter(torch.zeros(C))
-        self.build_kwargs = dict(
-            classes=list(self.classes), input_kind=input_kind, backbone=backbone, pool=pool,
-            in_features=in_features, beta=self.beta, pos_ratio=self.pos_ratio.clone(),
-            max_instances=self.max_instances, rois=rois, roi_output_size=self.roi_output_size,
-            roi_in_features=self.roi_in_features, encoder_channels=int(encoder_channels),
-            conv_channels=[int(c) for c in conv_channels], k=int(k),
-            use_label_graph=bool(use_label_graph), use_instance_graph=bool(use_instance_graph),
-            use_matching_edges=bool(use_matching_edges), label_edge_index=lei,
-            encoder_hidden=[int(h) for h in encoder_hidden], encoder_out=int(encoder_out),
-            label_embeddings=E)
+        self.record_resolved(
+            beta=self.beta, pos_ratio=self.pos_ratio.clone(), max_instances=self.max_instances,
+            roi_output_size=self.roi_output_size, roi_in_features=self.roi_in_features,
+            encoder_channels=int(encoder_channels), conv_channels=[int(c) for c in conv_channels],
+            k=int(k), label_edge_index=lei, encoder_hidden=[int(h) for h in encoder_hidden],
+            encoder_out=int(encoder_out), label_embeddings=E)
 
     def forward(self, batch: Batch) -> ModelOutput:
         r = read_regions(self.encoder, batch, source=self.rois,

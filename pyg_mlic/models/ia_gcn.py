@@ -168,7 +168,7 @@ class IAGCN(MultiLabelModel):
                  roi_feature_dim: Optional[int] = None, bias: bool = False,
                  encoder_hidden: Sequence[int] = (512,), encoder_out: int = 512,
                  graph_edge_index: Optional[Tensor] = None,
-                 graph_edge_weight: Optional[Tensor] = None, **context):
+                 graph_edge_weight: Optional[Tensor] = None):
         super().__init__(classes)
         name = "ia_gcn"
         for opt, val in (("fusion_weight", fusion_weight), ("kl_weight", kl_weight)):
@@ -234,16 +234,12 @@ class IAGCN(MultiLabelModel):
             self.region_layers = nn.ModuleList(nn.Linear(a, b, bias=False)
                                                for a, b in zip(rdims[:-1], rdims[1:]))
             self.region_fc = nn.Linear(rdims[-1], C)          # f_FC of Eq. 10
-        self.build_kwargs = dict(
-            classes=list(self.classes), input_kind=input_kind, backbone=backbone, pool=pool,
-            in_features=in_features, tau=tau, p=p, scheme=scheme, convention=convention,
-            gcn_hidden=[int(h) for h in gcn_hidden],
-            region_hidden=[int(h) for h in region_hidden], region_conv=region_conv,
+        self.record_resolved(
+            gcn_hidden=[int(h) for h in gcn_hidden], region_hidden=[int(h) for h in region_hidden],
             score_hidden=[int(h) for h in score_hidden], negative_slope=float(negative_slope),
             fusion_weight=self.fusion_weight, kl_weight=self.kl_weight, id_lcm=self.id_lcm,
-            var_inf=self.var_inf, com_sco=self.com_sco, rois=rois,
-            max_instances=self.max_instances, roi_output_size=self.roi_output_size,
-            roi_in_features=self.roi_in_features, bias=bool(bias),
+            var_inf=self.var_inf, com_sco=self.com_sco, max_instances=self.max_instances,
+            roi_output_size=self.roi_output_size, roi_in_features=self.roi_in_features,
             encoder_hidden=[int(h) for h in encoder_hidden], encoder_out=int(encoder_out),
             graph_edge_index=ei, graph_edge_weight=ew, label_embeddings=E)
 

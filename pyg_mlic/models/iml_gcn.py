@@ -87,9 +87,9 @@ class ASLBaseline(_ASLMixin, Baseline):
                  asl_disable_focal_grad: bool = True, **kwargs: Any):
         super().__init__(classes, input_kind=input_kind, backbone=backbone, pool=pool, **kwargs)
         self._init_asl(asl_gamma_pos, asl_gamma_neg, asl_clip, asl_disable_focal_grad)
-        self.build_kwargs.update(asl_gamma_pos=self.asl_gamma_pos,
-                                 asl_gamma_neg=self.asl_gamma_neg, asl_clip=self.asl_clip,
-                                 asl_disable_focal_grad=self.asl_disable_focal_grad)
+        self.record_resolved(asl_gamma_pos=self.asl_gamma_pos, asl_gamma_neg=self.asl_gamma_neg,
+                             asl_clip=self.asl_clip,
+                             asl_disable_focal_grad=self.asl_disable_focal_grad)
 
 
 @register_model("iml_gcn")
@@ -154,13 +154,12 @@ class IMLGCN(_ASLMixin, MLGCN):
             warnings.warn("iml_gcn built without label embeddings: using one-hot vectors, not "
                           "IML-GCN's image-feature embeddings (build it with "
                           "pyg_mlic.engine.two_stage.run_two_stage)", UserWarning, stacklevel=3)
-        kwargs.pop("label_embeddings_spec", None)
         super().__init__(classes, input_kind=input_kind, backbone=backbone, pool=pool,
                          label_embeddings=label_embeddings, tau=tau, p=p, **kwargs)
         self._init_asl(asl_gamma_pos, asl_gamma_neg, asl_clip, asl_disable_focal_grad)
-        self.build_kwargs.update(asl_gamma_pos=self.asl_gamma_pos,
-                                 asl_gamma_neg=self.asl_gamma_neg, asl_clip=self.asl_clip,
-                                 asl_disable_focal_grad=self.asl_disable_focal_grad)
+        self.record_resolved(asl_gamma_pos=self.asl_gamma_pos, asl_gamma_neg=self.asl_gamma_neg,
+                             asl_clip=self.asl_clip,
+                             asl_disable_focal_grad=self.asl_disable_focal_grad)
 
     @classmethod
     def paper_context(cls, classes: Sequence[str]) -> dict:

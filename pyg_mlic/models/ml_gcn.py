@@ -319,13 +319,9 @@ class MLGCN(MultiLabelModel):
                                  negative_slope, conv=conv, conv_kwargs=conv_kwargs)
         self.bias = nn.Parameter(torch.zeros(self.num_classes)) if bias else None
         self._cache: Optional[tuple] = None
-        self.build_kwargs = dict(
-            classes=list(self.classes), input_kind=input_kind, backbone=backbone, pool=pool,
-            in_features=in_features, tau=tau, p=p, scheme=scheme, convention=convention,
-            gcn_hidden=list(gcn_hidden), negative_slope=negative_slope, bias=bias,
-            encoder_hidden=list(encoder_hidden), encoder_out=encoder_out,
-            graph_edge_index=ei, graph_edge_weight=ew, label_embeddings=E,
-            conv=self.gcn.conv_spec, conv_kwargs=dict(conv_kwargs or {}))
+        self.record_resolved(gcn_hidden=list(gcn_hidden), graph_edge_index=ei,
+                             graph_edge_weight=ew, label_embeddings=E,
+                             conv=self.gcn.conv_spec, conv_kwargs=dict(conv_kwargs or {}))
 
     def _cache_key(self) -> tuple:
         ts = list(self.gcn.parameters()) + [self.edge_index, self.edge_weight,
