@@ -15,6 +15,7 @@ after adding or changing a case run ::
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import sys
 import warnings
@@ -184,7 +185,7 @@ def _(tmp):
 
     make_features_npz(tmp / "te.npz")
     with pytest.raises(DatasetError, match=r"features file not found: .*tr\.npz"):
-        main(_train_args(tmp, tmp / "o"))
+        main(["--debug", *_train_args(tmp, tmp / "o")])
 
 
 @case("not-an-npz", "data", "a features file that is not an ``.npz`` archive (e.g. text)",
@@ -401,14 +402,24 @@ def _(tmp):
 
 
 @case("inf-in-batch", "non-finite", "NaN/inf reaching a model (a broken transform or "
-      "hand-made batch)", "``ValueError`` 'non-finite values in the input batch' before any "
-      "layer runs; in training a non-finite loss raises ``FloatingPointError`` naming the "
-      "epoch and step")
+      "hand-made batch)", "``ValueError`` 'non-finite values in the input batch' when the "
+      "engine loads the batch (checked on the host, before the device); inside a model only "
+      "with ``PYG_MLIC_DEBUG=1``; in training a non-finite loss or gradient raises "
+      "``DivergenceError`` naming the epoch, the step and the learning rates")
 def _(tmp):
+    from pyg_mlic.data.base import check_batch_finite
+    from pyg_mlic.models.base import DEBUG_ENV
+
     x = torch.randn(2, 8)
     x[1, 0] = float("inf")
     with pytest.raises(ValueError, match="non-finite values in the input batch"):
-        _features_model("baseline")({"features": x})
+        check_batch_finite({"features": x})
+    os.environ[DEBUG_ENV] = "1"
+    try:
+        with pytest.raises(ValueError, match="non-finite values in the input batch"):
+            _features_model("baseline")({"features": x})
+    finally:
+        del os.environ[DEBUG_ENV]
 
 
 @case("nan-embeddings", "non-finite", "NaN/inf label embeddings (``npz:`` file, tensor given "
@@ -554,7 +565,7 @@ def _(tmp):
     ckpt = _trained_checkpoint(tmp)
     make_features_npz(tmp / "te.npz", c=4, seed=3)
     with pytest.raises(ClassMismatchError, match="checkpoint has 5 classes"):
-        main(_eval_args(tmp, ckpt))
+        main(["--debug", *_eval_args(tmp, ckpt)])
 
 
 # =========================================================================== checkpoints
@@ -568,10 +579,10 @@ def _(tmp):
     cut = tmp / "cut.pt"
     cut.write_bytes(ckpt.read_bytes()[:300])
     with pytest.raises(CheckpointError, match=r"cut\.pt: not a loadable"):
-        main(_eval_args(tmp, cut))
+        main(["--debug", *_eval_args(tmp, cut)])
     ckpt.write_bytes(cut.read_bytes())
     with pytest.raises(CheckpointError, match=r"last\.pt: not a loadable"):
-        main(_train_args(tmp, tmp / "run") + ["--epochs", "2", "--resume"])
+        main(["--debug", *_train_args(tmp, tmp / "run") + ["--epochs", "2", "--resume"]])
 
 
 @case("foreign-checkpoint", "checkpoints", "a checkpoint of something else: a plain "
@@ -584,14 +595,14 @@ def _(tmp):
     ckpt = _trained_checkpoint(tmp)
     torch.save({"weight": torch.zeros(3)}, tmp / "foreign.pt")
     with pytest.raises(CheckpointError, match="not a pyg_mlic checkpoint"):
-        main(_eval_args(tmp, tmp / "foreign.pt"))
+        main(["--debug", *_eval_args(tmp, tmp / "foreign.pt")])
     args = _train_args(tmp, tmp / "run") + ["--epochs", "2", "--resume"]
     args[args.index("baseline")] = "ml_gcn"
     with pytest.raises(CheckpointError, match="holds model 'baseline', expected 'ml_gcn'"):
-        main(args)
+        main(["--debug", *args])
     torch.save({"weight": torch.zeros(3)}, ckpt)
     with pytest.raises(CheckpointError, match="not a pyg_mlic checkpoint"):
-        main(_train_args(tmp, tmp / "run") + ["--epochs", "2", "--resume"])
+        main(["--debug", *_train_args(tmp, tmp / "run") + ["--epochs", "2", "--resume"]])
 
 
 @case("missing-checkpoint", "checkpoints", "``--resume`` with no ``OUT/last.pt``",
@@ -602,7 +613,7 @@ def _(tmp):
     make_features_npz(tmp / "tr.npz", n=64)
     make_features_npz(tmp / "te.npz", n=32, seed=1)
     with pytest.raises(FileNotFoundError, match="--resume: no checkpoint"):
-        main(_train_args(tmp, tmp / "nothing") + ["--resume"])
+        main(["--debug", *_train_args(tmp, tmp / "nothing") + ["--resume"]])
 
 
 @case("resume-with-other-settings", "checkpoints", "``--resume`` with another seed, batch "
@@ -617,9 +628,9 @@ def _(tmp):
     _trained_checkpoint(tmp)
     base = _train_args(tmp, tmp / "run") + ["--resume", "--epochs", "2"]
     with pytest.raises(CheckpointError, match=r"seed was 0, now 1"):
-        main(base + ["--seed", "1"])
+        main(["--debug", *base + ["--seed", "1"]])
     with pytest.raises(CheckpointError, match=r"batch_size was 32, now 16"):
-        main([a if a != "32" else "16" for a in base])
+        main(["--debug"] + [a if a != "32" else "16" for a in base])
     assert main(base) == 0  # more epochs: the point of resuming
     assert load_checkpoint(tmp / "run" / "last.pt")["epoch"] == 1
 
@@ -632,7 +643,7 @@ def _(tmp):
     make_features_npz(tmp / "tr.npz", n=64)
     make_features_npz(tmp / "te.npz", n=32, seed=1)
     with pytest.raises(SystemExit, match="--nproc must be >= 1"):
-        main(_train_args(tmp, tmp / "o") + ["--nproc", "0"])
+        main(["--debug", *_train_args(tmp, tmp / "o") + ["--nproc", "0"]])
 
 
 @case("malicious-pickle-checkpoint", "security", "a checkpoint whose pickle would run code "
@@ -656,7 +667,7 @@ def _(tmp):
                      ["predict", str(tmp / "any.jpg"), "--checkpoint", str(evil)],
                      ["export", "--checkpoint", str(evil), "--out", str(tmp / "m.onnx")]):
             with pytest.raises(CheckpointError):
-                main(argv)
+                main(["--debug", *argv])
             assert not marker.exists()
 
 
@@ -673,11 +684,127 @@ def _(tmp):
     _features_npz(tmp, "tr.npz", classes=obj)
     _features_npz(tmp, "te.npz")
     with pytest.raises(DatasetError, match=r"'classes' is an object \(pickled\) array"):
-        main(_train_args(tmp, tmp / "o"))
+        main(["--debug", *_train_args(tmp, tmp / "o")])
     np.savez(tmp / "e.npz", vectors=np.ones((3, 2), np.float32), classes=obj)
     with pytest.raises(DatasetError, match="pickle"):
         load_label_embeddings(f"npz:{tmp / 'e.npz'}", ["a", "b", "c"])
     assert not marker.exists()
+
+
+# =========================================================================== options
+@case("option-typo", "options", "a misspelt model option (``--set tua=0.3``, "
+      "``build_model('ml_gcn', tua=0.3)``, ``fit(..., model_options={'tua': 0.3})``)",
+      "``OptionError`` 'ml_gcn got an unknown option 'tua'; did you mean 'tau'?' before any "
+      "data is read; the CLI prints it on one line and exits 2")
+def _(tmp, capsys=None):
+    from pyg_mlic.cli import main
+    from pyg_mlic.engine import fit
+    from pyg_mlic.errors import OptionError
+    from pyg_mlic.models import build_model
+
+    with pytest.raises(OptionError, match="unknown option 'tua'; did you mean 'tau'"):
+        build_model("ml_gcn", classes=["a", "b"], input_kind="features", in_features=4,
+                    tua=0.3)
+    # no file exists: the option is refused before the dataset is opened
+    with pytest.raises(OptionError, match="ml_gcn got an unknown option 'tua'"):
+        main(["--debug", "train", "--dataset", "features", "--train-file", str(tmp / "no.npz"),
+              "--test-file", str(tmp / "no.npz"), "--model", "ml_gcn", "--set", "tua=0.3"])
+    tr = _features_dataset(tmp, "tr.npz")
+    with pytest.raises(OptionError, match="did you mean 'tau'"):
+        fit("ml_gcn", tr, None, tr, model_options={"tua": 0.3})
+    with pytest.raises(OptionError, match="unknown training option 'epoch'; did you mean "
+                                          "'epochs'"):
+        fit("baseline", tr, None, tr, train_options={"epoch": 3})
+    with pytest.raises(OptionError, match="unknown option 'pca'"):  # a recipe option
+        fit("ml_gcn", tr, None, tr, model_options={"pca": False})   # of IML-GCN only
+
+
+@case("user-error-one-line", "options", "any user error at the command line (bad option, "
+      "missing file, class mismatch, corrupt checkpoint)",
+      "one line ``pyg-mlic: error: ...`` on stderr, exit status 2, no traceback; "
+      "``--debug`` raises the exception instead")
+def _(tmp):
+    import subprocess
+
+    for argv in (["train", "--dataset", "synthetic", "--model", "ml_gcn", "--set", "tua=0.3"],
+                 ["eval", "--checkpoint", str(tmp / "none.pt"), "--dataset", "synthetic"]):
+        r = subprocess.run([sys.executable, "-m", "pyg_mlic.cli", *argv], capture_output=True,
+                           text=True, timeout=300)
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip() and "Warning" not in ln
+                 and not ln.startswith("  warnings.warn")]
+        assert r.returncode == 2, r.stderr
+        assert len(lines) == 1 and lines[0].startswith("pyg-mlic: error: "), r.stderr
+        assert "Traceback" not in r.stderr
+
+
+@case("feature-size-mismatch", "data", "train and test features files of different feature "
+      "sizes (e.g. extracted with two backbones)",
+      "``ClassMismatchError`` 'feature size differs between splits: training split 4, test "
+      "split 6' when the splits are loaded, before training")
+def _(tmp):
+    from pyg_mlic.data.factory import build_splits
+    from pyg_mlic.engine import fit
+
+    _features_npz(tmp, "tr.npz")
+    _features_npz(tmp, "te.npz", features=np.ones((6, 6), np.float32))
+    with pytest.raises(ClassMismatchError, match="feature size differs between splits: "
+                                                 "training split 4, test split 6"):
+        build_splits("features", train_file=str(tmp / "tr.npz"), test_file=str(tmp / "te.npz"))
+    from pyg_mlic.data.features import FeaturesDataset
+
+    tr, te = FeaturesDataset(tmp / "tr.npz"), FeaturesDataset(tmp / "te.npz")
+    with pytest.raises(ClassMismatchError, match="feature size differs"):
+        fit("baseline", tr, None, te)
+
+
+@case("diverging-run", "training", "a run whose loss or gradient becomes inf/NaN (a "
+      "learning rate too large, an unstable layer)", "``DivergenceError`` naming the epoch, "
+      "the step, the learning rates and what to try; nothing is stepped with the bad "
+      "gradient and the last good checkpoint (the previous epoch's ``last.pt``) is kept")
+def _(tmp):
+    from pyg_mlic.data.features import FeaturesDataset
+    from pyg_mlic.engine import fit, load_checkpoint
+    from pyg_mlic.errors import DivergenceError
+
+    make_features_npz(tmp / "tr.npz", n=64, seed=0)
+    tr = FeaturesDataset(tmp / "tr.npz")
+    model = _NaNAfter(tr.classes, input_kind="features", in_features=tr.feature_dim,
+                      after_steps=4)  # 64 samples / 16 = 4 steps: NaN at epoch 2, step 1
+    with pytest.raises(DivergenceError, match=r"diverged: non-finite loss at epoch 2, step 1 "
+                                              r".*learning rates: head 0.1.*last good "
+                                              r"checkpoint, .*last\.pt \(end of epoch 1\), "
+                                              r"is kept.*lower learning rate"):
+        fit(model, tr, None, tr, out_dir=tmp / "run", train_options=dict(
+            epochs=3, batch_size=16, progress=False, optimizer="sgd", lr=0.1, lr_step=None))
+    kept = load_checkpoint(tmp / "run" / "last.pt")
+    assert kept["epoch"] == 0
+    assert all(torch.isfinite(v).all() for v in kept["state_dict"].values()
+               if v.is_floating_point())
+    # the weights were not stepped with the NaN gradient
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+class _NaNAfter(__import__("pyg_mlic.models.baseline", fromlist=["Baseline"]).Baseline):
+    """A baseline whose logits turn NaN after ``after_steps`` training steps."""
+
+    def __init__(self, classes, after_steps: int = 4, **kw):
+        super().__init__(classes, **kw)
+        self.after_steps, self.steps = after_steps, 0
+
+    def forward(self, batch):
+        out = super().forward(batch)
+        if self.training:
+            self.steps += 1
+            if self.steps > self.after_steps:
+                out.logits = out.logits * float("nan")
+        return out
+
+
+def _features_dataset(tmp: Path, name: str):
+    from pyg_mlic.data.features import FeaturesDataset
+
+    make_features_npz(tmp / name, n=32, c=4, d=8, seed=0)
+    return FeaturesDataset(tmp / name)
 
 
 # =========================================================================== the tests

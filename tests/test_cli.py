@@ -138,11 +138,11 @@ def test_predict_rejects_empty_folder_and_bad_output(tiny_image_checkpoint, data
     empty.mkdir()
     (empty / "notes.txt").write_text("not an image")
     with pytest.raises(SystemExit, match="holds no images") as e:
-        main(["predict", str(empty), "--checkpoint", str(tiny_image_checkpoint)])
+        main(["--debug", "predict", str(empty), "--checkpoint", str(tiny_image_checkpoint)])
     assert str(empty) in str(e.value)
     img = data_dir / "images" / "coco8" / "images" / "000000000009.jpg"
     with pytest.raises(SystemExit, match=r"\.csv or \.json"):
-        main(["predict", str(img), "--checkpoint", str(tiny_image_checkpoint),
+        main(["--debug", "predict", str(img), "--checkpoint", str(tiny_image_checkpoint),
               "--output", str(tmp_path / "p.txt")])
 
 

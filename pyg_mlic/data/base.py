@@ -102,6 +102,49 @@ def collate(samples: List[Sample]) -> Sample:
     return out
 
 
+#: batch entries :func:`check_batch_finite` checks (the model inputs)
+FINITE_KEYS = ("image", "features", "roi_features", "roi_boxes", "boxes")
+
+
+def check_batch_finite(batch: Sample) -> None:
+    """Refuse NaN/inf in a batch's model inputs (:data:`FINITE_KEYS`), naming the entry.
+
+    The engine calls this on every collated batch while it is still on the host (before the
+    transfer to the device), so it never forces a device synchronisation; models call it
+    only with debug checks on (``PYG_MLIC_DEBUG=1``, see
+    :func:`pyg_mlic.models.base.debug_checks`)."""
+    for key in FINITE_KEYS:
+        value = batch.get(key)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for v in values:
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and \
+                    not bool(torch.isfinite(v).all()):
+                raise ValueError(f"non-finite values in the input batch ({key!r}); check the "
+                                 "dataset (NaN/inf features, boxes or a broken transform)")
+
+
+def check_splits(train_set, val_set=None, test_set=None) -> None:
+    """Refuse splits that cannot belong to one run, before any work: another class list,
+    input kind, or feature size than the training split."""
+    from pyg_mlic.errors import ClassMismatchError, check_same_classes
+
+    kind = getattr(train_set, "input_kind", "image")
+    dim = getattr(train_set, "feature_dim", None)
+    for name, ds in (("validation", val_set), ("test", test_set)):
+        if ds is None:
+            continue
+        check_same_classes("training split", train_set.classes, f"{name} split", ds.classes)
+        other = getattr(ds, "input_kind", "image")
+        if other != kind:
+            raise ClassMismatchError(f"the training split holds {kind} but the {name} split "
+                                     f"holds {other}")
+        if kind == "features" and getattr(ds, "feature_dim", None) != dim:
+            raise ClassMismatchError(
+                f"feature size differs between splits: training split {dim}, {name} split "
+                f"{getattr(ds, 'feature_dim', None)} (were they extracted with the same "
+                f"backbone and pooling?)")
+
+
 class SubsetDataset(MultiLabelDataset):
     """A subset of a :class:`MultiLabelDataset` that keeps the protocol
     (``classes``, ``labels``, ``label_mask``, ``input_kind``); ``index`` in the

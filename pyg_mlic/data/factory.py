@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Tuple
 
-from pyg_mlic.data.base import MultiLabelDataset, holdout_split
+from pyg_mlic.data.base import MultiLabelDataset, check_splits, holdout_split
 from pyg_mlic.data.transforms import build_transforms
 
 DATASETS = ("synthetic", "coco", "voc2007", "nuswide", "features", "folder")
@@ -117,4 +117,5 @@ def build_splits(name: str, *, root: Optional[str] = None, train_file: Optional[
         raise ValueError(f"unknown dataset {name!r}; choose from {list(DATASETS)}")
     if val is None and val_fraction > 0:
         train, val = holdout_split(train, val_fraction, seed=seed, val_transform=test_tf)
+    check_splits(train, val, test)  # classes, input kind, feature size: caught at load
     return train, val, test

@@ -41,6 +41,16 @@ class TrainConfig:
             ``None`` = the model's ``ddp_find_unused_parameters`` attribute if it has
             one, else probe one training step (state restored afterwards) and enable
             it when any trainable parameter got no gradient.
+        sync_bn: multi-process (DDP) runs only: convert every BatchNorm layer in training
+            mode to a synchronised one, so that BatchNorm normalises with (and tracks) the
+            statistics of the *global* batch, as one process with the same ``batch_size``
+            does (PyTorch's :class:`~torch.nn.SyncBatchNorm` on CUDA/nccl,
+            :class:`~pyg_mlic.engine.distributed.DistributedBatchNorm` on the CPU/gloo;
+            see :func:`~pyg_mlic.engine.distributed.convert_sync_batchnorm`). It costs
+            collectives in every BatchNorm layer's forward and backward pass. ``False``
+            (default): each rank's BatchNorm layers use the statistics of its own
+            ``batch_size / W`` samples and DDP copies rank 0's running statistics to the
+            other ranks before every step. Ignored in one process.
     """
 
     epochs: int = 100
@@ -61,6 +71,7 @@ class TrainConfig:
     eval_every: int = 1
     progress: bool = True
     find_unused_parameters: Optional[bool] = None
+    sync_bn: bool = False
     extra: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -84,10 +95,10 @@ class TrainConfig:
         """The model's paper defaults, overridden by the non-``None`` ``overrides``."""
         base = dict(getattr(model_or_class, "default_train_config", {}) or {})
         base.update({k: v for k, v in overrides.items() if v is not None})
-        known = set(cls.fields())
-        unknown = sorted(set(base) - known)
-        if unknown:
-            raise ValueError(f"unknown training settings {unknown}; valid: {sorted(known)}")
+        from pyg_mlic.errors import check_options
+
+        owner = getattr(model_or_class, "model_name", None) or "TrainConfig"
+        check_options(f"{owner} training", base, cls.fields(), kind="training option")
         return cls(**base)
 
     def to_dict(self) -> Dict[str, Any]:

@@ -33,35 +33,16 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, Mapping, Optional, Union
 
+from pyg_mlic.data.base import check_splits
 from pyg_mlic.engine.config import TrainConfig
 from pyg_mlic.engine.context import CONTEXT_KEYS, model_context
-from pyg_mlic.errors import ClassMismatchError, OptionError, check_options, check_same_classes
+from pyg_mlic.errors import OptionError, check_options
 
 __all__ = ["fit", "check_fit_options", "check_splits", "TWO_STAGE_KEYS", "uses_two_stage"]
 
 #: model options read by the two-stage recipe (IML-GCN), not by the model
 TWO_STAGE_KEYS = ("pca", "n_components", "on_missing", "stage1_model", "stage1_checkpoint",
                   "stage1_options", "embedding_batch_size")
-
-
-def check_splits(train_set, val_set=None, test_set=None) -> None:
-    """Refuse splits that cannot belong to one run, before any work: another class list,
-    input kind, or feature size than the training split."""
-    kind = getattr(train_set, "input_kind", "image")
-    dim = getattr(train_set, "feature_dim", None)
-    for name, ds in (("validation", val_set), ("test", test_set)):
-        if ds is None:
-            continue
-        check_same_classes("training split", train_set.classes, f"{name} split", ds.classes)
-        other = getattr(ds, "input_kind", "image")
-        if other != kind:
-            raise ClassMismatchError(f"the training split holds {kind} but the {name} split "
-                                     f"holds {other}")
-        if kind == "features" and getattr(ds, "feature_dim", None) != dim:
-            raise ClassMismatchError(
-                f"feature size differs between splits: training split {dim}, {name} split "
-                f"{getattr(ds, 'feature_dim', None)} (were they extracted with the same "
-                f"backbone and pooling?)")
 
 
 def uses_two_stage(model: str, label_embeddings: Any = None) -> bool:

@@ -24,6 +24,21 @@ from torch import Tensor, nn
 
 Batch = Dict[str, Any]
 
+#: environment variable that turns on the per-batch value checks inside models
+DEBUG_ENV = "PYG_MLIC_DEBUG"
+
+
+def debug_checks() -> bool:
+    """Whether models check their tensors' values on every batch (``PYG_MLIC_DEBUG=1``).
+
+    Off by default: such a check turns a device tensor into a Python bool, which makes a
+    GPU wait for every step. Inputs are checked at the data boundary instead
+    (:func:`pyg_mlic.data.base.check_batch_finite`, called by the engine on the host) and
+    a non-finite loss or gradient stops training (the engine's divergence guard)."""
+    import os
+
+    return os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
 
 @dataclass
 class ModelOutput:
@@ -113,13 +128,15 @@ class MultiLabelModel(nn.Module):
         return len(self.classes)
 
     def encode(self, batch: Batch) -> Tensor:
-        """Image-level features ``[B, D]`` of a batch (images or precomputed features)."""
-        x = batch["features"] if "features" in batch else batch["image"]
-        if not torch.isfinite(x).all():
-            key = "features" if "features" in batch else "image"
-            raise ValueError(f"non-finite values in the input batch ({key!r}); "
-                             "check the dataset (NaN/inf features or a broken transform)")
-        return self.encoder(x)
+        """Image-level features ``[B, D]`` of a batch (images or precomputed features).
+
+        The inputs' finiteness is checked at the data boundary (the engine checks every
+        batch on the host); here only with :func:`debug_checks` on."""
+        if debug_checks():
+            from pyg_mlic.data.base import check_batch_finite
+
+            check_batch_finite(batch)
+        return self.encoder(batch["features"] if "features" in batch else batch["image"])
 
     def classification_loss(self, logits: Tensor, target: Tensor,
                             mask: Optional[Tensor] = None) -> Tensor:

@@ -45,6 +45,8 @@ from typing import Any, List, Mapping, Optional
 import torch
 from torch import Tensor, nn
 
+from pyg_mlic.models.base import debug_checks
+
 __all__ = ["RegionBatch", "read_regions", "region_feature_dim", "SOURCES"]
 
 #: accepted values of ``source``
@@ -102,8 +104,9 @@ def _encoder_input(batch: Mapping[str, Any]) -> tuple:
 
 
 def _check_finite(x: Tensor, key: str) -> None:
-    # the same check as MultiLabelModel.encode
-    if not torch.isfinite(x).all():
+    # the same check as MultiLabelModel.encode: only with debug checks on (the engine
+    # checks every batch on the host, before it reaches the device)
+    if debug_checks() and not torch.isfinite(x).all():
         raise ValueError(f"non-finite values in the input batch ({key!r}); "
                          "check the dataset (NaN/inf features or a broken transform)")
 
@@ -161,10 +164,10 @@ def _from_batch(encoder: nn.Module, batch: Mapping[str, Any], max_instances: int
                          f"{tuple(boxes.shape)}, roi_image_size {tuple(size.shape)}")
     mask = mask.bool()
     feats = feats.to(g.dtype)
-    if not torch.isfinite(feats).all():
+    if debug_checks() and not torch.isfinite(feats).all():
         raise ValueError("read_regions: non-finite ROI features in the batch ('roi_features'); "
                          "check the region backend / its cache")
-    if not torch.isfinite(boxes).all():
+    if debug_checks() and not torch.isfinite(boxes).all():
         raise ValueError("read_regions: non-finite ROI boxes in the batch ('roi_boxes')")
     hw = size.to(boxes.dtype).clamp_min(1)
     scale = torch.stack([hw[:, 1], hw[:, 0], hw[:, 1], hw[:, 0]], 1)[:, None, :]
@@ -196,7 +199,7 @@ def _from_boxes(encoder: nn.Module, batch: Mapping[str, Any], max_instances: int
     for i, b in enumerate(box_list):
         b = torch.as_tensor(b, dtype=fmap.dtype, device=fmap.device).reshape(-1, 4)
         b = b[:int(max_instances)]
-        if not torch.isfinite(b).all():
+        if debug_checks() and not torch.isfinite(b).all():
             raise ValueError(f"read_regions: non-finite boxes for image {i} of the batch")
         b = torch.stack([b[:, 0].clamp(0, W), b[:, 1].clamp(0, H),
                          b[:, 2].clamp(0, W), b[:, 3].clamp(0, H)], 1)
@@ -215,7 +218,7 @@ def _from_boxes(encoder: nn.Module, batch: Mapping[str, Any], max_instances: int
         rois = torch.cat([idx, allb * s], 1)
         pooled = roi_align(fmap, rois, output_size=int(output_size), spatial_scale=1.0,
                            sampling_ratio=2, aligned=True).mean((2, 3))     # [n, D]
-        if not torch.isfinite(pooled).all():
+        if debug_checks() and not torch.isfinite(pooled).all():
             raise ValueError("read_regions: non-finite ROI features (RoIAlign on the "
                              "backbone's feature map)")
         rows = torch.cat([torch.arange(c, device=fmap.device) for c in counts])

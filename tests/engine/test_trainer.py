@@ -141,8 +141,16 @@ def test_class_mismatch_between_splits(feature_sets, tmp_path):
         Trainer(_model(tr), tr, va, other, _cfg())
 
 
-def test_nan_features_rejected_at_the_boundary(feature_sets):
+def test_nan_features_rejected_at_the_boundary(feature_sets, monkeypatch):
+    from pyg_mlic.engine.trainer import _to_device
+    from pyg_mlic.models.base import DEBUG_ENV
+
     tr, _, _ = feature_sets
     model = _model(tr)
+    bad = {"features": torch.full((2, tr.feature_dim), float("nan"))}
+    with pytest.raises(ValueError, match="non-finite"):  # the engine, on the host
+        _to_device(bad, torch.device("cpu"))
+    model(bad)  # no per-batch check inside the model by default (no device sync)
+    monkeypatch.setenv(DEBUG_ENV, "1")
     with pytest.raises(ValueError, match="non-finite"):
-        model({"features": torch.full((2, tr.feature_dim), float("nan"))})
+        model(bad)

@@ -5,8 +5,9 @@ import torch
 from torchvision.ops import roi_align
 
 from pyg_mlic.data import SyntheticScenes
-from pyg_mlic.data.base import collate
+from pyg_mlic.data.base import check_batch_finite, collate
 from pyg_mlic.models import build_encoder
+from pyg_mlic.models.base import DEBUG_ENV
 from pyg_mlic.models.regions import RegionBatch, read_regions, region_feature_dim
 
 
@@ -126,8 +127,12 @@ def test_batch_source_from_a_groundtruth_region_dataset(scenes, encoder):
     assert rf.image_features.shape == (3, 6) and torch.equal(rf.features, r.features)
     bad = dict(batch, roi_features=batch["roi_features"].clone())
     bad["roi_features"][0, 0, 0] = float("nan")
-    with pytest.raises(ValueError, match="non-finite ROI features"):
-        read_regions(encoder, bad)
+    with pytest.raises(ValueError, match="non-finite values in the input batch"):
+        check_batch_finite(bad)  # what the engine checks on the host for every batch
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(DEBUG_ENV, "1")
+        with pytest.raises(ValueError, match="non-finite ROI features"):
+            read_regions(encoder, bad)
 
 
 def test_errors_and_feature_dims(encoder):
@@ -140,9 +145,11 @@ def test_errors_and_feature_dims(encoder):
         read_regions(encoder, {"image": torch.randn(1, 3, 48, 48)})
     with pytest.raises(ValueError, match="source"):
         read_regions(encoder, {"image": torch.randn(1, 3, 48, 48)}, source="rpn")
-    with pytest.raises(ValueError, match="non-finite"):
-        read_regions(encoder, {"image": torch.full((1, 3, 48, 48), float("nan")),
-                               "boxes": [torch.zeros(0, 4)]})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(DEBUG_ENV, "1")
+        with pytest.raises(ValueError, match="non-finite"):
+            read_regions(encoder, {"image": torch.full((1, 3, 48, 48), float("nan")),
+                                   "boxes": [torch.zeros(0, 4)]})
     assert region_feature_dim(encoder, "boxes") == 128
     assert region_feature_dim(encoder, "auto") == 128
     assert region_feature_dim(encoder, "batch", 256) == 256
