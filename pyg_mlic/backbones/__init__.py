@@ -16,6 +16,7 @@ from pyg_mlic.backbones.registry import (
     list_backbones,
     load_state_dict_file,
     register_backbone,
+    register_backbone_family,
 )
 from pyg_mlic.backbones.pooling import GlobalAvgPool2d, GlobalMaxPool2d, build_pool
 from pyg_mlic.backbones.encoders import ImageEncoder, MLPEncoder
@@ -25,11 +26,15 @@ from pyg_mlic.backbones.efficientnet import (
     efficientnet_lite0_weights_path,
 )
 from pyg_mlic.backbones.small_cnn import SmallCNN
+# registers the tresnet_* aliases and the "timm:<model>" family (timm is imported only
+# when one is built)
+from pyg_mlic.backbones import timm_backbone as _timm_backbone  # noqa: F401
 
 __all__ = [
     "build_backbone",
     "list_backbones",
     "register_backbone",
+    "register_backbone_family",
     "load_state_dict_file",
     "GlobalMaxPool2d",
     "GlobalAvgPool2d",

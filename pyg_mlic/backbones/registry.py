@@ -19,35 +19,46 @@ import torch
 from torch import nn
 
 from pyg_mlic.errors import CheckpointError
+from pyg_mlic.utils.registry import Registry
 
 WeightsArg = Union[None, str, Path, Mapping[str, torch.Tensor]]
 BackboneBuilder = Callable[..., nn.Module]
 
-_BACKBONES: Dict[str, BackboneBuilder] = {}
+
+def _backbone_key(name: str) -> str:
+    return name.strip().lower().replace("-", "_")
+
+
+_BACKBONES: Registry[BackboneBuilder] = Registry("backbone", normalize=_backbone_key)
+#: ``prefix -> builder(model_name, weights=None, **kw)`` for ``"<prefix>:<model name>"``
+#: (``"timm"``, registered by :mod:`.timm_backbone`)
+_FAMILIES: Registry[BackboneBuilder] = Registry("backbone family", normalize=_backbone_key)
 
 
 def register_backbone(name: str) -> Callable[[BackboneBuilder], BackboneBuilder]:
     """Register ``builder(weights=None, **kw) -> nn.Module`` under ``name`` (timm style).
 
     The module must map ``[B, 3, H, W]`` to ``[B, D, h, w]`` and expose ``out_channels``.
+    Names are case-insensitive and ``-`` equals ``_``.
     """
-    key = name.strip().lower()
-    if not key or ":" in key:
+    if not isinstance(name, str) or not name.strip() or ":" in name:
         raise ValueError(f"backbone name must be non-empty without ':' (got {name!r})")
+    return _BACKBONES.register(name)
 
-    def deco(fn: BackboneBuilder) -> BackboneBuilder:
-        if key in _BACKBONES and _BACKBONES[key] is not fn:
-            raise ValueError(f"backbone {key!r} is already registered")
-        _BACKBONES[key] = fn
-        return fn
 
-    return deco
+def register_backbone_family(prefix: str) -> Callable[[BackboneBuilder], BackboneBuilder]:
+    """Register ``builder(model_name, weights=None, **kw) -> nn.Module`` for the names
+    ``"<prefix>:<model name>"`` (as :mod:`.timm_backbone` does for ``"timm:"``)."""
+    if not isinstance(prefix, str) or not prefix.strip() or ":" in prefix:
+        raise ValueError(f"backbone family prefix must be non-empty without ':' "
+                         f"(got {prefix!r})")
+    return _FAMILIES.register(prefix)
 
 
 def list_backbones() -> List[str]:
     """Registered backbone names (sorted). Any CNN of ``timm`` is also reachable as
     ``"timm:<model name>"`` when timm is installed."""
-    return sorted(_BACKBONES)
+    return _BACKBONES.names()
 
 
 def build_backbone(name: str, weights: WeightsArg = None, **kwargs: Any) -> nn.Module:
@@ -71,15 +82,18 @@ def build_backbone(name: str, weights: WeightsArg = None, **kwargs: Any) -> nn.M
     """
     if not isinstance(name, str):
         raise TypeError(f"backbone name must be a string, got {type(name).__name__}")
-    key = name.strip()
-    if key.lower().startswith("timm:"):
-        from pyg_mlic.backbones.timm_backbone import TimmBackbone
-        return TimmBackbone(key[5:], weights=weights, **kwargs)
-    key = key.lower().replace("-", "_")
-    if key not in _BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; valid names: {list_backbones()} "
-                         "or 'timm:<model name>'")
-    module = _BACKBONES[key](weights=weights, **kwargs)
+    prefix, sep, model_name = name.strip().partition(":")
+    if sep:
+        builder = _FAMILIES.get(prefix, None)
+        if builder is None:
+            raise _FAMILIES.unknown(prefix, valid=[f"{p}:" for p in _FAMILIES.names()],
+                                    also=f" (in backbone name {name!r})")
+        return builder(model_name, weights=weights, **kwargs)
+    if name not in _BACKBONES:
+        families = "".join(f" or '{p}:<model name>'" for p in _FAMILIES.names())
+        raise _BACKBONES.unknown(name, also=families)
+    key = _BACKBONES.key(name)
+    module = _BACKBONES.get(name)(weights=weights, **kwargs)
     if not isinstance(getattr(module, "out_channels", None), int):
         raise TypeError(f"backbone {key!r} built a module without an integer 'out_channels'")
     return module
@@ -180,8 +194,3 @@ def resolve_weights(weights: WeightsArg, names: Iterable[str] = ()
         hint = f" (known weight names: {names})" if names else ""
         raise FileNotFoundError(f"backbone weights file not found: {p}{hint}")
     return load_state_dict_file(p)
-
-
-# the timm aliases (tresnet_m, tresnet_l, ...) register themselves; timm itself is only
-# imported when one of them is built
-from pyg_mlic.backbones import timm_backbone as _timm_backbone  # noqa: E402,F401

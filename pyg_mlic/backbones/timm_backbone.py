@@ -24,13 +24,15 @@ from typing import Any, Dict, Mapping, Optional, Union
 
 from torch import Tensor, nn
 
-from pyg_mlic.backbones.registry import load_weights_into, register_backbone, resolve_weights
+from pyg_mlic.backbones.registry import (load_weights_into, register_backbone,
+                                        register_backbone_family, resolve_weights)
 
 #: plain backbone names that build a :class:`TimmBackbone` (``name -> timm model name``)
 TIMM_ALIASES: Dict[str, str] = {"tresnet_m": "tresnet_m", "tresnet_l": "tresnet_l",
                                 "tresnet_xl": "tresnet_xl"}
 
 
+@register_backbone_family("timm")
 class TimmBackbone(nn.Module):
     r"""A ``timm`` model without its classifier and pooling: ``forward_features``.
 

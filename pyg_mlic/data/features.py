@@ -21,7 +21,6 @@ so a crash never leaves a half-written file under the final name.
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -31,6 +30,7 @@ import torch
 
 from pyg_mlic.data.base import MultiLabelDataset, Sample
 from pyg_mlic.errors import DatasetError
+from pyg_mlic.utils.io import atomic_np_savez
 
 PathLike = Union[str, os.PathLike]
 ArrayLike = Union[np.ndarray, torch.Tensor, Sequence]
@@ -202,21 +202,7 @@ def save_features(path: PathLike, features: ArrayLike, labels: ArrayLike,
     for key in ("mask", "split", "image"):
         if v[key] is not None:
             arrays[key] = v[key] if key == "mask" else v[key].astype(np.str_)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            (np.savez_compressed if compress else np.savez)(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    return atomic_np_savez(path, arrays, compress=compress)
 
 
 class FeaturesDataset(MultiLabelDataset):

@@ -51,6 +51,7 @@ import torch
 
 from pyg_mlic.detection.base import RegionExtractor, Regions, config_hash
 from pyg_mlic.detection.sources import dataset_identity, region_source
+from pyg_mlic.utils.io import atomic_write_text
 
 __all__ = ["RegionCache", "CacheReport", "default_cache_root"]
 
@@ -87,12 +88,6 @@ class CacheReport:
     reason: str = ""
     extracted: int = 0
     bad_chunks: List[int] = field(default_factory=list)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    from pyg_mlic.engine.checkpoint import atomic_write
-
-    atomic_write(path, lambda f: f.write(text), binary=False)
 
 
 @contextlib.contextmanager
@@ -215,7 +210,7 @@ class RegionCache:
                "settings": self.settings, "n": self.n, "max_instances": self.k,
                "feature_dim": self.d, "dtype": self.dtype, "chunk_size": chunk_size,
                "complete": done, "chunks": {str(c): v for c, v in sorted(chunks.items())}}
-        _atomic_write_text(self.path / _INDEX, json.dumps(idx, indent=1, default=str))
+        atomic_write_text(self.path / _INDEX, json.dumps(idx, indent=1, default=str))
 
     def _open_arrays(self, mode: str = "r") -> Tuple[Optional[Dict[str, np.ndarray]], str]:
         """Memory-map every array; ``(None, reason)`` if one is missing or malformed."""

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -40,6 +39,7 @@ from torch import Tensor
 
 from pyg_mlic.detection.base import RegionExtractor, Regions, file_fingerprint
 from pyg_mlic.errors import DatasetError
+from pyg_mlic.utils.io import atomic_np_save, atomic_np_savez
 
 __all__ = ["PrecomputedRegionExtractor", "save_regions"]
 
@@ -276,19 +276,6 @@ class PrecomputedRegionExtractor(RegionExtractor):
                        size).clip_()
 
 
-def _atomic_savez(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.npz", dir=path.parent)
-    os.close(fd)
-    try:
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_regions(path: PathLike, image_ids: Sequence[Union[str, int]],
                  regions: Sequence[Regions], layout: str = "npz") -> Path:
     """Write regions in a layout :class:`PrecomputedRegionExtractor` reads.
@@ -320,7 +307,7 @@ def save_regions(path: PathLike, image_ids: Sequence[Union[str, int]],
             raise ValueError(f"save_regions: ids {bad[:3]} are not plain file names")
         p.mkdir(parents=True, exist_ok=True)
         for i, r in zip(ids, regions):
-            _atomic_savez(p / f"{i}.npz", {
+            atomic_np_savez(p / f"{i}.npz", {
                 "boxes": r.boxes.numpy().astype(np.float32),
                 "features": r.features.numpy().astype(np.float32),
                 "scores": r.scores.numpy().astype(np.float32),
@@ -347,17 +334,9 @@ def save_regions(path: PathLike, image_ids: Sequence[Union[str, int]],
                                   dtype=np.int64).reshape(-1, 2),
     }
     if layout == "npz":
-        _atomic_savez(p, arrays)
+        atomic_np_savez(p, arrays)
         return p
     p.mkdir(parents=True, exist_ok=True)
     for name in [k for k in arrays if k != "offsets"] + ["offsets"]:   # offsets.npy last
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp.npy", dir=p)
-        os.close(fd)
-        try:
-            np.save(tmp, arrays[name], allow_pickle=False)
-            os.replace(tmp, p / f"{name}.npy")
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_np_save(p / f"{name}.npy", arrays[name])
     return p

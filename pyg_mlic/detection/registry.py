@@ -3,36 +3,30 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, List
 
 from pyg_mlic.detection.base import RegionExtractor
+from pyg_mlic.utils.registry import Registry
 
 __all__ = ["build_region_extractor", "list_region_backends", "register_region_backend",
            "resolve_backend"]
 
 logger = logging.getLogger("pyg_mlic.detection")
 
-_BACKENDS: Dict[str, Callable[..., RegionExtractor]] = {}
+_BACKENDS: Registry[Callable[..., RegionExtractor]] = Registry(
+    "region backend", normalize=lambda name: name.strip().lower())
 
 
 def register_region_backend(name: str) -> Callable:
     """Register ``builder(**kwargs) -> RegionExtractor`` under ``name``."""
-    key = name.strip().lower()
-    if not key or key == "auto":
+    if not isinstance(name, str) or name.strip().lower() in ("", "auto"):
         raise ValueError(f"invalid backend name {name!r}")
-
-    def deco(fn: Callable[..., RegionExtractor]) -> Callable[..., RegionExtractor]:
-        if key in _BACKENDS and _BACKENDS[key] is not fn:
-            raise ValueError(f"region backend {key!r} is already registered")
-        _BACKENDS[key] = fn
-        return fn
-
-    return deco
+    return _BACKENDS.register(name)
 
 
 def list_region_backends() -> List[str]:
     """Registered backend names (``"auto"`` is accepted as well)."""
-    return sorted(_BACKENDS)
+    return _BACKENDS.names()
 
 
 @register_region_backend("torchvision")
@@ -111,6 +105,5 @@ def build_region_extractor(backend: str = "auto", verbose: bool = True,
     """
     key = resolve_backend(backend, verbose=verbose)
     if key not in _BACKENDS:
-        raise ValueError(f"unknown region backend {backend!r}; valid: "
-                         f"{['auto'] + list_region_backends()}")
-    return _BACKENDS[key](**kwargs)
+        raise _BACKENDS.unknown(backend, valid=["auto"] + list_region_backends())
+    return _BACKENDS.get(key)(**kwargs)

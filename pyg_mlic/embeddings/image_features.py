@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from pyg_mlic.errors import DatasetError
+from pyg_mlic.utils.io import atomic_torch_save
 
 __all__ = ["image_feature_embeddings", "label_feature_means", "pca_embeddings",
            "encoder_fingerprint", "ON_MISSING"]
@@ -145,7 +146,6 @@ def label_feature_means(encoder: nn.Module, dataset, *, batch_size: int = 32,
         (str or None), ``cache_hit`` (bool).
     """
     from pyg_mlic.data.base import SubsetDataset
-    from pyg_mlic.engine.checkpoint import atomic_torch_save
     from pyg_mlic.engine.trainer import _to_device, make_loader
 
     if batch_size < 1 or checkpoint_every < 1:

@@ -15,10 +15,12 @@ New providers register themselves with :func:`register_embedding_provider`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Literal, Optional, Sequence, Union
+from typing import Any, Callable, List, Literal, Optional, Sequence, Union
 
 import numpy as np
 import torch
+
+from pyg_mlic.utils.registry import Registry
 
 ArgPolicy = Literal["none", "required", "optional"]
 ProviderFn = Callable[..., Union[torch.Tensor, np.ndarray]]
@@ -33,7 +35,7 @@ class _Provider:
     metavar: str
 
 
-_PROVIDERS: Dict[str, _Provider] = {}
+_PROVIDERS: Registry[_Provider] = Registry("embedding provider", identity=lambda p: p.fn)
 
 
 def register_embedding_provider(name: str, *, arg: ArgPolicy = "required",
@@ -65,11 +67,7 @@ def register_embedding_provider(name: str, *, arg: ArgPolicy = "required",
         raise ValueError(f"arg must be 'none', 'required' or 'optional' (got {arg!r})")
 
     def deco(fn: ProviderFn) -> ProviderFn:
-        if name in _PROVIDERS and _PROVIDERS[name].fn is not fn:
-            old = _PROVIDERS[name].fn
-            raise ValueError(f"embedding provider {name!r} is already registered "
-                             f"(by {old.__module__}.{old.__qualname__})")
-        _PROVIDERS[name] = _Provider(name, fn, arg, description, metavar)
+        _PROVIDERS.register(name, _Provider(name, fn, arg, description, metavar))
         return fn
 
     return deco
@@ -77,7 +75,7 @@ def register_embedding_provider(name: str, *, arg: ArgPolicy = "required",
 
 def list_embedding_providers() -> List[str]:
     """Names of the registered label-embedding schemes (sorted)."""
-    return sorted(_PROVIDERS)
+    return _PROVIDERS.names()
 
 
 def _usage() -> str:

@@ -9,13 +9,14 @@ written to a temporary file in the same folder and moved into place with
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Union
 
 import torch
 
 from pyg_mlic.errors import CheckpointError, class_mismatch_message
+# atomic_write / atomic_torch_save: re-exported here (their former home) for callers
+from pyg_mlic.utils.io import atomic_torch_save, atomic_write  # noqa: F401
 from pyg_mlic.version import __version__
 
 FORMAT = "pyg_mlic-checkpoint"
@@ -38,29 +39,6 @@ def _plain(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return obj
-
-
-def atomic_write(path: PathLike, write, binary: bool = True) -> None:
-    """Call ``write(f)`` on a temp file in the target folder, fsync, then ``os.replace``:
-    readers see the old file or the complete new one, never a truncated one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb" if binary else "w") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_torch_save(obj: Any, path: PathLike) -> None:
-    """``torch.save`` through :func:`atomic_write`."""
-    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def save_checkpoint(path: PathLike, *, model, extra: Optional[Dict[str, Any]] = None) -> None:

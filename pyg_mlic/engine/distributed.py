@@ -24,9 +24,16 @@ the parts that differ:
   returns them in dataset order: metrics are computed on the union, exactly the
   rows a one-process evaluation sees.
 - :func:`check_ranks_agree` verifies that every rank built the same class list,
-  label statistics and initial model (the label graph and embeddings are computed
-  deterministically on every rank from the same files; DDP then broadcasts rank 0's
-  parameters and buffers anyway).
+  label statistics, training settings and initial model (the label graph and
+  embeddings are computed deterministically on every rank from the same files; DDP then
+  broadcasts rank 0's parameters and buffers anyway). :func:`state_digest` hashes every
+  tensor by dtype, shape and bytes — 0-d and integer / bool buffers such as BatchNorm's
+  ``num_batches_tracked`` included; :func:`broadcast_state` and :func:`all_gather_rows`
+  move tensors of any dtype as raw bytes.
+- :func:`convert_sync_batchnorm` (``TrainConfig(sync_bn=True)``) makes BatchNorm layers
+  normalise with the statistics of the global batch: PyTorch's
+  :class:`~torch.nn.SyncBatchNorm` on CUDA, :class:`DistributedBatchNorm` (differentiable
+  all-reduces, any backend) on the CPU, where PyTorch's is not available.
 
 Only rank 0 writes checkpoints, ``history.json`` and ``metrics.json``.
 """
@@ -40,16 +47,19 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import Dataset, DistributedSampler
 
 __all__ = ["DistInfo", "init_distributed", "current", "destroy", "barrier", "under_launcher",
            "DistributedEpochSampler", "all_gather_rows", "gather_predictions", "all_reduce_sum",
-           "check_ranks_agree", "state_digest", "launch", "relaunch", "namespace_to_argv"]
+           "check_ranks_agree", "state_digest", "broadcast_state", "DistributedBatchNorm",
+           "convert_sync_batchnorm", "launch", "relaunch", "namespace_to_argv"]
 
 #: launcher environment variables (set by ``torchrun`` / ``torch.distributed.run``)
 _ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
@@ -194,18 +204,40 @@ class DistributedEpochSampler(DistributedSampler):
 
 
 # --------------------------------------------------------------------------- collectives
+def _as_bytes(t: torch.Tensor) -> torch.Tensor:
+    """The raw bytes of ``t`` as a flat ``uint8`` tensor (any dtype, any rank, 0-d too).
+
+    Collectives that only move data (broadcast, all-gather) send these bytes instead of
+    the tensor itself: gloo and nccl support different dtype sets (bool, bfloat16,
+    complex ...), but every backend moves ``uint8``.
+    """
+    return t.detach().contiguous().reshape(-1).view(torch.uint8)
+
+
+def _from_bytes(raw: torch.Tensor, dtype: torch.dtype, shape: Sequence[int]) -> torch.Tensor:
+    """Inverse of :func:`_as_bytes` (``raw`` is copied first, so its offset is aligned)."""
+    return raw.clone().view(dtype).reshape(tuple(shape))
+
+
 def all_gather_rows(t: torch.Tensor) -> List[torch.Tensor]:
     """``all_gather`` of tensors whose first dimension differs between ranks.
 
     Every rank pads its tensor with zeros to the largest first dimension, gathers, and
-    trims each piece back to its true length.
+    trims each piece back to its true length. Any dtype works (the rows travel as raw
+    bytes, so bool, integer, half and bfloat16 tensors need no backend support).
 
     Args:
         t (Tensor): ``[n_r, ...]`` on this rank (same trailing shape and dtype on all).
 
     Returns:
         list of Tensor: the tensors of ranks ``0 .. W-1`` (on ``t``'s device).
+
+    Raises:
+        ValueError: ``t`` is 0-d (it has no rows; gather ``t.reshape(1)``).
     """
+    if t.dim() == 0:
+        raise ValueError("all_gather_rows: a 0-d tensor has no rows to gather; "
+                         "pass t.reshape(1)")
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return [t]
     dev = _comm_device()
@@ -215,13 +247,54 @@ def all_gather_rows(t: torch.Tensor) -> List[torch.Tensor]:
     dist.all_gather(sizes, n)
     sizes_i = [int(s) for s in sizes]
     m = max(sizes_i)
-    dtype = t.dtype
-    x = t.to(torch.uint8) if dtype == torch.bool else t  # gloo has no bool all_gather
-    padded = torch.zeros((m, *x.shape[1:]), dtype=x.dtype, device=dev)
-    padded[: x.shape[0]] = x.to(dev)
+    row_shape = tuple(t.shape[1:])
+    row_bytes = int(math.prod(row_shape)) * t.element_size()
+    padded = torch.zeros((m, row_bytes), dtype=torch.uint8, device=dev)
+    if t.shape[0] and row_bytes:
+        padded[: t.shape[0]] = _as_bytes(t).to(dev).reshape(t.shape[0], row_bytes)
     out = [torch.empty_like(padded) for _ in range(ws)]
     dist.all_gather(out, padded)
-    return [o[:k].to(t.device).to(dtype) for o, k in zip(out, sizes_i)]
+    return [_from_bytes(o[:k], t.dtype, (k, *row_shape)).to(t.device)
+            for o, k in zip(out, sizes_i)]
+
+
+def _state_tensors(state: Any, buffers_only: bool = False) -> List[torch.Tensor]:
+    if isinstance(state, torch.nn.Module):
+        tensors = [] if buffers_only else list(state.parameters())
+        return tensors + [b for b in state.buffers() if b is not None]
+    if isinstance(state, dict):
+        return [state[k] for k in sorted(state, key=str) if isinstance(state[k], torch.Tensor)]
+    return [t for t in state if isinstance(t, torch.Tensor)]
+
+
+@torch.no_grad()
+def broadcast_state(state: Any, src: int = 0, buffers_only: bool = False) -> None:
+    """Overwrite, in place, every rank's tensors with those of rank ``src``.
+
+    All tensors travel as one ``uint8`` buffer (one collective, any mix of dtypes and
+    shapes: 0-d integer buffers such as BatchNorm's ``num_batches_tracked``, bool masks,
+    half / bfloat16 weights). No-op in one process.
+
+    Args:
+        state: a :class:`torch.nn.Module` (its parameters and buffers), a state dict or
+            a list of tensors — the same structure (names, shapes, dtypes) on every rank.
+        src (int): the rank whose values win. (default: :obj:`0`)
+        buffers_only (bool): for a module, only its buffers (e.g. BatchNorm running
+            statistics, which DDP does not average). (default: :obj:`False`)
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    tensors = _state_tensors(state, buffers_only)
+    if not tensors:
+        return
+    dev = _comm_device()
+    flat = torch.cat([_as_bytes(t).to(dev) for t in tensors])
+    dist.broadcast(flat, src)
+    o = 0
+    for t in tensors:
+        nb = t.numel() * t.element_size()
+        t.copy_(_from_bytes(flat[o:o + nb], t.dtype, t.shape))
+        o += nb
 
 
 def gather_predictions(pred: Dict[str, torch.Tensor], indices: Sequence[int],
@@ -273,17 +346,36 @@ def all_reduce_sum(values: Dict[str, float]) -> Dict[str, float]:
     return {k: float(v) for k, v in zip(keys, t.tolist())}
 
 
+def _tensor_bytes(t: torch.Tensor) -> Tuple[str, bytes]:
+    """``(header, raw bytes)`` of any dense or sparse tensor, whatever its dtype and rank.
+
+    ``Tensor.view(torch.uint8)`` cannot reinterpret a 0-d tensor whose element is wider
+    than a byte (BatchNorm's ``num_batches_tracked``, an int64 scalar), and
+    ``Tensor.numpy()`` knows no ``bfloat16``: the tensor is flattened first and its bytes
+    are read through a ``uint8`` view, which works for every dtype (bool, integers,
+    floating point of any width, complex).
+    """
+    t = t.detach()
+    if t.layout != torch.strided:  # sparse: the dense values (layouts differ between ranks)
+        t = t.to_dense()
+    a = t.cpu().contiguous().reshape(-1)
+    head = f"{a.dtype}{tuple(t.shape)}"
+    return head, (a.view(torch.uint8).numpy().tobytes() if a.numel() else b"")
+
+
 def state_digest(*objs: Any) -> str:
     """SHA-256 of tensors / arrays / state dicts / plain values (for cross-rank checks).
 
-    Tensors and arrays count with dtype, shape and every bit; numbers, strings and
-    ``None`` by value; other objects only by type name (their ``repr`` may hold a
-    memory address, which differs between processes).
+    Tensors and arrays count with dtype, shape and every bit — including 0-d tensors and
+    integer / bool buffers such as BatchNorm's ``num_batches_tracked``; numbers, strings
+    and ``None`` by value; NumPy object arrays element by element; other objects only by
+    type name (their ``repr`` may hold a memory address, which differs between processes).
     """
     h = hashlib.sha256()
 
     def feed(o: Any) -> None:
         if isinstance(o, dict):
+            h.update(f"{{{len(o)}".encode())
             for k in sorted(o, key=str):
                 h.update(str(k).encode())
                 feed(o[k])
@@ -292,13 +384,16 @@ def state_digest(*objs: Any) -> str:
             for v in o:
                 feed(v)
         elif isinstance(o, torch.Tensor):
-            a = o.detach().cpu().contiguous()
-            h.update(f"{a.dtype}{tuple(a.shape)}".encode())
-            h.update(a.view(torch.uint8).numpy().tobytes() if a.numel() else b"")
+            head, raw = _tensor_bytes(o)
+            h.update(head.encode())
+            h.update(raw)
         elif isinstance(o, np.ndarray):
-            a = np.ascontiguousarray(o)
-            h.update(f"{a.dtype}{a.shape}".encode())
-            h.update(a.tobytes())
+            h.update(f"{o.dtype}{o.shape}".encode())
+            if o.dtype.hasobject:  # the bytes of an object array are pointers
+                for v in o.reshape(-1).tolist():
+                    feed(v)
+            else:
+                h.update(np.ascontiguousarray(o).tobytes())
         elif o is None or isinstance(o, (str, bytes, bool, int, float, np.generic)):
             h.update(f"{type(o).__name__}:{o!r}".encode())
         else:  # other objects: their repr may hold a memory address; their tensors are in
@@ -323,6 +418,218 @@ def check_ranks_agree(what: str, digest: str) -> None:
     if bad:
         raise RuntimeError(f"distributed run: {what} differs between rank 0 and rank(s) {bad}; "
                            "every rank must read the same data files with the same settings")
+
+
+# --------------------------------------------------------------------------- synchronised BN
+class _AllReduceSum(torch.autograd.Function):
+    r""":math:`\mathbf{y} = \sum_r \mathbf{x}_r` on every rank, differentiable.
+
+    With the objective :math:`L = \sum_s L_s` (rank :math:`s` computes :math:`L_s` from the
+    common :math:`\mathbf{y}`), :math:`\partial L / \partial \mathbf{x}_r = \sum_s
+    \partial L_s / \partial \mathbf{y}`: the backward pass is the same all-reduce of the
+    incoming gradients. Every rank must call it equally often, in the same order (true
+    for the same model on every rank).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group: Any) -> torch.Tensor:  # type: ignore[override]
+        ctx.group = group
+        y = x.detach().clone().contiguous()
+        dist.all_reduce(y, op=dist.ReduceOp.SUM, group=group)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        g = grad.detach().clone().contiguous()
+        dist.all_reduce(g, op=dist.ReduceOp.SUM, group=ctx.group)
+        return g, None
+
+
+def _sync_batch_norm(x: torch.Tensor, weight: Optional[torch.Tensor],
+                     bias: Optional[torch.Tensor], running_mean: Optional[torch.Tensor],
+                     running_var: Optional[torch.Tensor], momentum: float, eps: float,
+                     group: Any) -> torch.Tensor:
+    r"""Batch normalisation over the union of every rank's batch (training mode).
+
+    Two all-reduces per call, both differentiable (:class:`_AllReduceSum`): the channel
+    sums with the element count give the global mean :math:`\mu`, then the sums of
+    :math:`(x - \mu)^2` give the biased global variance :math:`\sigma^2` (two passes, as
+    :func:`torch.nn.functional.batch_norm` computes it, without the cancellation of
+    :math:`E[x^2] - \mu^2`). Statistics accumulate in at least fp32. The running
+    statistics are updated exactly like BatchNorm's on the global batch (unbiased
+    variance :math:`\sigma^2 N / (N - 1)`), identically on every rank.
+    """
+    C = x.shape[1]
+    dims = [0] + list(range(2, x.dim()))
+    shape = [1, C] + [1] * (x.dim() - 2)
+    xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    count = x.numel() // max(C, 1)
+    s = xf.sum(dims)
+    stats = _AllReduceSum.apply(torch.cat([s, s.new_full((1,), float(count))]), group)
+    n = stats[C]
+    n_total = float(n.detach())
+    if n_total <= 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got "
+                         f"{int(n_total)} over all ranks (input size {list(x.shape)} here)")
+    mean = stats[:C] / n
+    d = xf - mean.view(shape)
+    var = _AllReduceSum.apply((d * d).sum(dims), group) / n
+    y = d * torch.rsqrt(var + eps).view(shape)
+    if weight is not None:
+        y = y * weight.view(shape)
+    if bias is not None:
+        y = y + bias.view(shape)
+    if running_mean is not None and running_var is not None:
+        with torch.no_grad():
+            running_mean.mul_(1.0 - momentum).add_(mean.detach().to(running_mean.dtype),
+                                                   alpha=momentum)
+            unbiased = var.detach() * (n_total / (n_total - 1.0))
+            running_var.mul_(1.0 - momentum).add_(unbiased.to(running_var.dtype),
+                                                  alpha=momentum)
+    return y.to(x.dtype)
+
+
+class DistributedBatchNorm(_BatchNorm):
+    r"""BatchNorm whose training statistics are those of the global batch, on any backend.
+
+    A drop-in replacement for :class:`torch.nn.SyncBatchNorm` that also runs on the CPU
+    with ``gloo`` (PyTorch's own — checked in 2.11 and 2.14 — accepts only accelerator
+    inputs, computes its statistics with the CUDA-only ``torch.batch_norm_stats``, and
+    :class:`~torch.nn.parallel.DistributedDataParallel` refuses a CPU module that holds
+    one). In training mode inside a process group of :math:`W > 1` ranks it normalises
+    with the mean and biased variance over all ranks' samples,
+
+    .. math::
+        \mu = \frac{1}{N} \sum_{r} \sum_{i \in \mathcal{B}_r} x_i, \qquad
+        \sigma^2 = \frac{1}{N} \sum_{r} \sum_{i \in \mathcal{B}_r} (x_i - \mu)^2,
+        \qquad N = \sum_r |\mathcal{B}_r|
+
+    (per channel, over batch and spatial positions; ranks may hold different numbers of
+    samples), with gradients that flow across ranks through both all-reduces, so that
+    :math:`W` processes with per-rank batches :math:`\mathcal{B}_r` compute what one
+    process computes on :math:`\bigcup_r \mathcal{B}_r`. In evaluation mode, in one
+    process, or with a frozen (``eval()``) layer it is :func:`torch.nn.functional.batch_norm`
+    with no communication. Parameters, buffers and the state dict are BatchNorm's.
+
+    Build it with :func:`convert_sync_batchnorm` (which keeps the layers' ``Parameter``
+    objects and buffers) rather than directly.
+
+    Args:
+        num_features (int): channels :math:`C`.
+        eps, momentum, affine, track_running_stats: as for :class:`torch.nn.BatchNorm2d`.
+        process_group: the group to synchronise over (default: the whole world).
+
+    Shapes:
+        - **input:** :math:`(B, C, *)` (the dimensions of the converted layer's class
+          when converted)
+        - **output:** same as the input
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,
+                 affine: bool = True, track_running_stats: bool = True,
+                 process_group: Any = None, device: Any = None, dtype: Any = None) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats,
+                         device=device, dtype=dtype)
+        self.process_group = process_group
+        #: input ranks accepted (those of the converted class; ``None``: any >= 2)
+        self.input_dims: Optional[Tuple[int, ...]] = None
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if self.input_dims is not None and input.dim() not in self.input_dims:
+            want = " or ".join(f"{d}D" for d in self.input_dims)
+            raise ValueError(f"expected {want} input (got {input.dim()}D input)")
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        self._check_input_dim(input)
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            factor = (1.0 / float(self.num_batches_tracked) if self.momentum is None
+                      else self.momentum)
+        bn_training = self.training or (self.running_mean is None and self.running_var is None)
+        use_buffers = not self.training or self.track_running_stats
+        running_mean = self.running_mean if use_buffers else None
+        running_var = self.running_var if use_buffers else None
+        group = self.process_group if self.process_group is not None else (
+            dist.group.WORLD if dist.is_available() and dist.is_initialized() else None)
+        sync = (bn_training and self.training and group is not None
+                and dist.get_world_size(group) > 1)
+        if not sync:
+            return F.batch_norm(input, running_mean, running_var, self.weight, self.bias,
+                                bn_training, factor, self.eps)
+        return _sync_batch_norm(input, self.weight, self.bias, running_mean, running_var,
+                                factor, self.eps, group)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", synchronised"
+
+
+def _input_dims_of(module: torch.nn.Module) -> Optional[Tuple[int, ...]]:
+    if isinstance(module, torch.nn.BatchNorm1d):
+        return (2, 3)
+    if isinstance(module, torch.nn.BatchNorm2d):
+        return (4,)
+    if isinstance(module, torch.nn.BatchNorm3d):
+        return (5,)
+    return getattr(module, "input_dims", None)
+
+
+def convert_sync_batchnorm(module: torch.nn.Module, process_group: Any = None, *,
+                           device: Any = None, impl: str = "auto") -> torch.nn.Module:
+    """Replace every BatchNorm layer of ``module`` by a synchronised one (in place).
+
+    Like :meth:`torch.nn.SyncBatchNorm.convert_sync_batchnorm`, the new layers take over
+    the old layers' ``Parameter`` objects and buffers (so optimiser groups, the state dict
+    and its keys are unchanged) and their training mode (a frozen ``eval()`` layer stays
+    frozen and never communicates).
+
+    Args:
+        module: the model (the root itself may be a BatchNorm layer: use the return value).
+        process_group: the group to synchronise over (default: the whole world).
+        device: the training device; decides ``impl="auto"``.
+        impl (str): ``"auto"`` (PyTorch's fused :class:`torch.nn.SyncBatchNorm` on CUDA,
+            :class:`DistributedBatchNorm` elsewhere), ``"torch"`` or ``"pyg_mlic"``
+            (:class:`DistributedBatchNorm` on every device and backend).
+
+    Returns:
+        the converted module.
+    """
+    if impl not in ("auto", "torch", "pyg_mlic"):
+        raise ValueError(f"convert_sync_batchnorm: impl must be 'auto', 'torch' or 'pyg_mlic', "
+                         f"got {impl!r}")
+    dev_type = torch.device(device).type if device is not None else None
+    if impl == "auto":
+        if dev_type is None:
+            p = next(iter(module.parameters()), None)
+            dev_type = p.device.type if p is not None else "cpu"
+        impl = "torch" if dev_type == "cuda" else "pyg_mlic"
+    if impl == "torch":
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module, process_group)
+    return _convert_distributed_bn(module, process_group)
+
+
+def _convert_distributed_bn(module: torch.nn.Module, process_group: Any) -> torch.nn.Module:
+    from torch.nn.modules.lazy import LazyModuleMixin
+
+    out = module
+    if isinstance(module, _BatchNorm) and not isinstance(module, DistributedBatchNorm) \
+            and not (isinstance(module, LazyModuleMixin) and module.has_uninitialized_params()):
+        out = DistributedBatchNorm(module.num_features, module.eps, module.momentum,
+                                   module.affine, module.track_running_stats, process_group)
+        out.input_dims = _input_dims_of(module)
+        if module.affine:
+            out.weight, out.bias = module.weight, module.bias
+        out.running_mean = module.running_mean
+        out.running_var = module.running_var
+        out.num_batches_tracked = module.num_batches_tracked
+        out.training = module.training
+        if hasattr(module, "qconfig"):
+            out.qconfig = module.qconfig
+    for name, child in module.named_children():
+        out.add_module(name, _convert_distributed_bn(child, process_group))
+    return out
 
 
 # --------------------------------------------------------------------------- launcher

@@ -89,25 +89,8 @@ class EpochShuffleSampler(Sampler[int]):
         return self.n
 
 
-def write_json(path: os.PathLike, obj: Any) -> None:
-    """Write JSON atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_json_default))
-    os.replace(tmp, path)
-
-
-def _json_default(o: Any):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, (np.ndarray, torch.Tensor)):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+# write_json(path, obj): JSON written atomically, numpy values / tensors / paths converted
+from pyg_mlic.utils.io import atomic_write_json as write_json  # noqa: E402
 
 
 def make_loader(dataset: Dataset, batch_size: int, *, train: bool, seed: int = 0,
@@ -132,6 +115,10 @@ def make_loader(dataset: Dataset, batch_size: int, *, train: bool, seed: int = 0
 
 
 def _to_device(batch: Dict[str, Any], device: torch.device) -> Dict[str, Any]:
+    """Check the batch's inputs on the host (no device synchronisation), then move it."""
+    from pyg_mlic.data.base import check_batch_finite
+
+    check_batch_finite(batch)
     out = {}
     for k, v in batch.items():
         if isinstance(v, torch.Tensor):
@@ -341,11 +328,12 @@ class Trainer:
         ws, rank = self.dist.world_size, self.dist.rank
         seed_everything(c.seed)
         self.model.to(self.device)
-        if ws > 1 and self.device.type == "cuda":
+        if ws > 1 and c.sync_bn:
             # BatchNorm statistics over the global batch (same Parameter objects: the
-            # state dict and the optimiser groups are unchanged); on the CPU (gloo)
-            # BatchNorm layers see the per-rank batch
-            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            # state dict and the optimiser groups are unchanged): torch.nn.SyncBatchNorm
+            # on CUDA, D.DistributedBatchNorm on the CPU (gloo); without sync_bn each
+            # rank's BatchNorm layers see the per-rank batch
+            self.model = D.convert_sync_batchnorm(self.model, device=self.device)
         self.optimizer, self.scheduler = self._build_optim()
         if resume:
             self._resume()
@@ -353,8 +341,9 @@ class Trainer:
         if ws > 1:
             # the label statistics, embeddings and initial weights are computed on every
             # rank from the same files and seed: make sure they agree before training
-            D.check_ranks_agree("the class list / training labels", D.state_digest(
-                list(self.model.classes), self.train_set.labels))
+            D.check_ranks_agree("the class list / training labels / training settings",
+                                D.state_digest(list(self.model.classes), self.train_set.labels,
+                                               c.to_dict()))
             D.check_ranks_agree("the model (weights, buffers, label graph)", D.state_digest(
                 self.model.state_dict(), self.model.build_kwargs))
         loader = make_loader(self.train_set, c.batch_size // ws, train=True, seed=c.seed,
@@ -459,31 +448,56 @@ class Trainer:
                         f"DDP said: {str(e)[:400]}") from e
                 raise
             loss, parts = self.model.loss(out, batch)
-            finite = bool(torch.isfinite(loss))
-            if self.dist.enabled:  # all ranks stop together instead of hanging in all-reduce
-                finite = D.all_reduce_sum({"bad": 0.0 if finite else 1.0})["bad"] == 0.0
-            if not finite:
-                raise FloatingPointError(
-                    f"non-finite loss ({parts}) at epoch {epoch + 1}, step {step + 1} of "
-                    f"{self.model.model_name}; lower the learning rate or check the inputs")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()  # DDP averages the gradients over the ranks here
+            # the divergence guard: one host-device synchronisation per step, for the loss
+            # and the gradient norm together; nothing is stepped with a bad gradient
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
             if c.grad_clip:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
+                gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
+            else:
+                gnorm = (torch.linalg.vector_norm(torch.stack(
+                    [torch.linalg.vector_norm(g.detach(), 2.0) for g in grads]), 2.0)
+                    if grads else loss.new_zeros(()))
+            ok = bool(torch.isfinite(loss.detach()) & torch.isfinite(gnorm))
+            if self.dist.enabled:  # all ranks stop together instead of hanging in all-reduce
+                ok = D.all_reduce_sum({"bad": 0.0 if ok else 1.0})["bad"] == 0.0
+            if not ok:
+                self._diverged(epoch, step, loss, gnorm, parts)
             self.optimizer.step()
             bs = len(batch["target"])
             n += bs
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + v * bs
-            if hasattr(it, "set_postfix"):
+            for k, v in parts.items():  # tensors: summed on the device, read once an epoch
+                sums[k] = sums.get(k, 0.0) + v.detach().float() * bs
+            if hasattr(it, "set_postfix") and step % 10 == 0:
                 it.set_postfix(loss=f"{float(loss.detach()):.4f}")
             if sleep > 0:
                 time.sleep(sleep)
+        sums = {k: float(v) for k, v in sums.items()}
         if self.dist.enabled:  # the epoch's loss over all ranks' samples
             tot = D.all_reduce_sum({**sums, "__n": float(n)})
             n = int(tot.pop("__n"))
             sums = tot
         return {f"train_{k}": v / max(n, 1) for k, v in sums.items()}
+
+    def _diverged(self, epoch: int, step: int, loss, gnorm, parts: Dict[str, float]) -> None:
+        """Stop a run whose loss or gradient is not finite, saying where and what to try;
+        the last checkpoint written (end of the previous epoch) is left as it is."""
+        from pyg_mlic.errors import DivergenceError
+
+        what = "loss" if not bool(torch.isfinite(loss.detach())) else "gradient"
+        lrs = ", ".join(f"{g.get('name', i)} {g['lr']:.3g}"
+                        for i, g in enumerate(self.optimizer.param_groups))
+        last = self._ckpt_path("last.pt")
+        kept = (f"the last good checkpoint, {last} (end of epoch {self.history[-1]['epoch'] + 1})"
+                f", is kept" if last is not None and last.exists() and self.history
+                else "no checkpoint had been written yet")
+        shown = ", ".join(f"{k} {float(v):.4g}" for k, v in parts.items())
+        raise DivergenceError(
+            f"{self.model.model_name} diverged: non-finite {what} at epoch {epoch + 1}, step "
+            f"{step + 1} (loss parts: {shown}; gradient norm {float(gnorm):.4g}; learning "
+            f"rates: {lrs}); {kept}. Try a lower learning rate (--lr / --backbone-lr), "
+            f"gradient clipping (TrainConfig grad_clip), or check the inputs")
 
     def final_evaluation(self, train_time: float = float("nan")) -> Dict[str, Any]:
         """Evaluate the selected weights on the test split and write ``metrics.json``."""

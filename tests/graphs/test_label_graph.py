@@ -23,6 +23,9 @@ s = math.sqrt
 
 
 # ----------------------------------------------------------------------------- real data
+# Equality with the statistics ML-GCN released (shared/data/reference): these tests need
+# the real label files and skip without PYG_MLIC_DATA. Everything else in this file runs
+# on hand-written or seeded-random label matrices.
 
 @pytest.fixture(scope="module")
 def coco(data_dir):
@@ -69,20 +72,6 @@ def test_voc2007_trainval_positives_reproduce_mlgcn_reference_exactly(voc):
     assert not np.array_equal(nums_d, ref["nums"])
 
 
-def test_from_counts_on_reference_equals_from_labels_on_raw(coco):
-    Y, classes, ref = coco
-    for scheme in SCHEMES:
-        for conv in CONVENTIONS:
-            a = LabelGraph.from_counts(ref["adj"], ref["nums"], classes=ref["classes"],
-                                       scheme=scheme, convention=conv, split="train2014")
-            b = LabelGraph.from_labels(torch.from_numpy(Y), classes=classes, scheme=scheme,
-                                       convention=conv, split="train2014")
-            assert torch.equal(a.edge_index, b.edge_index)
-            assert torch.equal(a.edge_weight, b.edge_weight)
-            assert torch.equal(a.counts, b.counts) and torch.equal(a.nums, b.nums)
-            assert a.classes == b.classes == classes
-
-
 # An independent transcription of the public ML-GCN code (util.py: gen_A, gen_adj),
 # with its hard-coded 0.25, in numpy (float64) and as the release runs it (gen_A's
 # float64 array cast to float32, gen_adj in float32 torch).
@@ -108,24 +97,30 @@ def _release_gen_adj_torch(A):
     return torch.matmul(torch.matmul(A, D).t(), D)
 
 
-@pytest.mark.parametrize("which", ["coco", "voc"])
-def test_mlgcn_code_convention_matches_release_transcription(which, request):
-    _, classes, ref = request.getfixturevalue(which)
-    C = len(classes)
-    A = _release_gen_A(C, 0.4, ref["adj"], ref["nums"])
+def _check_release_transcription(counts, nums, tau=0.4):
+    """Our ``mlgcn_code`` operator equals the transcribed release on ``(counts, nums)``."""
+    counts, nums = np.asarray(counts), np.asarray(nums)
+    C = len(nums)
+    A = _release_gen_A(C, tau, counts, nums)
     expected64 = _release_gen_adj_numpy(A)
     expected32 = _release_gen_adj_torch(A)
-    g = LabelGraph.from_counts(ref["adj"], ref["nums"], tau=0.4, p=0.25, scheme="reweighted",
-                               convention="mlgcn_code", classes=classes)
+    g = LabelGraph.from_counts(counts, nums, tau=tau, p=0.25, scheme="reweighted",
+                               convention="mlgcn_code")
     P = g.propagation()
     np.testing.assert_allclose(P.double().numpy(), expected64, rtol=1e-6, atol=1e-8)
     torch.testing.assert_close(P, expected32, rtol=1e-6, atol=1e-7)
-    dense = propagation_matrix(ref["adj"], ref["nums"], 0.4, 0.25, "reweighted", "mlgcn_code")
+    dense = propagation_matrix(counts, nums, tau, 0.25, "reweighted", "mlgcn_code")
     np.testing.assert_allclose(dense.numpy(), expected64, rtol=1e-12, atol=1e-15)
     # and the paper's operator is a different matrix (direction flips, rows sum to 1)
-    paper = LabelGraph.from_counts(ref["adj"], ref["nums"], tau=0.4, p=0.25).propagation()
+    paper = LabelGraph.from_counts(counts, nums, tau=tau, p=0.25).propagation()
     assert not torch.allclose(paper, P, atol=1e-3)
     torch.testing.assert_close(paper.sum(1), torch.ones(C))
+
+
+@pytest.mark.parametrize("which", ["coco", "voc"])
+def test_mlgcn_code_convention_matches_release_transcription_on_reference(which, request):
+    _, _, ref = request.getfixturevalue(which)
+    _check_release_transcription(ref["adj"], ref["nums"])
 
 
 # ----------------------------------------------------------------------------- hand example
@@ -227,6 +222,50 @@ def test_hand_example_operator(scheme, convention):
     torch.testing.assert_close(dense, expected.double(), rtol=1e-6, atol=1e-7)
     # nonzeros of the operator are exactly the edges
     assert g.num_edges == int((expected != 0).sum())
+
+
+def _random_labels(seed, n=400, c=10):
+    """Seeded-random labels with real co-occurrence: label 1 mostly follows label 0,
+    label 3 occurs only with label 2, the rest are independent."""
+    rng = np.random.default_rng(seed)
+    Y = rng.random((n, c)) < rng.uniform(0.1, 0.5, size=c)
+    Y[:, 1] |= Y[:, 0] & (rng.random(n) < 0.8)
+    Y[:, 3] = Y[:, 2] & (rng.random(n) < 0.6)
+    return Y.astype(np.uint8)
+
+
+def _independent_counts(Y):
+    Yi = np.asarray(Y, dtype=np.int64)
+    return Yi.T @ Yi - np.diag(Yi.sum(0)), Yi.sum(0)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_mlgcn_code_convention_matches_release_transcription(seed):
+    _check_release_transcription(M_HAND, N_HAND, tau=TAU)
+    counts, nums = _independent_counts(_random_labels(seed))
+    assert nums.min() > 0                        # the release divides by N_i
+    _check_release_transcription(counts, nums)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_from_counts_equals_from_labels(seed):
+    Y = _random_labels(seed)
+    classes = [f"c{i}" for i in range(Y.shape[1])]
+    counts, nums = _independent_counts(Y)
+    for scheme in SCHEMES:
+        for conv in CONVENTIONS:
+            a = LabelGraph.from_counts(counts, nums, classes=np.array(classes), scheme=scheme,
+                                       convention=conv, split="train")
+            b = LabelGraph.from_labels(torch.from_numpy(Y), classes=classes, scheme=scheme,
+                                       convention=conv, split="train")
+            assert torch.equal(a.edge_index, b.edge_index)
+            assert torch.equal(a.edge_weight, b.edge_weight)
+            assert a.counts.tolist() == b.counts.tolist() == counts.tolist()
+            assert a.nums.tolist() == b.nums.tolist() == nums.tolist()
+            assert a.classes == b.classes == classes
+    # the structure the generator plants is found: 3 -> 2 always, 1 -> 0 often
+    cp = LabelGraph.from_counts(counts, nums).conditional_probability()
+    assert cp[3, 2] == 1.0 and cp[0, 1] > 0.6
 
 
 def test_paper_reweighted_rows_sum_to_one_and_self_weight_is_1_minus_p():
@@ -581,6 +620,102 @@ def test_from_dataset_uses_labels_classes_split():
 
 
 # ----------------------------------------------------------------------------- COCO / VOC files
+# Y_HAND's labels [person, dog, frisbee, zebra] as a COCO instances file: category ids
+# not contiguous and not in name order, a label annotated twice in one image, a crowd
+# annotation, an image without annotations.
+_COCO_IDS = {"person": 1, "dog": 18, "zebra": 24, "frisbee": 34}
+_HAND_NAMES = ["person", "dog", "frisbee", "zebra"]
+# by name (ML-GCN's order): dog, frisbee, person, zebra; M and N counted by hand
+M_COCO = [
+    [0, 2, 2, 0],
+    [2, 0, 1, 0],
+    [2, 1, 0, 1],
+    [0, 0, 1, 0],
+]
+N_COCO = [3, 2, 4, 1]
+
+
+def _write_coco(path):
+    import json
+
+    images, anns = [], []
+    for r, row in enumerate(Y_HAND + [[0, 0, 0, 0]]):
+        images.append({"id": 100 + r, "file_name": f"{r}.jpg", "width": 64, "height": 48})
+        for name, y in zip(_HAND_NAMES, row):
+            if y:
+                anns.append({"image_id": 100 + r, "category_id": _COCO_IDS[name],
+                             "bbox": [1, 2, 10, 10], "iscrowd": int(name == "frisbee" and r == 4)})
+    anns.append({"image_id": 100, "category_id": 1, "bbox": [5, 5, 3, 3], "iscrowd": 0})
+    for i, a in enumerate(anns):
+        a["id"] = i + 1
+    cats = [{"id": i, "name": n} for n, i in _COCO_IDS.items()]
+    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    return path
+
+
+def test_from_coco_hand_file(tmp_path):
+    pytest.importorskip("pycocotools")
+    ann = _write_coco(tmp_path / "instances_mini.json")
+    g = LabelGraph.from_coco(ann, tau=TAU, p=P_RW)
+    assert g.split == "mini" and g.classes == ["dog", "frisbee", "person", "zebra"]
+    assert g.counts.tolist() == M_COCO and g.nums.tolist() == N_COCO
+    # the same graph as the hand example with its columns in name order
+    perm = [_HAND_NAMES.index(c) for c in g.classes]
+    ref = LabelGraph.from_labels(np.array(Y_HAND)[:, perm], tau=TAU, p=P_RW)
+    assert torch.equal(g.propagation(), ref.propagation())
+    # the classes argument selects and orders columns
+    h = LabelGraph.from_coco(ann, classes=["zebra", "person"], split="mine")
+    assert h.classes == ["zebra", "person"] and h.split == "mine"
+    assert h.nums.tolist() == [1, 4] and h.counts.tolist() == [[0, 1], [1, 0]]
+
+
+# Three labels in VOC format. Objects per image ("!" = difficult):
+#   a: WBC, RBC, RBC, Platelets!   b: RBC, Platelets   c: WBC!, RBC   d: WBC, Platelets,
+#   Platelets!   z (not in trainval): WBC, RBC, Platelets
+_VOC_OBJECTS = {
+    "a": [("WBC", 0), ("RBC", 0), ("RBC", 0), ("Platelets", 1)],
+    "b": [("RBC", 0), ("Platelets", 0)],
+    "c": [("WBC", 1), ("RBC", 0)],
+    "d": [("WBC", 0), ("Platelets", 0), ("Platelets", 1)],
+    "z": [("WBC", 0), ("RBC", 0), ("Platelets", 0)],
+}
+# positives only: a = {WBC, RBC}, b = {RBC, Platelets}, c = {RBC}, d = {WBC, Platelets}
+M_VOC, N_VOC = [[0, 1, 1], [1, 0, 1], [1, 1, 0]], [2, 3, 2]
+# difficult counted as present: a = all three, c = {WBC, RBC}
+M_VOC_DIFF, N_VOC_DIFF = [[0, 2, 2], [2, 0, 2], [2, 2, 0]], [3, 3, 3]
+
+
+def _write_voc(root):
+    (root / "ImageSets" / "Main").mkdir(parents=True)
+    (root / "Annotations").mkdir()
+    (root / "ImageSets" / "Main" / "trainval.txt").write_text("a\nb\nc\nd\n")
+    (root / "ImageSets" / "Main" / "test.txt").write_text("z\n")
+    for i, objs in _VOC_OBJECTS.items():
+        body = "".join(f"<object><name>{n}</name><difficult>{d}</difficult><bndbox><xmin>1"
+                       "</xmin><ymin>1</ymin><xmax>5</xmax><ymax>5</ymax></bndbox></object>"
+                       for n, d in objs)
+        (root / "Annotations" / f"{i}.xml").write_text(
+            f"<annotation><size><width>8</width><height>8</height></size>{body}</annotation>")
+    return root
+
+
+def test_from_voc_hand_folder_counts_positives_only(tmp_path):
+    from pyg_mlic.data.voc import voc_labels
+
+    root = _write_voc(tmp_path / "voc")
+    g = LabelGraph.from_voc(root, split="trainval", classes=["WBC", "RBC", "Platelets"])
+    assert g.split == "trainval" and g.classes == ["WBC", "RBC", "Platelets"]
+    assert g.counts.tolist() == M_VOC and g.nums.tolist() == N_VOC
+    # counting difficult as present gives other statistics: the choice matters
+    _, Y, _ = voc_labels(root, "trainval", classes=["WBC", "RBC", "Platelets"])
+    assert set(np.unique(Y).tolist()) == {-1, 0, 1}
+    counts, nums = cooccurrence(Y >= 0)
+    assert counts.tolist() == M_VOC_DIFF and nums.tolist() == N_VOC_DIFF
+    assert LabelGraph.from_voc(root, split="test", classes="infer").nums.tolist() == [1, 1, 1]
+
+
+# ----------------------------------------------------------------------------- real files
+# The same readers on the real coco8 / BCCD files, checked against independent parsers.
 
 def test_from_coco_on_coco8(data_dir):
     pytest.importorskip("pyg_mlic.data.coco", reason="pyg_mlic.data.coco not written yet")
