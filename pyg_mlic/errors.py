@@ -47,11 +47,11 @@ class OptionError(ValueError):
 
 def unknown_option_message(owner: str, key: str, valid, kind: str = "option") -> str:
     """``"ml_gcn got an unknown option 'tua'; did you mean 'tau'? valid: ..."``."""
-    import difflib
+    from pyg_mlic.utils.registry import closest
 
     valid = sorted(map(str, valid))
-    near = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.6)
-    hint = f"; did you mean {near[0]!r}?" if near else ""
+    near = closest(str(key), valid)
+    hint = f"; did you mean {near!r}?" if near else ""
     return f"{owner} got an unknown {kind} {str(key)!r}{hint} (valid: {', '.join(valid)})"
 
 

@@ -89,7 +89,7 @@ def extract_features(dataset: MultiLabelDataset, encoder: nn.Module, batch_size:
             is not ``[B, D]``.
         DatasetError: the encoder produced non-finite features (naming the image).
     """
-    from pyg_mlic.engine.trainer import _to_device, make_loader
+    from pyg_mlic.data.loader import make_loader, to_device
 
     if getattr(dataset, "input_kind", "image") != "image":
         raise ValueError(f"extract_features: {type(dataset).__name__} holds precomputed "
@@ -114,7 +114,7 @@ def extract_features(dataset: MultiLabelDataset, encoder: nn.Module, batch_size:
     chunks, start = [], 0
     try:
         for batch in it:
-            batch = _to_device(batch, dev)
+            batch = to_device(batch, dev)
             x = encoder(batch["image"])
             if x.dim() != 2 or x.size(0) != batch["image"].size(0):
                 raise ValueError(f"extract_features: the encoder must return [B, D] features, "

@@ -146,7 +146,7 @@ def label_feature_means(encoder: nn.Module, dataset, *, batch_size: int = 32,
         (str or None), ``cache_hit`` (bool).
     """
     from pyg_mlic.data.base import SubsetDataset
-    from pyg_mlic.engine.trainer import _to_device, make_loader
+    from pyg_mlic.data.loader import make_loader, to_device
 
     if batch_size < 1 or checkpoint_every < 1:
         raise ValueError("batch_size and checkpoint_every must be >= 1")
@@ -210,7 +210,7 @@ def label_feature_means(encoder: nn.Module, dataset, *, batch_size: int = 32,
     done_batches = 0
     try:
         for batch in it:
-            batch = _to_device(batch, device)
+            batch = to_device(batch, device)
             f = _image_features(encoder, batch, use_fmap).double().cpu()
             if not torch.isfinite(f).all():
                 raise ValueError("image-feature embeddings: the encoder produced non-finite "

@@ -47,14 +47,14 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
-from torch.utils.data import Dataset, DistributedSampler
+from pyg_mlic.data.loader import DistributedEpochSampler  # noqa: F401  (re-exported)
 
 __all__ = ["DistInfo", "init_distributed", "current", "destroy", "barrier", "under_launcher",
            "DistributedEpochSampler", "all_gather_rows", "gather_predictions", "all_reduce_sum",
@@ -161,48 +161,6 @@ def _comm_device() -> torch.device:
 
 
 # --------------------------------------------------------------------------- sampler
-class DistributedEpochSampler(DistributedSampler):
-    r"""A :class:`~torch.utils.data.DistributedSampler` with the engine's epoch permutation.
-
-    Epoch :math:`e` shuffles with ``torch.randperm(N)`` seeded from ``(seed, e)``
-    exactly as :class:`~pyg_mlic.engine.trainer.EpochShuffleSampler` (so the run is
-    reproducible and comparable to one process); the permutation is padded to a
-    multiple of ``num_replicas`` by repeating its first entries (as
-    :class:`~torch.utils.data.DistributedSampler` does) and rank :math:`r` takes
-    positions :math:`r, r + W, \dots`. Call :meth:`set_epoch` every epoch.
-
-    Args:
-        dataset: the dataset (only its length is used).
-        num_replicas (int): world size :math:`W`.
-        rank (int): this process's rank.
-        shuffle (bool): shuffle (training) or keep dataset order (evaluation).
-        seed (int): the run's seed.
-    """
-
-    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, shuffle: bool = True,
-                 seed: int = 0) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle,
-                         seed=seed, drop_last=False)
-
-    def global_order(self) -> List[int]:
-        """The padded permutation of every rank together (length ``total_size``)."""
-        n = len(self.dataset)
-        if self.shuffle:
-            from pyg_mlic.engine.trainer import _epoch_seed
-
-            g = torch.Generator().manual_seed(_epoch_seed(self.seed, self.epoch))
-            order = torch.randperm(n, generator=g).tolist()
-        else:
-            order = list(range(n))
-        pad = self.total_size - n
-        if pad > 0:
-            order += (order * math.ceil(pad / n))[:pad]
-        return order
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.global_order()[self.rank:self.total_size:self.num_replicas])
-
-
 # --------------------------------------------------------------------------- collectives
 def _as_bytes(t: torch.Tensor) -> torch.Tensor:
     """The raw bytes of ``t`` as a flat ``uint8`` tensor (any dtype, any rank, 0-d too).
@@ -493,8 +451,9 @@ class DistributedBatchNorm(_BatchNorm):
     r"""BatchNorm whose training statistics are those of the global batch, on any backend.
 
     A drop-in replacement for :class:`torch.nn.SyncBatchNorm` that also runs on the CPU
-    with ``gloo`` (PyTorch's own — checked in 2.11 and 2.14 — accepts only accelerator
-    inputs, computes its statistics with the CUDA-only ``torch.batch_norm_stats``, and
+    with ``gloo`` (PyTorch's own — run in 2.14, and the same in earlier releases' sources —
+    accepts only accelerator inputs, computes its statistics with the CUDA-only
+    ``torch.batch_norm_stats``, and
     :class:`~torch.nn.parallel.DistributedDataParallel` refuses a CPU module that holds
     one). In training mode inside a process group of :math:`W > 1` ranks it normalises
     with the mean and biased variance over all ranks' samples,

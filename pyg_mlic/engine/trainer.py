@@ -20,7 +20,6 @@ dataset of the :mod:`pyg_mlic.data` protocol:
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -30,9 +29,11 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
-from pyg_mlic.data.base import collate
+from pyg_mlic.data.loader import EpochShuffleSampler, make_loader  # noqa: F401  (re-exported)
+from pyg_mlic.data.loader import epoch_seed as _epoch_seed
+from pyg_mlic.data.loader import to_device as _to_device
 from pyg_mlic.engine.checkpoint import load_checkpoint, save_checkpoint
 from pyg_mlic.engine.config import TrainConfig
 from pyg_mlic.errors import CheckpointError, check_same_classes
@@ -51,10 +52,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
-    return (int(seed) * 1_000_003 + int(epoch) * 7919) % (2**31 - 1)
-
-
 #: training settings that must not change when a run is resumed (they would make the
 #: continued run differ from an uninterrupted one); epochs, device, workers, progress may.
 _RESUME_MUST_MATCH = ("batch_size", "optimizer", "lr", "backbone_lr", "momentum", "weight_decay",
@@ -66,68 +63,8 @@ _RESUME_MUST_MATCH = ("batch_size", "optimizer", "lr", "backbone_lr", "momentum"
 _STEP_SLEEP_ENV = "PYG_MLIC_STEP_SLEEP"
 
 
-def _worker_init(worker_id: int) -> None:
-    s = torch.initial_seed() % (2**32)
-    random.seed(s)
-    np.random.seed(s)
-
-
-class EpochShuffleSampler(Sampler[int]):
-    """Shuffles with a permutation that depends only on ``(seed, epoch)``."""
-
-    def __init__(self, n: int, seed: int = 0):
-        self.n, self.seed, self.epoch = n, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(_epoch_seed(self.seed, self.epoch))
-        return iter(torch.randperm(self.n, generator=g).tolist())
-
-    def __len__(self) -> int:
-        return self.n
-
-
 # write_json(path, obj): JSON written atomically, numpy values / tensors / paths converted
 from pyg_mlic.utils.io import atomic_write_json as write_json  # noqa: E402
-
-
-def make_loader(dataset: Dataset, batch_size: int, *, train: bool, seed: int = 0,
-                num_workers: int = 0, world_size: int = 1, rank: int = 0) -> DataLoader:
-    """DataLoader with the pyg_mlic collate and, for training, a seeded epoch sampler.
-
-    With ``world_size > 1`` the sampler is a
-    :class:`~pyg_mlic.engine.distributed.DistributedEpochSampler` (shuffled for
-    training, in dataset order for evaluation) and ``batch_size`` is the *per-rank*
-    batch.
-    """
-    if world_size > 1:
-        from pyg_mlic.engine.distributed import DistributedEpochSampler
-
-        sampler = DistributedEpochSampler(dataset, world_size, rank, shuffle=train, seed=seed)
-    else:
-        sampler = EpochShuffleSampler(len(dataset), seed) if train else None
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False,
-                      num_workers=num_workers, collate_fn=collate, drop_last=False,
-                      worker_init_fn=_worker_init if num_workers else None,
-                      persistent_workers=False)
-
-
-def _to_device(batch: Dict[str, Any], device: torch.device) -> Dict[str, Any]:
-    """Check the batch's inputs on the host (no device synchronisation), then move it."""
-    from pyg_mlic.data.base import check_batch_finite
-
-    check_batch_finite(batch)
-    out = {}
-    for k, v in batch.items():
-        if isinstance(v, torch.Tensor):
-            out[k] = v.to(device, non_blocking=True)
-        elif isinstance(v, list) and v and isinstance(v[0], torch.Tensor):
-            out[k] = [t.to(device) for t in v]
-        else:
-            out[k] = v
-    return out
 
 
 @torch.no_grad()
@@ -199,6 +136,19 @@ def predict_dataset(model, dataset: Dataset, *, batch_size: int = 64, device=Non
                          num_workers=num_workers, world_size=info.world_size, rank=info.rank)
     p = predict(model, loader, device=device, progress=progress and info.is_main)
     return D.gather_predictions(p, list(loader.sampler), len(dataset))
+
+
+class _TrainStep(torch.nn.Module):
+    """``batch -> (loss, parts)``: a model's forward and loss as one module (what DDP wraps,
+    so that only the loss is an output of the wrapped module)."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: Dict[str, Any]):
+        out = self.model(batch)
+        return self.model.loss(out, batch)
 
 
 class Trainer:
@@ -337,7 +287,10 @@ class Trainer:
         self.optimizer, self.scheduler = self._build_optim()
         if resume:
             self._resume()
-        self.train_model = self.model
+        # forward + loss in one module: under DDP only the loss leaves the wrapped module,
+        # so outputs the loss does not use (ModelOutput.extras) are not taken for outputs
+        # DDP must wait for gradients of
+        self.train_model = _TrainStep(self.model)
         if ws > 1:
             # the label statistics, embeddings and initial weights are computed on every
             # rank from the same files and seed: make sure they agree before training
@@ -359,7 +312,7 @@ class Trainer:
                 find_unused = D.all_reduce_sum({"n": float(len(unused))})["n"] > 0
             self.find_unused_parameters = bool(find_unused)
             self.train_model = DDP(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                _TrainStep(self.model), device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=bool(find_unused))
         t0 = time.time()
         for epoch in range(self.start_epoch, c.epochs):
@@ -369,6 +322,11 @@ class Trainer:
             loader.sampler.set_epoch(epoch)
             record = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]}
             record.update(self._train_epoch(loader, epoch))
+            if ws > 1 and not c.sync_bn:
+                # DDP copies rank 0's buffers (BatchNorm statistics) at the start of each
+                # forward only: after the last step of the epoch they differ between ranks,
+                # so evaluation and the checkpoint would use rank-specific statistics
+                D.broadcast_state(self.model, buffers_only=True)
             self.scheduler.step()
             if self.val_set is not None and ((epoch + 1) % c.eval_every == 0
                                              or epoch + 1 == c.epochs):
@@ -407,8 +365,7 @@ class Trainer:
             batch = _to_device(next(iter(loader)), self.device)
             self.model.train()
             self.optimizer.zero_grad(set_to_none=True)
-            out = self.model(batch)
-            loss, _ = self.model.loss(out, batch)
+            loss, _ = _TrainStep(self.model)(batch)
             loss.backward()
             return [n for n, p in self.model.named_parameters()
                     if p.requires_grad and p.grad is None]
@@ -426,7 +383,7 @@ class Trainer:
         from pyg_mlic.engine import distributed as D
 
         c = self.config
-        model = getattr(self, "train_model", self.model)
+        model = getattr(self, "train_model", None) or _TrainStep(self.model)
         self.model.train()
         sums: Dict[str, float] = {}
         n = 0
@@ -438,7 +395,7 @@ class Trainer:
         for step, batch in enumerate(it):
             batch = _to_device(batch, self.device)
             try:
-                out = model(batch)
+                loss, parts = model(batch)
             except RuntimeError as e:
                 if "find_unused_parameters" in str(e):
                     raise RuntimeError(
@@ -447,7 +404,6 @@ class Trainer:
                         f"True) or set the model attribute ddp_find_unused_parameters = True. "
                         f"DDP said: {str(e)[:400]}") from e
                 raise
-            loss, parts = self.model.loss(out, batch)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()  # DDP averages the gradients over the ranks here
             # the divergence guard: one host-device synchronisation per step, for the loss

@@ -18,7 +18,6 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -97,18 +96,27 @@ class MultiLabelModel(nn.Module):
 
         @functools.wraps(init)
         def __init__(self, *args: Any, **kw: Any) -> None:
+            # every level of a super().__init__ chain binds its own arguments (so defaults
+            # of a parent reached through **kwargs are recorded too); the outermost level's
+            # values win and it writes build_kwargs
             outermost = "_resolved_arguments" not in self.__dict__
-            if outermost:  # subclasses calling super().__init__ record nothing themselves
+            if outermost:
                 self.__dict__["_resolved_arguments"] = {}
+                self.__dict__["_bound_arguments"] = {}
             try:
                 init(self, *args, **kw)
+                self.__dict__["_bound_arguments"].update(_bound_arguments(sig, self, args, kw))
                 if outermost:
-                    self.build_kwargs = _recorded_arguments(
-                        sig, self, args, kw, type(self).unsaved_arguments,
-                        self.__dict__["_resolved_arguments"])
+                    unsaved = type(self).unsaved_arguments
+                    recorded = {k: _plain_argument(v) for k, v in
+                                self.__dict__["_bound_arguments"].items() if k not in unsaved}
+                    recorded["classes"] = list(self.classes)
+                    recorded.update(self.__dict__["_resolved_arguments"])
+                    self.build_kwargs = recorded
             finally:
                 if outermost:
                     del self.__dict__["_resolved_arguments"]
+                    del self.__dict__["_bound_arguments"]
 
         __init__._records_arguments = True  # type: ignore[attr-defined]
         cls.__init__ = __init__  # type: ignore[method-assign]
@@ -190,11 +198,9 @@ def _plain_argument(value: Any) -> Any:
     return value
 
 
-def _recorded_arguments(sig: inspect.Signature, model: "MultiLabelModel", args: tuple,
-                        kwargs: Dict[str, Any], unsaved: Sequence[str],
-                        resolved: Dict[str, Any]) -> Dict[str, Any]:
-    """``build_kwargs`` of a model: its bound constructor arguments (defaults filled in,
-    ``**kwargs`` flattened) less ``unsaved``, then ``resolved`` over them."""
+def _bound_arguments(sig: inspect.Signature, model: "MultiLabelModel", args: tuple,
+                     kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """One constructor's arguments as called: defaults filled in, ``**kwargs`` flattened."""
     bound = sig.bind(model, *args, **kwargs)
     bound.apply_defaults()
     out: Dict[str, Any] = {}
@@ -206,9 +212,6 @@ def _recorded_arguments(sig: inspect.Signature, model: "MultiLabelModel", args: 
             out.update(value)
         else:
             out[name] = value
-    out = {k: _plain_argument(v) for k, v in out.items() if k not in unsaved}
-    out["classes"] = list(model.classes)
-    out.update(resolved)
     return out
 
 

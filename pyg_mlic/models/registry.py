@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List
 
-_REGISTRY: Dict[str, Callable] = {}
+from pyg_mlic.utils.registry import Registry
+
+_REGISTRY: Registry[Callable] = Registry("model")
 
 #: keyword arguments that come from the data (see
 #: :func:`pyg_mlic.engine.context.model_context`), not from the user's model options
@@ -19,9 +21,7 @@ def register_model(name: str) -> Callable:
     checkpoint like one built with :func:`build_model`."""
 
     def deco(fn: Callable) -> Callable:
-        if name in _REGISTRY and _REGISTRY[name] is not fn:
-            raise ValueError(f"model {name!r} is already registered")
-        _REGISTRY[name] = fn
+        _REGISTRY.register(name, fn)
         if isinstance(fn, type):
             fn.model_name = name
         return fn
@@ -31,7 +31,7 @@ def register_model(name: str) -> Callable:
 
 def list_models() -> List[str]:
     """Names of all registered models, in registration order."""
-    return list(_REGISTRY)
+    return _REGISTRY.names(sort=False)
 
 
 #: built-in models registered by a module of another name (``pyg_mlic/models/<module>.py``)
@@ -46,9 +46,7 @@ def get_model_class(name: str) -> Callable:
         module = _BUILTIN_HOMES.get(name, name)
         if importlib.util.find_spec(f"pyg_mlic.models.{module}") is not None:
             importlib.import_module(f"pyg_mlic.models.{module}")
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; registered models: {list_models()}")
-    return _REGISTRY[name]
+    return _REGISTRY.get(name)
 
 
 def count_parameters(model) -> Dict[str, int]:
@@ -126,27 +124,29 @@ def build_model(name: str, **cfg):
 
 
 # ---------------------------------------------------------------- demo rows
-_DEMO_ROWS: Dict[str, tuple] = {}
+_DEMO_ROWS: Registry[tuple] = Registry("demo row")
 
 
 def register_demo_row(label: str, model: str, **cfg) -> None:
     """Add a row to ``pyg-mlic demo``'s table: ``label`` = model ``model`` built with ``cfg``."""
-    _DEMO_ROWS[label] = (model, dict(cfg))
+    _DEMO_ROWS.register(label, (model, dict(cfg)), replace=True)
 
 
 def demo_rows() -> Dict[str, tuple]:
     """``{row label: (model name, options)}`` in registration order."""
-    return dict(_DEMO_ROWS)
+    return dict(_DEMO_ROWS.items())
 
 
-_ABLATIONS: Dict[str, Dict[str, tuple]] = {}
+_ABLATIONS: Registry[Dict[str, tuple]] = Registry("ablation table")
 
 
 def register_ablation(table: str, label: str, model: str, **cfg) -> None:
     """Add row ``label`` (model ``model`` with options ``cfg``) to the demo's ablation
     table ``table`` (e.g. ``"A-GCN variants (Table 1)"``); run with
     ``pyg-mlic demo --ablations``."""
-    _ABLATIONS.setdefault(table, {})[label] = (model, dict(cfg))
+    if table not in _ABLATIONS:
+        _ABLATIONS.register(table, {})
+    _ABLATIONS.get(table)[label] = (model, dict(cfg))
 
 
 def ablation_tables() -> Dict[str, Dict[str, tuple]]:

@@ -20,10 +20,17 @@ import difflib
 from typing import (Any, Callable, Dict, Generic, Iterator, List, Optional, Sequence, Tuple,
                     TypeVar, overload)
 
-__all__ = ["Registry"]
+__all__ = ["Registry", "closest"]
 
 T = TypeVar("T")
 _MISSING: Any = object()
+
+
+def closest(name: str, valid: Sequence[str]) -> Optional[str]:
+    """The entry of ``valid`` closest to ``name`` (``difflib``), or ``None``: the "did you
+    mean" of every unknown-name error (registries, model and training options)."""
+    close = difflib.get_close_matches(str(name), [str(v) for v in valid], n=1)
+    return close[0] if close else None
 
 
 def _describe(obj: Any) -> str:
@@ -136,10 +143,9 @@ class Registry(Generic[T]):
                 probe = self.key(name)
             except Exception:  # a normalize that rejects the name: suggest from the raw one
                 probe = name
-            close = difflib.get_close_matches(probe, valid, n=1) or \
-                difflib.get_close_matches(name, valid, n=1)
+            close = closest(probe, valid) or closest(name, valid)
             if close:
-                msg += f"; did you mean {close[0]!r}?"
+                msg += f"; did you mean {close!r}?"
         return ValueError(msg)
 
     def names(self, sort: bool = True) -> List[str]:

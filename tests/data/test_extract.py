@@ -78,7 +78,7 @@ def test_cli_extract_features_unknown_class_names_the_file(data_dir, tmp_path):
     from pyg_mlic.errors import DatasetError
 
     with pytest.raises(DatasetError, match="unknown class name"):
-        main(["extract-features", "--dataset", "voc2007", "--root",
+        main(["--debug", "extract-features", "--dataset", "voc2007", "--root",
               str(data_dir / "images" / "bccd"), "--split", "val", "--classes", "WBC,RBC",
               "--backbone", "small_cnn", "--out", str(tmp_path / "x.npz"), "--no-progress"])
     assert not (tmp_path / "x.npz").exists()
