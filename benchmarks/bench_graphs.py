@@ -20,14 +20,13 @@ depends on the CPU's int8 instructions (VNNI / AMX where present).
 Times are medians over interleaved repeats after a warm-up; the goal is
 ``from_labels / floor <= 1.5``.
 
-Run: ``python benchmarks/bench_graphs.py [--quick] [--repeats N]``. Data location:
+Run: ``python benchmarks/bench_graphs.py [--quick] [--repeats N] [--json [FILE]]``
+(``--json`` alone prints the JSON, with its ``ratios`` block, instead of the table). Data location:
 ``$PYG_MLIC_DATA`` or ``../shared/data`` relative to the project root.
 """
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import time
@@ -42,13 +41,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import pyg_mlic.graphs.label_graph as lg  # noqa: E402
+from benchmarks._common import data_dir, format_ratios, ratio, write_results  # noqa: E402
 from pyg_mlic.graphs import LabelGraph, cooccurrence  # noqa: E402
 
 GOAL = 1.5
-
-
-def data_dir() -> Path:
-    return Path(os.environ.get("PYG_MLIC_DATA", ROOT.parent / "shared" / "data"))
+FLOOR = "floor: float32 Y^T Y on float32 Y"
 
 
 def load_coco_train() -> np.ndarray:
@@ -129,16 +126,38 @@ def run(quick: bool = False, repeats: Optional[int] = None) -> Dict[str, object]
     }
 
 
+def ratios(res: Dict[str, object]) -> Dict[str, Dict[str, object]]:
+    """The ``ratios`` block: every ratio :func:`main` prints, each against the floor
+    timed in the same run (values as in ``res``)."""
+    tr = "x the baseline's time (lower is better)"
+    cand = {"cooccurrence": "cooccurrence(Y uint8)",
+            "from_labels": "LabelGraph.from_labels(Y uint8)",
+            "cooccurrence_float_path": "cooccurrence(Y uint8), float32 path (no int8)"}
+    out = {f"ratio_{k}_vs_floor": ratio(res[f"ratio_{k}_vs_floor"], FLOOR, v, tr)
+           for k, v in cand.items()}
+    out["paired_ratio_median.from_labels"] = ratio(
+        res["paired_ratio_median"]["from_labels_u8"], FLOOR, cand["from_labels"],
+        tr + ", median of the per-repeat ratios")
+    out["ratio_of_minima.from_labels"] = ratio(
+        res["ratio_of_minima"]["from_labels_u8"], FLOOR, cand["from_labels"],
+        tr + ", fastest repeat of each")
+    return out
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer repeats")
     ap.add_argument("--repeats", type=int, default=None)
-    ap.add_argument("--json", action="store_true", help="print the result dict as JSON")
+    ap.add_argument("--json", nargs="?", const="-", metavar="FILE",
+                    help="write the results (with their ratios block) to FILE; "
+                         "without FILE print them as JSON instead of the table")
     args = ap.parse_args(argv)
     res = run(quick=args.quick, repeats=args.repeats)
-    if args.json:
-        print(json.dumps(res, indent=2))
+    if args.json == "-":
+        write_results(res, ratios(res), "-")
         return 0
+    if args.json:
+        write_results(res, ratios(res), args.json)
     med = res["median_s"]
     print(f"COCO train2014 labels {res['shape'][0]} x {res['shape'][1]}, "
           f"{res['repeats']} repeats, {res['torch_threads']} torch threads (median ms)")
@@ -153,6 +172,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     paired = res["paired_ratio_median"]["from_labels_u8"]
     print(f"  (same runs: median of paired ratios {paired:.2f},"
           f" ratio of minima {res['ratio_of_minima']['from_labels_u8']:.2f})")
+    print("ratios (same run):\n" + format_ratios(ratios(res)))
     return 0
 
 

@@ -25,13 +25,16 @@ the detectors to a 448-pixel side (the papers' input size):
    one-off build, the start-up check of a complete cache (sizes + CRC-32), the epoch
    times and their ratio, and after how many epochs the cache has paid for itself.
 
-Run: ``python benchmarks/bench_regions.py [--quick] [--json]``. Data location:
+Every speed or memory figure printed is a ratio to the torchvision RPN backend (or, for
+the cache, to the uncached epoch) measured in the same run; the JSON (``--json FILE``, or
+``--json`` alone to print it) carries them in its top-level ``ratios`` block.
+
+Run: ``python benchmarks/bench_regions.py [--quick] [--json [FILE]]``. Data location:
 ``$PYG_MLIC_DATA`` or ``../shared/data`` relative to the project root.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import resource
 import statistics
@@ -45,7 +48,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import data_dir, machine  # noqa: E402
+from benchmarks._common import (data_dir, format_ratios, machine, memory_ratio,  # noqa: E402
+                                speedup, time_ratio, write_results)
 
 SIZE = 448
 K = 40
@@ -215,34 +219,60 @@ def run(quick: bool = False) -> Dict[str, Any]:
                 spec = dict(spec, kwargs=dict(spec["kwargs"], path=str(pre)))
             results.append(_in_fresh_process(spec, n_images, repeats))
     ref = results[0]["per_image_s_median"]
+    ref_mem = results[0]["peak_rss_mb"]
     for r in results:
         r["ratio_vs_torchvision_rpn"] = r["per_image_s_median"] / ref
+        r["peak_rss_ratio_vs_torchvision_rpn"] = r["peak_rss_mb"] / ref_mem
     return {"benchmark": "regions_coco8", "image_side": SIZE, "max_instances": K,
             "images": n_images, "repeats": repeats, "machine": machine(),
             "backends": results, "skipped": skipped,
             "epoch": _epoch_costs(n_images, nocache_epochs=1 if quick else 2)}
 
 
+def ratios(res: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+    """The ``ratios`` block: each backend's time per image and peak memory against the
+    torchvision RPN backend, and the cached epoch against the uncached one."""
+    b = res["backends"]
+    ref = b[0]
+    out: Dict[str, Dict[str, Any]] = {}
+    for r in b[1:]:
+        out[f"time per image: {r['name']}"] = time_ratio(
+            r["per_image_s_median"], ref["per_image_s_median"], ref["name"], r["name"])
+        out[f"peak RSS: {r['name']}"] = memory_ratio(r["peak_rss_mb"], ref["peak_rss_mb"],
+                                                     ref["name"], r["name"])
+    e = res["epoch"]
+    out["epoch.speedup_cache"] = speedup(
+        e["epoch_nocache_s"], e["epoch_cache_s"], "epoch without the ROI cache (extracting)",
+        "epoch with the ROI cache (memory-mapped)")
+    return out
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="2 images, 1 repeat")
-    ap.add_argument("--json", action="store_true", help="print the result dict as JSON")
+    ap.add_argument("--json", nargs="?", const="-", metavar="FILE",
+                    help="write the results (with their ratios block) to FILE; "
+                         "without FILE print them as JSON instead of the table")
     args = ap.parse_args(argv)
     res = run(quick=args.quick)
-    if args.json:
-        print(json.dumps(res, indent=2))
+    if args.json == "-":
+        write_results(res, ratios(res), "-")
         return 0
+    if args.json:
+        write_results(res, ratios(res), args.json)
     m = res["machine"]
     print(f"regions on coco8 at {res['image_side']} px, K = {res['max_instances']}, "
           f"{res['images']} images x {res['repeats']} repeats, {m['torch_threads']} torch "
           f"threads (CPU)")
     print(f"  {'backend':36s} {'D':>5s} {'s/image':>8s} {'ratio':>6s} {'regions':>8s} "
-          f"{'RSS import':>10s} {'peak RSS':>9s} {'peak - import':>13s}")
+          f"{'RSS import':>10s} {'peak RSS':>9s} {'ratio':>6s} {'peak - import':>13s}")
     for r in res["backends"]:
         print(f"  {r['name']:36s} {r['feature_dim']:5d} {r['per_image_s_median']:8.3f} "
               f"{r['ratio_vs_torchvision_rpn']:6.2f} {r['mean_regions']:8.1f} "
               f"{r['rss_after_import_mb']:8.0f}MB {r['peak_rss_mb']:7.0f}MB "
+              f"{r['peak_rss_ratio_vs_torchvision_rpn']:6.2f} "
               f"{r['peak_rss_mb'] - r['rss_after_import_mb']:11.0f}MB")
+    print("  (ratios: time per image and peak RSS over the first row's, same run)")
     for name, why in res["skipped"].items():
         print(f"  {name:36s} skipped: {why}")
     e = res["epoch"]
@@ -252,6 +282,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"  cache build {e['build_s']:.2f} s (pays off after {e['break_even_epochs']:.2f} "
           f"epochs), start-up check of a complete cache {1e3 * e['startup_check_s']:.1f} ms, "
           f"cached == fresh: {e['cache_equals_fresh']}")
+    print("ratios (same run):\n" + format_ratios(ratios(res)))
     return 0
 
 

@@ -4,7 +4,7 @@
 Sections (``--only NAME ...`` selects some of them):
 
 * speed benchmarks, each a script of this folder run in its own process with
-  ``--quick`` (in quick mode) and its JSON output option:
+  ``--quick`` (in quick mode) and ``--json FILE``:
   ``graphs`` (bench_graphs.py), ``metrics`` (bench_metrics.py), ``heads``
   (bench_heads.py: ML-GCN, IA-GCN and GM-MLIC heads, the last from bench_gm_mlic.py),
   ``regions`` (bench_regions.py), ``compare_features`` (compare_features.py: BCCD
@@ -17,13 +17,24 @@ Sections (``--only NAME ...`` selects some of them):
   BCCD blood-cell images, VOC format: train / val / test splits) and ``coco8`` (8 real
   COCO images: 4 train / 4 test, a smoke test of the image path on real photographs).
 
-Every figure is reported as a ratio against a reference measured in the same run: the
-speed benchmarks' own ``ratio_*`` figures (each script times its baseline beside the code
-under test), and for the accuracy tables each row's mAP over the baseline row's mAP.
-A section or a row that fails is recorded with its error; the run goes on.
+The harness contract (see ``benchmarks/_common.py``):
+
+* every script writes one JSON with a top-level ``ratios`` block, ``name -> {"value",
+  "baseline", "candidate", "meaning"}``: every speed or memory figure is a ratio of two
+  things measured in the same run; the report shows exactly that block. A script that
+  exits non-zero, writes no JSON or no valid ``ratios`` block is a failed section. The
+  accuracy tables report each row's mAP over the baseline row's mAP.
+* A section or a row that fails is recorded with its error and marked FAILED in the
+  report; the run goes on, and ``run_all.py`` exits with status 1 at the end.
+* The report is generated only from a clean commit: when ``git status --porcelain`` shows
+  changes to tracked files (the report's own three files aside), nothing is written and
+  the run stops with a one-line error. ``--allow-dirty`` writes a scratch report to
+  another folder (``--out``), never to the committed ``benchmarks/RESULTS.*``. The report
+  is stamped with the commit and carries no path of the machine it ran on.
 
 Run: ``python benchmarks/run_all.py [--quick] [--only metrics synthetic ...] [--out DIR]``
 (``make bench`` runs the full set; expect well over an hour on 2 CPU cores).
+Exit status: 0 all sections ran, 1 a section failed or the report was refused.
 """
 from __future__ import annotations
 
@@ -47,9 +58,11 @@ ROOT = HERE.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import data_dir, machine  # noqa: E402
+from benchmarks._common import (check_ratios, data_dir, find_absolute_paths,  # noqa: E402
+                                machine, sanitize, sanitize_text, score_ratio)
 
-#: speed / protocol benchmarks: ``name -> script`` (run in a subprocess)
+#: speed / protocol benchmarks: ``name -> script`` (run in a subprocess; a path relative
+#: to this folder or absolute)
 SCRIPTS: Dict[str, str] = {
     "graphs": "bench_graphs.py",
     "metrics": "bench_metrics.py",
@@ -61,6 +74,8 @@ SCRIPTS: Dict[str, str] = {
 #: accuracy tables: every registered demo row on these datasets
 ACCURACY = ("synthetic", "bccd", "coco8")
 SECTIONS = tuple(SCRIPTS) + ACCURACY
+#: the report's files (written together into ``--out``)
+OUTPUTS = ("RESULTS.md", "RESULTS.rst", "results.json")
 BCCD_CLASSES = ["WBC", "RBC", "Platelets"]
 #: small settings of the real-image tables (small_cnn backbone trained from scratch)
 REAL_SETTINGS = {
@@ -72,57 +87,137 @@ REAL_SETTINGS = {
 SYNTHETIC_QUICK = dict(epochs=1, num_images=64, image_size=32)
 
 
-# ----------------------------------------------------------------------------- helpers
-def git_commit() -> str:
-    """``HEAD``'s hash, ``+dirty`` when the work tree has uncommitted changes."""
+def sections() -> Tuple[str, ...]:
+    """Every section name, scripts first (read at call time: :data:`SCRIPTS` can grow)."""
+    return tuple(SCRIPTS) + tuple(a for a in ACCURACY if a not in SCRIPTS)
+
+
+# ----------------------------------------------------------------------------- git
+def _git(*args: str, root: Path = ROOT) -> Optional[str]:
+    """``git ARGS`` in ``root``: its standard output, or None when git fails."""
     try:
-        h = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                           text=True, timeout=30).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=ROOT, capture_output=True, text=True, timeout=30).stdout
-        return (h or "unknown") + ("+dirty" if dirty.strip() else "")
+        p = subprocess.run(["git", *args], cwd=str(root), capture_output=True, text=True,
+                           timeout=60)
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return None
+    return p.stdout if p.returncode == 0 else None
 
 
+def worktree_state(root: Path = ROOT, ignore: Sequence[Path] = ()
+                   ) -> Tuple[Optional[str], Optional[List[str]]]:
+    """``(HEAD's hash, changed tracked files)`` of the git work tree at ``root``: the
+    ``git status --porcelain --untracked-files=no`` lines, leaving out the paths in
+    ``ignore`` (the report's own files). ``(None, None)`` outside a git work tree."""
+    head = _git("rev-parse", "HEAD", root=root)
+    top = _git("rev-parse", "--show-toplevel", root=root)
+    status = _git("status", "--porcelain", "--untracked-files=no", root=root)
+    if head is None or top is None or status is None:
+        return None, None
+    top_real = os.path.realpath(top.strip())
+    skip = {os.path.relpath(os.path.realpath(str(p)), top_real) for p in ignore}
+    changes = []
+    for line in status.splitlines():
+        if not line.strip():
+            continue
+        paths = [p.strip().strip('"') for p in line[3:].split(" -> ")]
+        if all(p in skip for p in paths):
+            continue
+        changes.append(line.rstrip())
+    return head.strip(), changes
+
+
+def _is_committed_report(out_dir: Path) -> bool:
+    """Whether ``out_dir`` is where the committed report lives (``benchmarks/``, or any
+    folder whose report files git tracks)."""
+    out = Path(out_dir).resolve()
+    if out == HERE.resolve():
+        return True
+    tracked = _git("ls-files", "--", *[str(out / f) for f in OUTPUTS])
+    return bool(tracked and tracked.strip())
+
+
+class ReportRefused(SystemExit):
+    """The report may not be written here (uncommitted changes; see :func:`report_guard`).
+    Exits with status 1 and its one-line message."""
+
+
+def report_guard(out_dir: Path, allow_dirty: bool = False) -> Dict[str, str]:
+    """Check that the report may be written to ``out_dir``; return its stamp
+    ``{"git_commit": hash, "worktree": "clean" | ...}``.
+
+    Raises :class:`ReportRefused` when the work tree has uncommitted changes to tracked
+    files (or is no git work tree) and ``allow_dirty`` is false, and whenever such a
+    report would go to the committed ``benchmarks/RESULTS.*``."""
+    out = Path(out_dir)
+    # the report's own files (here and at the committed place) are outputs, not inputs
+    head, changes = worktree_state(ignore=[d / f for d in (out, HERE) for f in OUTPUTS])
+    if head is not None and changes == []:
+        return {"git_commit": head, "worktree": "clean"}
+    if head is None:
+        why = "this is not a git work tree (no commit to stamp)"
+    else:
+        shown = ", ".join(c[3:] for c in changes[:4]) + (", ..." if len(changes) > 4 else "")
+        why = (f"the work tree has uncommitted changes to {len(changes)} tracked file(s) "
+               f"({shown})")
+    if not allow_dirty:
+        raise ReportRefused(f"run_all.py: refusing to write the report: {why}; the report is "
+                            "generated only from a clean commit (commit first, or pass "
+                            "--allow-dirty --out OTHER_DIR for a scratch report)")
+    if _is_committed_report(out):
+        raise ReportRefused(f"run_all.py: refusing to write the committed report "
+                            f"({sanitize_text(str(out))}/RESULTS.*): {why}, and --allow-dirty "
+                            "never writes it (pass --out OTHER_DIR)")
+    return {"git_commit": head or "unknown",
+            "worktree": "uncommitted changes (--allow-dirty: a scratch report, not for "
+                        "committing)"}
+
+
+def git_commit() -> str:
+    """``HEAD``'s hash (``unknown`` outside a git work tree). Never ``+dirty``: a report
+    is written only from a clean commit, see :func:`report_guard`."""
+    head, _ = worktree_state()
+    return head or "unknown"
+
+
+# ----------------------------------------------------------------------------- scripts
 def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _is_ratio_key(key: str) -> bool:
-    k = key.lower()
-    return ("ratio" in k or "_over_" in k or "speedup" in k) and not k.startswith("goal")
+#: keys whose values are settings, not checks (their booleans are options)
+_SETTING_KEYS = ("quick", "settings", "machine", "run_info", "features", "config", "cfg",
+                 "chosen", "selection_val")
 
 
-def collect_ratios(res: Any, prefix: str = "") -> Dict[str, Any]:
-    """Flatten ``res`` and keep the in-run ratios (keys containing ``ratio`` or
-    ``_over_``, e.g. ``pyg_over_dense``; not the goals) and the yes/no checks (booleans,
-    e.g. ``goal_met``) a benchmark reports. List items are labelled by their ``name``
-    (or ``C`` and ``D``) when they have one."""
-    out: Dict[str, Any] = {}
+def _is_setting_key(k: str) -> bool:
+    k = k.lower()
+    return k in _SETTING_KEYS or k.endswith(("_config", "_options", "_opts", "options"))
+
+
+def collect_checks(res: Any, prefix: str = "") -> Dict[str, bool]:
+    """The yes/no checks a benchmark reports (booleans in ``res``, e.g. ``goal_met``,
+    ``both_sort_paths_identical``), flattened to dotted keys; list items are labelled by
+    their ``name`` (or ``C`` and ``D``) when they have one. Not searched: the ``ratios``
+    block and settings (``settings``, ``*_config``, ``*_options``, ``quick`` ...)."""
+    out: Dict[str, bool] = {}
     if isinstance(res, dict):
         for k, v in res.items():
+            if (not prefix and k == "ratios") or _is_setting_key(str(k)):
+                continue
             key = f"{prefix}.{k}" if prefix else str(k)
             if isinstance(v, (dict, list)):
-                out.update(collect_ratios(v, key))
-            elif isinstance(v, bool) or (_is_ratio_key(str(k)) and _finite(v)):
+                out.update(collect_checks(v, key))
+            elif isinstance(v, bool):
                 out[key] = v
     elif isinstance(res, list) and len(res) <= 50:
         for i, v in enumerate(res):
             if isinstance(v, dict) and ("name" in v or "C" in v):
                 tag = v["name"] if "name" in v else ",".join(
                     f"{k}={v[k]}" for k in ("C", "D") if k in v)
-                out.update(collect_ratios(v, f"{prefix}[{tag}]"))
+                out.update(collect_checks(v, f"{prefix}[{tag}]"))
             elif isinstance(v, (dict, list)):
-                out.update(collect_ratios(v, f"{prefix}[{i}]"))
+                out.update(collect_checks(v, f"{prefix}[{i}]"))
     return out
-
-
-def _json_mode(script: Path) -> str:
-    """``"flag"`` when the script's ``--json`` prints the result dict to stdout,
-    ``"file"`` when it takes a path."""
-    src = script.read_text()
-    return "flag" if re.search(r"""["']--json["'][^)]*store_true""", src) else "file"
 
 
 def script_command(name: str, quick: bool, json_path: Path, work: Path) -> List[str]:
@@ -138,21 +233,19 @@ def script_command(name: str, quick: bool, json_path: Path, work: Path) -> List[
                 "--no-checkpoint", "--no-progress", "--out", str(work / "reproduce_mlgcn")]
     elif quick:
         cmd.append("--quick")
-    cmd += ["--json"] if _json_mode(script) == "flag" else ["--json", str(json_path)]
-    return cmd
+    return cmd + ["--json", str(json_path)]
 
 
-def _last_json_object(text: str) -> Any:
-    """The JSON document a ``--json`` flag printed (the last top-level ``{...}``)."""
-    start = text.find("\n{")
-    start = 0 if text.startswith("{") else (start + 1 if start >= 0 else -1)
-    if start < 0:
-        raise ValueError("no JSON object in the output")
-    return json.loads(text[start:])
+def _show(s: str, work: Optional[Path] = None) -> str:
+    """Text of a command or an error as the report shows it: no path of this machine
+    (the run's work folder reads ``$TMP``)."""
+    return sanitize_text(s, {str(work): "$TMP"} if work is not None else None)
 
 
 def run_script(name: str, quick: bool, work: Path, timeout: float) -> Dict[str, Any]:
-    """Run one benchmark script; return its record (command, status, result, ratios)."""
+    """Run one benchmark script; return its record (command, status, result, ratios,
+    checks). Status ``ok`` needs exit status 0, the JSON file and a valid ``ratios``
+    block; anything else is ``error`` (or ``absent``), each a failed section."""
     script = HERE / SCRIPTS[name]
     if not script.is_file():
         return {"status": "absent", "error": f"{script.name} not found"}
@@ -162,8 +255,7 @@ def run_script(name: str, quick: bool, work: Path, timeout: float) -> Dict[str, 
         [str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
         PYTHONWARNINGS="ignore")
     t0 = time.time()
-    shown = " ".join(_rel(c) for c in cmd).replace(str(work), "$TMP")
-    rec: Dict[str, Any] = {"command": shown}
+    rec: Dict[str, Any] = {"command": _show(" ".join(cmd), work)}
     try:
         p = subprocess.run(cmd, cwd=str(HERE), capture_output=True, text=True, env=env,
                            timeout=timeout)
@@ -174,65 +266,25 @@ def run_script(name: str, quick: bool, work: Path, timeout: float) -> Dict[str, 
     rec["seconds"] = time.time() - t0
     if p.returncode != 0:
         tail = (p.stderr or p.stdout).strip().splitlines()[-12:]
-        rec.update(status="error", error=f"exit {p.returncode}: " + "\n".join(tail))
+        rec.update(status="error", error=_show(f"exit {p.returncode}: " + "\n".join(tail), work))
         return rec
     try:
-        res = json.loads(json_path.read_text()) if json_path.is_file() \
-            else _last_json_object(p.stdout)
+        res = json.loads(json_path.read_text())
     except (ValueError, OSError) as e:
-        rec.update(status="error", error=f"could not read the JSON result: {e}",
-                   stdout_tail=p.stdout[-2000:])
+        rec.update(status="error", error=_show(f"could not read the JSON result: {e}", work),
+                   stdout_tail=_show(p.stdout[-2000:], work))
         return rec
-    rec.update(status="ok", result=res, ratios=ratios_for(name, res))
+    try:
+        if not isinstance(res, dict) or "ratios" not in res:
+            raise ValueError("the JSON result has no top-level 'ratios' block (write it "
+                             "with benchmarks/_common.py: write_results)")
+        ratios = check_ratios(res["ratios"])
+    except ValueError as e:
+        rec.update(status="error", error=_show(str(e), work), result=sanitize(res))
+        return rec
+    rec.update(status="ok", result=sanitize(res), ratios=ratios,
+               checks=collect_checks(res))
     return rec
-
-
-def ratios_for(name: str, res: Dict[str, Any]) -> Dict[str, Any]:
-    """The in-run ratios of benchmark ``name``'s result dict."""
-    if name == "reproduce_mlgcn":
-        return reproduce_ratios(res)
-    if name == "compare_features":
-        return {**compare_ratios(res), **collect_ratios(res)}
-    return collect_ratios(res)
-
-
-def compare_ratios(res: Dict[str, Any], ref: str = "baseline (engine)") -> Dict[str, Any]:
-    """compare_features: each test row's mAP over the engine baseline's, per block."""
-    out: Dict[str, Any] = {}
-    for block, rows in res.get("test", {}).items():
-        base = rows.get(ref, {}).get("mAP")
-        for row, m in rows.items():
-            if base and _finite(m.get("mAP")):
-                out[f"{block}: mAP {row} / {ref}"] = m["mAP"] / base
-    return out
-
-
-def reproduce_ratios(res: Dict[str, Any]) -> Dict[str, Any]:
-    """mAP of each ML-GCN row over the baseline row's, measured and in the paper."""
-    out: Dict[str, Any] = {}
-    meas, paper = res.get("measured", {}), res.get("paper", {})
-    base = next(iter(meas), None)
-    for row, m in meas.items():
-        if row == base:
-            continue
-        if base and meas[base].get("mAP"):
-            out[f"measured mAP ratio {row} / {base}"] = m["mAP"] / meas[base]["mAP"]
-        if base in paper and row in paper:
-            out[f"paper mAP ratio {row} / {base}"] = paper[row][-1 if res.get(
-                "dataset") == "voc2007" else 0] / paper[base][-1 if res.get(
-                    "dataset") == "voc2007" else 0]
-    return out
-
-
-def _rel(s: str) -> str:
-    """Paths under the project shown relative to it (commands are copy-pastable)."""
-    s = str(s)
-    if s == sys.executable:
-        return "python"
-    for base, rep in ((str(HERE) + os.sep, "benchmarks/"), (str(ROOT) + os.sep, "")):
-        if s.startswith(base):
-            return rep + s[len(base):]
-    return s
 
 
 # ----------------------------------------------------------------------------- accuracy
@@ -249,7 +301,12 @@ def _table_record(rows: Dict[str, Dict[str, Any]], errors: Dict[str, str],
         r["ratio_mAP_vs_baseline"] = (r["mAP"] / base) if base and "mAP" in r else None
         r["seconds"] = seconds.get(label)
         out_rows[label] = r
-    return {"status": "ok" if rows else "error", "settings": settings, "rows": out_rows,
+    ratios = {f"mAP {label} / baseline": score_ratio(r["mAP"], base, "baseline row",
+                                                     f"{label} row")
+              for label, r in out_rows.items() if base and "mAP" in r}
+    # a table with failed rows is a failed section ("partial"), one with none "error"
+    status = "error" if not rows else "partial" if errors else "ok"
+    return {"status": status, "settings": settings, "rows": out_rows, "ratios": ratios,
             "errors": errors, "reference": "baseline row of the same table"}
 
 
@@ -300,11 +357,10 @@ def accuracy_real(name: str, quick: bool) -> Dict[str, Any]:
     """Every demo row trained briefly on BCCD or coco8 with the engine (small_cnn from
     scratch, the demo's optimiser; weights chosen on the validation split when there is
     one, else the last epoch). Two-stage models (IML-GCN) reuse the baseline row as stage 1,
-    as the demo does (:func:`pyg_mlic.demo.two_stage_row`)."""
+    as the demo does (:func:`pyg_mlic.demo.train_row`)."""
     import numpy as np
     import torch
 
-    from pyg_mlic.cli import model_context
     from pyg_mlic.demo import DEMO_MODEL, DEMO_TRAIN, train_row
     from pyg_mlic.engine import TrainConfig
     from pyg_mlic.models import demo_rows, get_model_class
@@ -331,7 +387,6 @@ def accuracy_real(name: str, quick: bool) -> Dict[str, Any]:
         t0 = time.time()
         out = Path(work.name) / re.sub(r"[^A-Za-z0-9_-]+", "_", label)
         try:
-            ctx = model_context(train, label_embeddings="onehot")
             tcfg = TrainConfig(epochs=s["epochs"], batch_size=s["batch_size"], seed=0,
                                progress=False, **tr_cfg)
             if missing and getattr(get_model_class(model_name), "two_stage", False):
@@ -341,9 +396,10 @@ def accuracy_real(name: str, quick: bool) -> Dict[str, Any]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # tiny test sets: classes without positives
                 # the demo's row runner: IML-GCN reuses the baseline row as stage 1
-                rows[label], _ = train_row(model_name, cfg, ctx, (train, val, test), tcfg,
+                rows[label], _ = train_row(model_name, cfg, (train, val, test), tcfg,
                                            out, stage1_ckpts,
-                                           {"dataset": name, "demo_row": label})
+                                           {"dataset": name, "demo_row": label},
+                                           label_embeddings="onehot")
         except Exception as e:  # noqa: BLE001 - a failing row is recorded, not fatal
             errors[label] = _err(e)
         secs[label] = time.time() - t0
@@ -383,6 +439,39 @@ def _stamp(rec: Dict[str, Any], res: Dict[str, Any]) -> str:
     return f" ({mode}, {rec['date']}, {str(rec.get('git_commit', ''))[:12]})"
 
 
+def failed_sections(res: Dict[str, Any]) -> Dict[str, str]:
+    """``name -> why`` of every section of the report that failed: status other than
+    ``ok`` (``error``, ``absent``, ``partial``: a table with failed rows)."""
+    out: Dict[str, str] = {}
+    for kind in ("benchmarks", "accuracy"):
+        for name, rec in res.get(kind, {}).items():
+            st = rec.get("status", "missing")
+            errs = rec.get("errors") or {}
+            if st == "ok" and not errs:
+                continue
+            if errs:
+                why = f"{st}: {len(errs)} failed row(s): {', '.join(errs)}"
+            else:
+                lines = [x for x in str(rec.get("error") or "").strip().splitlines()
+                         if x.strip()]
+                if len(lines) > 1:  # "exit 1: Traceback ..." -> "exit 1: <the exception>"
+                    lines = [f"{lines[0].split(':', 1)[0]}: {lines[-1].strip()}"]
+                why = st + (f": {lines[0]}" if lines else "")
+            out[name] = why
+    return out
+
+
+def _ratio_rows(ratios: Dict[str, Any]) -> List[List[str]]:
+    rows = []
+    for k, r in ratios.items():
+        if isinstance(r, dict):
+            rows.append([k, _fmt(r.get("value")), str(r.get("meaning", "")),
+                         str(r.get("candidate", "")), str(r.get("baseline", ""))])
+        else:  # a report written before the ratios block existed
+            rows.append([k, _fmt(r), "", "", ""])
+    return rows
+
+
 def report_blocks(res: Dict[str, Any]) -> List[Tuple[str, Any]]:
     """The report as ``(kind, payload)`` blocks: ``h1``/``h2`` titles, ``p`` paragraphs,
     ``code`` literal text, ``table`` ``(header, rows)``; rendered to Markdown and RST."""
@@ -391,9 +480,17 @@ def report_blocks(res: Dict[str, Any]) -> List[Tuple[str, Any]]:
     modes = {bool(r.get("quick", res["quick"])) for r in recs} or {bool(res["quick"])}
     mode = ("sections from several runs, each marked full or quick" if len(modes) > 1 else
             "quick pass (--quick: few repeats, tiny trainings)" if modes == {True} else "full run")
-    b.append(("p", f"Generated by benchmarks/run_all.py on {res['date']} at commit "
-                   f"{res['git_commit']}; {mode}. Every figure is a ratio against a reference "
-                   "measured in the same run (absolute times on a shared machine mean little)."))
+    tree = res.get("worktree", "clean")
+    at = f"commit {res['git_commit']}" + ("" if tree == "clean" else f" with {tree}")
+    b.append(("p", f"Generated by benchmarks/run_all.py on {res['date']} at {at}; {mode}. "
+                   "Every figure is a ratio against a reference measured in the same run "
+                   "(absolute times on a shared machine mean little)."))
+    failed = failed_sections(res)
+    if failed:
+        b.append(("p", f"FAILED sections ({len(failed)}; run_all.py exits with status 1):"))
+        b.append(("code", "\n".join(f"{k}: {v}" for k, v in failed.items())))
+    else:
+        b.append(("p", f"All {len(recs)} sections ran without a failure."))
     b.append(("table", (["machine", "value"], [[k, str(v)] for k, v in res["machine"].items()])))
     b.append(("p", "Commands:"))
     b.append(("code", "\n".join(res["commands"])))
@@ -405,7 +502,8 @@ def report_blocks(res: Dict[str, Any]) -> List[Tuple[str, Any]]:
             desc = ", ".join(f"{k}={v}" for k, v in s.items()
                              if k in ("epochs", "num_images", "image_size", "batch_size", "sizes"))
             note = f" Note: {t['note']}." if t.get("note") else ""
-            b.append(("p", f"{name}{_stamp(t, res)}: {desc}. "
+            mark = f" FAILED ({failed[name]})." if name in failed else ""
+            b.append(("p", f"{name}{_stamp(t, res)}:{mark} {desc}. "
                            f"Reference: {t.get('reference', 'baseline row')}."
                            + note))
             if t.get("rows"):
@@ -421,21 +519,25 @@ def report_blocks(res: Dict[str, Any]) -> List[Tuple[str, Any]]:
             if t.get("error"):
                 errs["(dataset)"] = t["error"]
             if errs:
-                b.append(("p", f"{name}: failed rows (recorded, not fatal):"))
+                b.append(("p", f"{name}: failed rows:"))
                 b.append(("code", "\n".join(f"{k}: {v}" for k, v in errs.items())))
     bench = res.get("benchmarks", {})
     if bench:
         b.append(("h2", "Speed and protocol benchmarks (in-run ratios)"))
         for name, r in bench.items():
-            head = f"{name}{_stamp(r, res)}: {r['status']}"
+            head = f"{name}{_stamp(r, res)}: " + ("FAILED" if name in failed else "") \
+                + (f" ({r['status']})" if name in failed else r["status"])
             if _finite(r.get("seconds")):
                 head += f" ({r['seconds']:.0f} s)"
             b.append(("p", head))
             if r.get("command"):
                 b.append(("code", r["command"]))
             if r.get("ratios"):
-                b.append(("table", (["figure", "value"],
-                                    [[k, _fmt(v)] for k, v in r["ratios"].items()])))
+                b.append(("table", (["figure", "value", "meaning", "candidate", "baseline"],
+                                    _ratio_rows(r["ratios"]))))
+            if r.get("checks"):
+                b.append(("table", (["check", "value"],
+                                    [[k, _fmt(v)] for k, v in r["checks"].items()])))
             if r.get("error"):
                 b.append(("code", r["error"]))
     return b
@@ -491,41 +593,72 @@ def render_rst(blocks: List[Tuple[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def write_report(res: Dict[str, Any], out_dir: Path) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
+def render_report(res: Dict[str, Any]) -> Dict[str, str]:
+    """``file name -> text`` of the three report files, with every path of this machine
+    removed (:func:`benchmarks._common.sanitize`); raises :class:`ValueError` if one
+    were left."""
+    res = sanitize(json.loads(json.dumps(res, default=str)))
     blocks = report_blocks(res)
-    (out_dir / "RESULTS.md").write_text(render_markdown(blocks))
-    (out_dir / "RESULTS.rst").write_text(render_rst(blocks))
+    texts = {"results.json": json.dumps(res, indent=2) + "\n",
+             "RESULTS.md": render_markdown(blocks), "RESULTS.rst": render_rst(blocks)}
+    for fname, text in texts.items():
+        left = find_absolute_paths(text)
+        if left:
+            raise ValueError(f"{fname} would carry absolute paths: {left[:3]}")
+    return texts
+
+
+def write_report(res: Dict[str, Any], out_dir: Path, allow_dirty: bool = False,
+                 stamp: Optional[Dict[str, str]] = None) -> None:
+    """Write RESULTS.md, RESULTS.rst and results.json into ``out_dir`` after checking
+    :func:`report_guard` again (the tree must still be the one the run started from:
+    same commit, and clean unless ``allow_dirty``)."""
+    now = report_guard(out_dir, allow_dirty)
+    if stamp is not None and now["git_commit"] != stamp["git_commit"]:
+        raise ReportRefused(f"run_all.py: refusing to write the report: HEAD moved from "
+                            f"{stamp['git_commit'][:12]} to {now['git_commit'][:12]} during "
+                            "the run")
+    texts = render_report(res)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for fname, text in texts.items():
+        (out_dir / fname).write_text(text)
 
 
 # ----------------------------------------------------------------------------- main
-def _section_stamp(rec: Dict[str, Any], quick: bool) -> Dict[str, Any]:
+def _section_stamp(rec: Dict[str, Any], quick: bool, commit: str) -> Dict[str, Any]:
     """Record with the section's own mode, date and commit (sections of a merged report
     can come from different runs)."""
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    rec.update(quick=quick, date=now, git_commit=git_commit())
+    rec.update(quick=quick, date=now, git_commit=commit)
     return rec
 
 
 def run(only: Optional[Sequence[str]] = None, quick: bool = False,
         out_dir: Path = HERE, timeout: Optional[float] = None,
-        argv: Optional[Sequence[str]] = None, merge: bool = False) -> Dict[str, Any]:
+        argv: Optional[Sequence[str]] = None, merge: bool = False,
+        allow_dirty: bool = False) -> Dict[str, Any]:
     """Run the selected sections (default: all) and write the report to ``out_dir``
     after each one (a crash or Ctrl-C leaves the sections done so far).
+
+    Nothing runs when the report could not be written (:func:`report_guard`: uncommitted
+    changes, unless ``allow_dirty`` and ``out_dir`` is not the committed report).
 
     With ``merge=True`` the sections found in ``out_dir/results.json`` are kept and the
     ones run now replace them, so a long full report can be built a few sections at a
     time; each section records its own mode (full or quick), date and commit."""
-    sel = list(only or SECTIONS)
-    unknown = [s for s in sel if s not in SECTIONS]
+    all_sections = sections()
+    sel = list(only or all_sections)
+    unknown = [s for s in sel if s not in all_sections]
     if unknown:
-        raise SystemExit(f"unknown sections {unknown}; choose from {list(SECTIONS)}")
+        raise SystemExit(f"unknown sections {unknown}; choose from {list(all_sections)}")
+    stamp = report_guard(out_dir, allow_dirty)
     timeout = timeout or (900.0 if quick else 4 * 3600.0)
     cmd = "python benchmarks/run_all.py" + (" " + " ".join(argv) if argv else "")
+    cmd = sanitize_text(cmd)
     res: Dict[str, Any] = {
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "git_commit": git_commit(), "machine": machine(), "quick": quick,
+        **stamp, "machine": machine(), "quick": quick,
         "sections": sel, "commands": [cmd], "benchmarks": {}, "accuracy": {}}
     old_path = Path(out_dir) / "results.json"
     if merge and old_path.is_file():
@@ -537,15 +670,16 @@ def run(only: Optional[Sequence[str]] = None, quick: bool = False,
                 v.setdefault("git_commit", old.get("git_commit"))
                 res[kind][k] = v
         res["commands"] = [c for c in old.get("commands", []) if c != cmd] + [cmd]
-        res["sections"] = [k for k in SECTIONS if k in res["benchmarks"] or k in res["accuracy"]
-                           or k in sel]
+        res["sections"] = [k for k in all_sections if k in res["benchmarks"]
+                           or k in res["accuracy"] or k in sel]
     with tempfile.TemporaryDirectory(prefix="pyg_mlic_bench_") as tmp:
         work = Path(tmp)
         for name in sel:
             t0 = time.time()
             print(f"== {name}", flush=True)
             if name in SCRIPTS:
-                rec = _section_stamp(run_script(name, quick, work, timeout), quick)
+                rec = _section_stamp(run_script(name, quick, work, timeout), quick,
+                                     stamp["git_commit"])
                 res["benchmarks"][name] = rec
                 if rec.get("command"):
                     res["commands"].append(rec["command"])
@@ -556,22 +690,27 @@ def run(only: Optional[Sequence[str]] = None, quick: bool = False,
                 except Exception as e:  # noqa: BLE001
                     rec = {"status": "error", "error": _err(e), "rows": {}, "errors": {}}
                 rec["seconds"] = time.time() - t0
-                res["accuracy"][name] = _section_stamp(rec, quick)
-            print(f"   {rec['status']} in {time.time() - t0:.0f} s"
-                  + (f": {rec['error'].splitlines()[-1]}" if rec.get("error") else ""),
-                  flush=True)
-            write_report(res, out_dir)
-    write_report(res, out_dir)
+                res["accuracy"][name] = _section_stamp(rec, quick, stamp["git_commit"])
+            why = failed_sections({"benchmarks": {name: rec}}).get(name)
+            print(f"   {'FAILED ' if why else ''}{rec['status']} in {time.time() - t0:.0f} s"
+                  + (f": {_show(why.splitlines()[-1], work)}" if why else ""), flush=True)
+            res["failed"] = sorted(failed_sections(res))
+            write_report(res, out_dir, allow_dirty, stamp)
+    res["failed"] = sorted(failed_sections(res))
+    write_report(res, out_dir, allow_dirty, stamp)
     return res
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command line; returns the exit status: 0 when every section of the report ran,
+    1 when one failed (the report marks it). A refused report exits 1 too, with a
+    one-line message and nothing written."""
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true",
                     help="fast pass: the scripts' --quick modes and tiny trainings")
-    ap.add_argument("--only", nargs="+", metavar="NAME", choices=SECTIONS,
-                    help=f"sections to run (default: all): {', '.join(SECTIONS)}")
+    ap.add_argument("--only", nargs="+", metavar="NAME", choices=sections(),
+                    help=f"sections to run (default: all): {', '.join(sections())}")
     ap.add_argument("--out", type=Path, default=HERE,
                     help="folder of RESULTS.md / RESULTS.rst / results.json (default: benchmarks/)")
     ap.add_argument("--timeout", type=float, help="seconds per benchmark script")
@@ -579,21 +718,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     help="keep the other sections of OUT/results.json; replace the ones run now")
     ap.add_argument("--from-json", type=Path, metavar="RESULTS_JSON",
                     help="run nothing: re-render the reports from a results.json")
+    ap.add_argument("--allow-dirty", action="store_true",
+                    help="write a scratch report although the work tree has uncommitted "
+                         "changes; only with --out elsewhere than the committed benchmarks/")
     args = ap.parse_args(argv)
-    if args.from_json:
-        res = json.loads(args.from_json.read_text())
-        for name, rec in res.get("benchmarks", {}).items():
-            if rec.get("status") == "ok" and "result" in rec:
-                rec["ratios"] = ratios_for(name, rec["result"])
-        write_report(res, args.out)
-        print(f"re-rendered {args.from_json} into {args.out}")
-        return 0
-    warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated")
-    res = run(args.only, args.quick, args.out, args.timeout, argv, merge=args.merge)
-    failed = [k for k, v in {**res["benchmarks"], **res["accuracy"]}.items()
-              if v.get("status") == "error"]
-    print(f"wrote {args.out / 'RESULTS.md'}, RESULTS.rst and results.json"
-          + (f"; failed sections: {failed}" if failed else ""))
+    try:
+        if args.from_json:
+            res = json.loads(args.from_json.read_text())
+            write_report(res, args.out, args.allow_dirty)
+            print(f"re-rendered {sanitize_text(str(args.from_json))} into "
+                  f"{sanitize_text(str(args.out))}")
+        else:
+            warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated")
+            res = run(args.only, args.quick, args.out, args.timeout, argv, merge=args.merge,
+                      allow_dirty=args.allow_dirty)
+            print(f"wrote {sanitize_text(str(args.out / 'RESULTS.md'))}, RESULTS.rst and "
+                  "results.json")
+    except ReportRefused as e:
+        print(e.code, file=sys.stderr)
+        return 1
+    failed = failed_sections(res)
+    if failed:
+        print("FAILED sections: " + "; ".join(f"{k} ({v.splitlines()[0]})"
+                                              for k, v in failed.items()), file=sys.stderr)
+        return 1
     return 0
 
 

@@ -32,6 +32,25 @@ def test_paper_numbers_match_the_paper_text(repro, data_dir):
         assert abs(sum(row[:20]) / 20 - row[20]) < 0.06
 
 
+def test_ratios_block_is_measured_against_the_baseline_row(repro):
+    res = {"dataset": "coco", "paper": repro.PAPER_COCO, "measured": {
+        "ResNet-101": {"mAP": 0.5}, "ML-GCN (Binary)": {"mAP": 0.25},
+        "ML-GCN (Re-weighted)": {"mAP": 0.75}}}
+    r = repro.ratios(res)
+    assert list(r) == ["measured mAP ratio ML-GCN (Binary) / ResNet-101",
+                       "measured mAP ratio ML-GCN (Re-weighted) / ResNet-101"]
+    rw = r["measured mAP ratio ML-GCN (Re-weighted) / ResNet-101"]
+    assert rw["value"] == pytest.approx(1.5)
+    assert rw["baseline"] == "ResNet-101 (measured)"
+    assert rw["candidate"] == "ML-GCN (Re-weighted) (measured)"
+    assert f"paper: {83.0 / 77.3:.3f}" in rw["meaning"]
+    # VOC: the paper's mAP is the last column
+    voc = dict(res, dataset="voc2007", paper=repro.PAPER_VOC)
+    assert f"paper: {94.0 / 89.9:.3f}" in repro.ratios(voc)[
+        "measured mAP ratio ML-GCN (Re-weighted) / ResNet-101"]["meaning"]
+    assert repro.ratios({"measured": {}}) == {}
+
+
 @pytest.mark.heavy
 def test_reproduce_runs_on_coco8(repro, data_dir, tmp_path, capsys):
     coco8 = data_dir / "images" / "coco8"
@@ -53,6 +72,13 @@ def test_reproduce_runs_on_coco8(repro, data_dir, tmp_path, capsys):
     assert "random backbone initialisation" in text and "1 epochs (paper: 100)" in text
     res = json.loads(out_json.read_text())
     assert res["num_train"] == 4 and res["num_test"] == 4
+    # the harness contract: a ratios block, and no path of this machine in the JSON
+    assert list(res)[0] == "ratios" and len(res["ratios"]) == 2
+    for r in res["ratios"].values():
+        assert r["value"] >= 0 and r["baseline"] == "ResNet-101 (measured)"
+    text = out_json.read_text()
+    assert str(tmp_path) not in text and str(data_dir) not in text
+    assert "$PYG_MLIC_DATA/images/coco8" in text
     assert list(res["measured"]) == list(repro.PAPER_COCO)
     for row, m in res["measured"].items():
         for k in repro.COCO_COLUMNS:
