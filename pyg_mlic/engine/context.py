@@ -11,7 +11,7 @@ from typing import Any, Dict, Optional
 
 from pyg_mlic.models.registry import CONTEXT_KEYS
 
-__all__ = ["CONTEXT_KEYS", "model_context"]
+__all__ = ["model_context"]
 
 
 def model_context(train_set, *, label_embeddings: Optional[str] = None,

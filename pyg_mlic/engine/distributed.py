@@ -10,7 +10,7 @@ the parts that differ:
   process group: backend ``nccl`` when training on CUDA, ``gloo`` on the CPU.
 - :class:`DistributedEpochSampler` is a :class:`~torch.utils.data.DistributedSampler`
   whose permutation depends only on ``(seed, epoch)`` — the *same* permutation the
-  one-process :class:`~pyg_mlic.engine.trainer.EpochShuffleSampler` draws — and rank
+  one-process :class:`~pyg_mlic.data.loader.EpochShuffleSampler` draws — and rank
   :math:`r` of :math:`W` takes positions :math:`r, r + W, r + 2W, \dots`. With a
   per-rank batch :math:`b = B / W`, step :math:`k` of rank :math:`r` sees positions
   :math:`[kB, (k+1)B)` of the permutation, so the union over ranks of step
@@ -57,7 +57,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from pyg_mlic.data.loader import DistributedEpochSampler  # noqa: F401  (re-exported)
 
 __all__ = ["DistInfo", "init_distributed", "current", "destroy", "barrier", "under_launcher",
-           "DistributedEpochSampler", "all_gather_rows", "gather_predictions", "all_reduce_sum",
+           "all_gather_rows", "gather_predictions", "all_reduce_sum",
            "check_ranks_agree", "state_digest", "broadcast_state", "DistributedBatchNorm",
            "convert_sync_batchnorm", "launch", "relaunch", "namespace_to_argv"]
 

@@ -38,7 +38,7 @@ from pyg_mlic.engine.config import TrainConfig
 from pyg_mlic.engine.context import CONTEXT_KEYS, model_context
 from pyg_mlic.errors import OptionError, check_options
 
-__all__ = ["fit", "check_fit_options", "check_splits", "TWO_STAGE_KEYS", "uses_two_stage"]
+__all__ = ["fit", "check_fit_options", "TWO_STAGE_KEYS", "uses_two_stage"]
 
 #: model options read by the two-stage recipe (IML-GCN), not by the model
 TWO_STAGE_KEYS = ("pca", "n_components", "on_missing", "stage1_model", "stage1_checkpoint",

@@ -83,10 +83,6 @@ class AGCN(MultiLabelModel):
     default_train_config = dict(optimizer="sgd", lr=0.01, backbone_lr=0.001, momentum=0.9,
                                 weight_decay=1e-4, lr_step=30, lr_gamma=0.1, epochs=65,
                                 batch_size=32)
-    #: the paper's COCO input pipeline: resize to 512x512, random 448x448 crop and
-    #: horizontal flip for training; resize to 448x448 for testing (the CLI's
-    #: ``--image-size`` is the 448 side).
-    default_data_config = dict(resize=512, crop=448, test_size=448, flip=True)
 
     def __init__(self, classes: Sequence[str], input_kind: str = "image",
                  backbone: str = "resnet101", backbone_weights: Optional[str] = None,

@@ -21,22 +21,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pyg_mlic.utils.debug import DEBUG_ENV, debug_checks  # noqa: F401  (re-exported)
+
 Batch = Dict[str, Any]
-
-#: environment variable that turns on the per-batch value checks inside models
-DEBUG_ENV = "PYG_MLIC_DEBUG"
-
-
-def debug_checks() -> bool:
-    """Whether models check their tensors' values on every batch (``PYG_MLIC_DEBUG=1``).
-
-    Off by default: such a check turns a device tensor into a Python bool, which makes a
-    GPU wait for every step. Inputs are checked at the data boundary instead
-    (:func:`pyg_mlic.data.base.check_batch_finite`, called by the engine on the host) and
-    a non-finite loss or gradient stops training (the engine's divergence guard)."""
-    import os
-
-    return os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 @dataclass

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pyg_mlic.utils.debug import check_values
+
 __all__ = ["AdaptiveLabelGraph", "VARIANTS", "NONNEG", "normalize_adjacency",
            "sparse_correlation_loss", "adjacency_to_edges"]
 
@@ -261,7 +263,7 @@ class AdaptiveLabelGraph(nn.Module):
         if not x.is_floating_point():
             raise ValueError(f"AdaptiveLabelGraph: label embeddings must be floating point, "
                              f"got {x.dtype}")
-        if not bool(torch.isfinite(x).all()):
+        if check_values(x) and not bool(torch.isfinite(x).all()):
             bad = (~torch.isfinite(x)).any(1).nonzero().flatten().tolist()
             raise ValueError(f"AdaptiveLabelGraph: non-finite label embeddings in rows {bad[:10]}")
 
@@ -289,7 +291,7 @@ class AdaptiveLabelGraph(nn.Module):
             phi = self._linear(self.lin_phi, xd)
             theta = phi if self.variant == "dot" else self._linear(self.lin_theta, xd)
             A = (phi @ theta.t()) / C
-        if not bool(torch.isfinite(A).all()):
+        if check_values(A) and not bool(torch.isfinite(A).all()):
             if not all(bool(torch.isfinite(p).all()) for p in self.parameters()):
                 raise ValueError(f"AdaptiveLabelGraph({self.variant}): non-finite parameters "
                                  f"(training diverged?); lower the learning rate or alpha")

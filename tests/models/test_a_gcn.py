@@ -45,7 +45,9 @@ def test_paper_training_defaults():
     c = TrainConfig.for_model(AGCN)
     assert (c.optimizer, c.lr, c.momentum, c.weight_decay) == ("sgd", 0.01, 0.9, 1e-4)
     assert (c.lr_step, c.lr_gamma, c.epochs, c.batch_size) == (30, 0.1, 65, 32)
-    assert AGCN.default_data_config["resize"] == 512 and AGCN.default_data_config["crop"] == 448
+    # no per-model data settings that nothing reads: the input pipeline is the data
+    # layer's (docs/methods/a_gcn.rst says how it differs from the paper's)
+    assert not hasattr(AGCN, "default_data_config")
 
 
 @pytest.mark.parametrize("variant", ["default", "cos", "fc", "dot"])
