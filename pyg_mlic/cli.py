@@ -314,6 +314,14 @@ def cmd_graph(args) -> int:
         with np.load(args.labels, allow_pickle=False) as d:
             Y, classes = d["labels"], [str(c) for c in d["classes"]]
             split = "all"
+            if not args.split and "split" in d.files:
+                splits = sorted(set(d["split"].tolist()))
+                raise SystemExit(f"graph: {args.labels} holds the splits {splits}: pass "
+                                 f"--split (label statistics come from the training split "
+                                 f"only, e.g. --split {splits[0]})")
+            if args.split and "split" not in d.files:
+                raise SystemExit(f"graph: {args.labels} has no 'split' array, so --split "
+                                 f"{args.split} cannot select rows")
             if args.split and "split" in d.files:
                 sel = d["split"] == args.split
                 if not sel.any():
@@ -576,7 +584,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("graph", help="build, inspect and plot a label graph")
     p.add_argument("--labels", help=".npz with labels [N,C] and classes (e.g. shared/data/labels)")
-    p.add_argument("--split", help="rows of --labels to count (e.g. train2014)")
+    p.add_argument("--split", help="rows of --labels to count (e.g. train2014); required when "
+                   "the file has a split array (statistics come from the training split)")
     p.add_argument("--coco", help="COCO instances json")
     p.add_argument("--dataset", choices=["synthetic", "coco", "voc2007", "nuswide", "features",
                                          "folder"])

@@ -59,6 +59,24 @@ def test_graph_command_on_real_coco_labels(data_dir, tmp_path):
     assert "edges" in p.stdout and png.stat().st_size > 1000
 
 
+def test_graph_requires_split_when_the_file_has_one(data_dir, tmp_path):
+    """Label statistics never from more than the training split: a labels file with a
+    split array needs --split (train2014 and val2014 counted together is refused)."""
+    from pyg_mlic.cli import main
+
+    with pytest.raises(SystemExit, match=r"holds the splits \['train2014', 'val2014'\]: pass "
+                                         r"--split"):
+        main(["--debug", "graph", "--labels", str(data_dir / "labels" / "coco2014.npz")])
+    p = run_cli("graph", "--labels", data_dir / "labels" / "coco2014.npz", check=False)
+    assert p.returncode == 2 and "pyg-mlic: error: graph:" in p.stderr
+    np = pytest.importorskip("numpy")
+    np.savez(tmp_path / "nosplit.npz", labels=np.eye(4, 3, dtype=np.uint8),
+             classes=np.array(["a", "b", "c"]))
+    with pytest.raises(SystemExit, match="no 'split' array"):
+        main(["--debug", "graph", "--labels", str(tmp_path / "nosplit.npz"), "--split", "x"])
+    assert main(["graph", "--labels", str(tmp_path / "nosplit.npz")]) == 0
+
+
 def test_demo_runs_the_baseline_row(tmp_path, data_dir):
     p = run_cli("demo", "--out", tmp_path, "--epochs", "1", "--num-images", "64",
                 "--image-size", "32", "--models", "baseline", "--no-progress")

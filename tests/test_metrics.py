@@ -36,8 +36,9 @@ def sklearn_ap(scores: np.ndarray, targets: np.ndarray, mask: np.ndarray | None 
 
 
 def reference_metrics(prob: np.ndarray, y: np.ndarray, mask: np.ndarray, threshold: float,
-                      k: int) -> dict:
-    """Brute force, one image and one class at a time (scores must be tie-free for top-k)."""
+                      k: int, topk_requires_threshold: bool = True) -> dict:
+    """Brute force, one image and one class at a time (scores must be tie-free for top-k);
+    top-k with the papers' rule (also above the threshold) unless told otherwise."""
     n, c = prob.shape
     pred_t = np.zeros((n, c), bool)
     pred_k = np.zeros((n, c), bool)
@@ -46,7 +47,7 @@ def reference_metrics(prob: np.ndarray, y: np.ndarray, mask: np.ndarray, thresho
             pred_t[i, j] = mask[i, j] and prob[i, j] > threshold
         unmasked = [j for j in range(c) if mask[i, j]]
         for j in sorted(unmasked, key=lambda j: -prob[i, j])[:k]:
-            pred_k[i, j] = True
+            pred_k[i, j] = prob[i, j] > threshold if topk_requires_threshold else True
     pos = (y == 1) & mask
     evaluated = pos.sum(0) > 0
     out = {}
@@ -244,7 +245,8 @@ HAND_TARGETS = np.array([[1, 1, 0],
 
 
 def test_hand_computed_threshold_and_top2():
-    m = multilabel_metrics(HAND_SCORES, HAND_TARGETS, threshold=0.5, topk=2)
+    m = multilabel_metrics(HAND_SCORES, HAND_TARGETS, threshold=0.5, topk=2,
+                           topk_requires_threshold=False)
     # AP: class 0 ranks +,+,-,+ -> (1 + 1 + 3/4) / 3; class 1 +,-,+,- -> (1 + 2/3) / 2;
     # class 2 -,+,+,- -> (1/2 + 2/3) / 2
     assert m["AP"] == pytest.approx([11 / 12, 5 / 6, 7 / 12])
@@ -260,22 +262,58 @@ def test_hand_computed_threshold_and_top2():
     assert m["num_classes_evaluated"] == 3
     assert set(m) == {"mAP", *NAMES, *(f"{k}_top2" for k in NAMES), "AP",
                       "num_classes_evaluated"}
-    # with the public ML-GCN code's rule (top-k AND above threshold) image 2 loses its two
-    # sub-threshold labels, which here gives back the threshold numbers
-    m2 = multilabel_metrics(HAND_SCORES, HAND_TARGETS, topk=2, topk_requires_threshold=True)
+    # the papers' rule (the default: top-k AND above the threshold): image 2 loses its two
+    # sub-threshold labels (0.4 and 0.3), which here gives back the threshold numbers
+    m2 = multilabel_metrics(HAND_SCORES, HAND_TARGETS, topk=2)
     for key in NAMES:
         assert m2[f"{key}_top2"] == pytest.approx(expected[key], abs=1e-12), key
-    # top-3 of 3 classes predicts everything: precision = positive rate, recall = 1
-    m3 = multilabel_metrics(HAND_SCORES, HAND_TARGETS)
+    # top-3 of 3 classes predicts everything under the plain rule: precision = positive
+    # rate, recall = 1
+    m3 = multilabel_metrics(HAND_SCORES, HAND_TARGETS, topk_requires_threshold=False)
     assert m3["CP_top3"] == pytest.approx((3 / 4 + 2 / 4 + 2 / 4) / 3)
     assert m3["OP_top3"] == pytest.approx(7 / 12)
     assert m3["CR_top3"] == 1.0 and m3["OR_top3"] == 1.0
-    m5 = multilabel_metrics(HAND_SCORES, HAND_TARGETS, topk=5)  # k > C: the same, named top5
+    m5 = multilabel_metrics(HAND_SCORES, HAND_TARGETS, topk=5,  # k > C: the same, named top5
+                            topk_requires_threshold=False)
     assert [m5[f"{k}_top5"] for k in NAMES] == [m3[f"{k}_top3"] for k in NAMES]
     # nothing above the threshold: precision 0 (not NaN), F1 0
     m4 = multilabel_metrics(HAND_SCORES, HAND_TARGETS, threshold=np.float32(0.95), topk=None)
     assert (m4["CP"], m4["CR"], m4["CF1"], m4["OP"], m4["OR"], m4["OF1"]) == (0, 0, 0, 0, 0, 0)
     assert not any(k.endswith("_top3") for k in m4)
+
+
+def test_top3_rules_differ_on_a_hand_computed_example():
+    """Two images, four labels. Image 0: positives {0, 1}, scores 0.9, 0.8, 0.3, 0.1.
+    Image 1: positive {2}, scores 0.2, 0.1, 0.7, 0.4. Top-3: image 0 -> {0, 1, 2},
+    image 1 -> {2, 3, 0}.
+    Papers' rule (also > 0.5): image 0 predicts {0, 1}, image 1 {2}: 3 predictions, 3
+    correct -> OP-3 = 1, OR-3 = 1. Plain rule: 6 predictions, 3 correct -> OP-3 = 1/2,
+    OR-3 = 1; per class (0, 1, 2 have positives): P = (1/2, 1, 1/2), R = (1, 1, 1)."""
+    s = np.array([[0.9, 0.8, 0.3, 0.1], [0.2, 0.1, 0.7, 0.4]])
+    y = np.array([[1, 1, 0, 0], [0, 0, 1, 0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedAPWarning)  # label 3 has no positive
+        papers = multilabel_metrics(s, y, topk=3)
+        plain = multilabel_metrics(s, y, topk=3, topk_requires_threshold=False)
+    assert (papers["OP_top3"], papers["OR_top3"], papers["CP_top3"]) == (1.0, 1.0, 1.0)
+    assert plain["OP_top3"] == pytest.approx(0.5) and plain["OR_top3"] == 1.0
+    assert plain["CP_top3"] == pytest.approx((0.5 + 1 + 0.5) / 3)
+    assert plain["OF1_top3"] == pytest.approx(2 / 3)
+
+
+def test_perfect_ranker_on_coco_val2014_under_both_top3_rules(data_dir):
+    """The papers print OP-3 ~90 on COCO; under the plain top-3 rule even a perfect ranker
+    (score 1 for every positive, 0 otherwise) is capped at OP-3 75.8 on the val2014 labels
+    (many images have fewer than 3 labels); under the papers' rule it gets 100."""
+    with np.load(data_dir / "labels" / "coco2014.npz", allow_pickle=False) as d:
+        y = d["labels"][d["split"] == "val2014"].astype(np.uint8)
+    perfect = y.astype(np.float32)
+    papers = multilabel_metrics(perfect, y, topk=3, scores_are="probabilities")
+    plain = multilabel_metrics(perfect, y, topk=3, scores_are="probabilities",
+                               topk_requires_threshold=False)
+    assert papers["OP_top3"] == 1.0 and papers["mAP"] == 1.0
+    assert plain["OP_top3"] == pytest.approx(0.758, abs=5e-4)
+    assert plain["OP_top3"] < 0.76 < papers["OP_top3"]
 
 
 def test_against_brute_force_reference(sort_backend):
@@ -287,9 +325,11 @@ def test_against_brute_force_reference(sort_backend):
         mask = rng.random((n, c)) < (1.0 if trial == 0 else 0.8)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UndefinedAPWarning)
-            m = multilabel_metrics(prob, y, mask, threshold=0.4, topk=k)
-            ref = reference_metrics(prob, y, mask, 0.4, k)
-        assert_metrics_close(m, ref)
+            for rule in (True, False):
+                m = multilabel_metrics(prob, y, mask, threshold=0.4, topk=k,
+                                       topk_requires_threshold=rule)
+                ref = reference_metrics(prob, y, mask, 0.4, k, topk_requires_threshold=rule)
+                assert_metrics_close(m, ref)
 
 
 # --------------------------------------------------------------------------- #

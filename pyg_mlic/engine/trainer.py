@@ -474,9 +474,25 @@ class Trainer:
                      progress=c.progress and self.dist.is_main, num_workers=c.num_workers)
         m["eval_time_s"] = time.time() - t0
         m["train_time_s"] = train_time
+        # no test split: the final number comes from the validation split; when that split
+        # also chose the weights (select="best_val") the number is optimistically biased
+        biased = self.test_set is None and rule == "best_val" and chosen >= 0 \
+            and self.best[1] >= 0
+        m["selection_biased"] = bool(biased)
         m["selection"] = {"rule": rule, "epoch": chosen,
                           "best_val_mAP": None if self.best[1] < 0 else self.best[0],
                           "evaluated_split": getattr(test, "split", "?")}
+        m["protocol"] = {"threshold": 0.5, "topk": 3, "topk_rule":
+                         "a top-3 label counts only if its probability is also > 0.5 "
+                         "(ML-GCN's released evaluation, as the papers report)"}
+        if biased:
+            import warnings
+
+            warnings.warn(f"{self.model.model_name}: no test split, so the final metrics are "
+                          f"computed on the validation split ({getattr(test, 'split', '?')}) "
+                          f"that chose the weights (select='best_val'): they are "
+                          f"selection-biased (metrics.json: selection_biased = true); give a "
+                          f"test split for an unbiased number", UserWarning, stacklevel=2)
         m["settings"] = {"model": self.model.model_name, "model_config": _jsonable(
             self.model.build_kwargs), "train_config": c.to_dict(), "library_version":
             __version__, "num_train": len(self.train_set),

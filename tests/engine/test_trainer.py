@@ -154,3 +154,27 @@ def test_nan_features_rejected_at_the_boundary(feature_sets, monkeypatch):
     monkeypatch.setenv(DEBUG_ENV, "1")
     with pytest.raises(ValueError, match="non-finite"):
         model(bad)
+
+
+def test_no_test_split_marks_the_final_number_selection_biased(feature_sets, tmp_path):
+    """Without a test split the final evaluation falls back to the validation split; when
+    that split also chose the weights (select='best_val') metrics.json says so, a warning
+    is given and the printed table stars the row."""
+    from pyg_mlic.metrics import format_table
+
+    tr, va, te = feature_sets
+    with pytest.warns(UserWarning, match="selection-biased"):
+        m = Trainer(_model(tr), tr, va, None, _cfg(epochs=2, select="best_val"),
+                    out_dir=tmp_path / "b").fit()
+    assert m["selection_biased"] is True and m["selection"]["evaluated_split"] == "val"
+    saved = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert saved["selection_biased"] is True
+    table = format_table([("baseline", m)])
+    assert "baseline*" in table and "SELECTION-BIASED" in table
+    # a test split, or no selection at all (the last epoch), is not biased
+    m2 = Trainer(_model(tr), tr, va, te, _cfg(epochs=2, select="best_val")).fit()
+    m3 = Trainer(_model(tr), tr, va, None, _cfg(epochs=2, select="last")).fit()
+    assert m2["selection_biased"] is False and m3["selection_biased"] is False
+    assert "SELECTION-BIASED" not in format_table([("a", m2), ("b", m3)])
+    assert "top-3 label counts only if" in m2["protocol"]["topk_rule"]
+
