@@ -13,6 +13,8 @@ DEPS_KEY := $(shell { sed -n '/deps-begin/,/deps-end/p' setup.py; $(PYTHON) -c '
 VENV ?= $(HOME)/.cache/pyg_mlic/venv-$(DEPS_KEY)
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.pyg_mlic-complete
+# detectron2 (the owner's named supplier of proposals) is part of the environment too
+DET2_STAMP := $(VENV)/.detectron2-complete
 # torch-scatter is optional; set WITH_SCATTER=0 to skip the ~6 min source build.
 WITH_SCATTER ?= 1
 PYTEST_ARGS ?=
@@ -34,7 +36,7 @@ $(STAMP):
 	fi
 	touch "$(STAMP)"
 
-venv: $(STAMP)
+venv: $(STAMP) $(DET2_STAMP)
 
 # (re)point the cached venv at this checkout: cheap, no dependency resolution
 install: venv
@@ -46,7 +48,7 @@ demo: install
 	$(VENV)/bin/pyg-mlic demo --out runs/demo
 
 test: install
-	PYG_MLIC_DATA=$${PYG_MLIC_DATA:-$(CURDIR)/../shared/data} \
+	PYG_MLIC_DATA=$${PYG_MLIC_DATA:-$(CURDIR)/../shared/data} PYG_MLIC_REQUIRE_DETECTRON2=1 \
 	  $(VPY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests
 
 docs: install
@@ -61,10 +63,12 @@ clean-venv:
 print-venv:
 	@echo $(VENV)
 
-# Optional: detectron2 from the source package pb1-detectron2 (Python sources only, no C++
-# ops). pip >= 26 refuses its direct-URL metadata, so pip 25.3 downloads it; its setup.py is
-# made to build no extension. The detectron2 region backend's tests run only after this.
-detectron2: install
+# detectron2 from the source package pb1-detectron2 (Python sources only, no C++ ops; about
+# 20 s), so that its region backend's tests run on the real coco8 images. pip >= 26 refuses
+# its direct-URL metadata, so pip 25.3 downloads it; its setup.py is made to build no
+# extension. Its own stamp: a venv built before this step gets it added, not rebuilt.
+$(DET2_STAMP): $(STAMP)
+	@echo ">> installing detectron2 (pb1-detectron2, Python sources) into $(VENV)"
 	set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	$(VPY) -m pip download -q --no-deps "pip==25.3" -d "$$tmp"; \
 	$(VPY) "$$tmp/pip-25.3-py3-none-any.whl/pip" download -q --no-deps --no-build-isolation "pb1-detectron2==0.6" -d "$$tmp"; \
@@ -74,3 +78,6 @@ detectron2: install
 	$(VPY) -m pip install -q --no-deps --no-build-isolation "$$tmp/pb1-detectron2-0.6"; \
 	$(VPY) -m pip install -q "fvcore==0.1.5.post20221221" "iopath>=0.1.7,<0.1.10" omegaconf cloudpickle; \
 	$(VPY) -c "from pyg_mlic.detection import detectron2_available as a; assert a(), 'detectron2 does not import'"
+	touch "$(DET2_STAMP)"
+
+detectron2: $(DET2_STAMP)
