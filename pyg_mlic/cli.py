@@ -153,6 +153,10 @@ def _data_defaults(args, options: Dict[str, Any], train_options: Dict[str, Any])
         if getattr(args, key, None) is None:
             setattr(args, key, value)
             applied[key] = value
+    from pyg_mlic.engine.fit import uses_two_stage
+
+    if args.label_embeddings is None and not uses_two_stage(args.model):
+        args.label_embeddings = applied["label_embeddings"] = SMALL["label_embeddings"]
     check_fit_options(args.model, options, train_options, args.label_embeddings)
     applied.update({k: v for k, v in SMALL["train"].items() if k not in train_options})
     args._data_defaults = applied

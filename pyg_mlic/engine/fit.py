@@ -109,7 +109,11 @@ def fit(model: Any, train_set, val_set=None, test_set=None, *,
             (``None``: nothing is written; the two-stage recipe needs a folder).
         label_embeddings: a spec of :func:`~pyg_mlic.embeddings.load_label_embeddings`
             (``"onehot"``, ``"glove:PATH"`` ...), a ``[C, d]`` tensor, or
-            ``"image-features"`` (IML-GCN's two-stage recipe).
+            ``"image-features"`` (IML-GCN's two-stage recipe). ``None`` for a model that
+            takes label embeddings: the shipped GloVe vectors (``"glove"``) when every
+            class name has one, else one-hot with a warning
+            (:func:`~pyg_mlic.embeddings.default_label_embeddings`; recorded in
+            ``metrics.json`` as ``label_embeddings`` / ``label_embeddings_default``).
         resume (bool): continue the stopped run in ``out_dir``.
         run_info (dict): extra settings recorded in ``metrics.json`` and the checkpoint.
 
@@ -146,6 +150,8 @@ def fit(model: Any, train_set, val_set=None, test_set=None, *,
         raise TypeError(f"fit: model must be a registered name or a MultiLabelModel, got "
                         f"{type(model).__name__}")
     tcfg = check_fit_options(model, options, train_options, label_embeddings)
+    from pyg_mlic.models.registry import model_option_names
+
     two_stage = uses_two_stage(model, label_embeddings)
     recipe = {k: options.pop(k) for k in TWO_STAGE_KEYS if k in options} if two_stage else {}
     seed = tcfg.seed
@@ -181,6 +187,21 @@ def fit(model: Any, train_set, val_set=None, test_set=None, *,
                              model_options={**model_context(train_set), **options},
                              label_embeddings=embeddings, resume=resume, run_info=info,
                              seed=seed, **stages, **recipe)
+    if label_embeddings is None and "label_embeddings" in model_option_names(model):
+        # the graph methods' input: word vectors of the class names when they all have one
+        # (the papers' setting), else one-hot, said loudly
+        from pyg_mlic.embeddings import default_label_embeddings
+
+        label_embeddings, why = default_label_embeddings(train_set.classes)
+        emb_is_spec = True
+        info["label_embeddings"] = label_embeddings
+        info["label_embeddings_default"] = why
+        if label_embeddings == "onehot":
+            import warnings
+
+            warnings.warn(f"{model}: no label embeddings given and {why}: using one-hot "
+                          f"vectors (pass label_embeddings= / --label-embeddings to choose)",
+                          UserWarning, stacklevel=2)
     seed_everything(seed)  # the model's initialisation is part of the seeded run
     spec = label_embeddings if emb_is_spec else None
     ctx = model_context(train_set, label_embeddings=spec)

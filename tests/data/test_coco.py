@@ -301,3 +301,14 @@ def test_dataset_pickles_for_spawned_workers(coco8):
     ds2 = pickle.loads(pickle.dumps(ds))
     torch.testing.assert_close(ds2[1]["image"], ds[1]["image"])
     assert torch.equal(ds2[1]["boxes"], ds[1]["boxes"])
+
+
+def test_coco_class_constant_matches_the_real_label_file(data_dir):
+    import numpy as np
+
+    from pyg_mlic.data.coco import COCO_CLASSES
+
+    with np.load(data_dir / "labels" / "coco2014.npz", allow_pickle=False) as d:
+        # the label file holds them in ML-GCN's (alphabetical) order
+        assert sorted(str(c) for c in d["classes"]) == sorted(COCO_CLASSES)
+    assert len(set(COCO_CLASSES)) == 80

