@@ -40,9 +40,9 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 
 try:
-    from _common import machine
+    from _common import machine, ratio, write_results
 except ImportError:  # imported as benchmarks.bench_gm_mlic
-    from benchmarks._common import machine
+    from benchmarks._common import machine, ratio, write_results
 
 from pyg_mlic.nn import GraphNetworkBlock
 
@@ -220,6 +220,21 @@ def _print(r) -> None:
         print(f"  {g['B']:5d} {g['M']:5d} {g['C']:5d} {g['D']:5d} {g['seconds']:9.2f} {pm}")
 
 
+def ratios(r, prefix: str = "") -> Dict[str, Dict[str, object]]:
+    """The ``ratios`` block (see ``_common.py``): per ROI size, the fast path against the
+    reference measured in the same run (wall-clock, CPU time, peak memory)."""
+    ref, fast = "reference: per-image loop (forward_reference)", "fast: forward_dense"
+    out: Dict[str, Dict[str, object]] = {}
+    for p in r["pairs"]:
+        key = f"{prefix}pairs[D={p['D']}]"
+        out[f"{key}.speedup"] = ratio(p["speedup"], ref, fast, "x faster (wall-clock)")
+        out[f"{key}.cpu_speedup"] = ratio(p["cpu_speedup"], ref, fast, "x faster (CPU time)")
+        if "memory_ratio" in p:
+            out[f"{key}.memory_ratio"] = ratio(p["memory_ratio"], ref, fast,
+                                               "x less memory (peak RSS growth)")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
@@ -239,8 +254,7 @@ def main() -> None:
     r = run(args.quick, args.threads, args.dims, args.repeats, not args.no_growth)
     _print(r)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(r, f, indent=2)
+        write_results(r, ratios(r), args.json)
 
 
 if __name__ == "__main__":

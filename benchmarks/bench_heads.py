@@ -14,9 +14,11 @@ IA-GCN label GCN (image-dependent graph, one graph per image), dims 300 -> 512 -
 logits ``M_b x_b`` (gradients reach the scores ``a`` too). Three implementations of
 the same numbers, timed interleaved in the same run:
 
-- ``pyg``: :class:`~pyg_mlic.nn.InstanceAwareLabelConv` — the normalised
-  ``A_F^b = A_S * a_b a_b^T`` factorised as ``diag(s_b) A_S diag(s_b)``, all images side
-  by side as one ``[C, B*F]`` signal, one sparse CSR product per layer;
+- ``pyg``: :class:`~pyg_mlic.nn.InstanceAwareLabelConv` over the sparse ``adj_t`` (its
+  fused ``message_and_aggregate``) — the normalised ``A_F^b = A_S * a_b a_b^T`` factorised
+  as ``diag(s_b) A_S diag(s_b)``: for C <= 128 the per-image matrices built densely and one
+  batched product, else all images side by side as one ``[C, B*F]`` signal and one sparse
+  CSR product per layer;
 - ``loop``: a per-image loop of :class:`~pyg_mlic.nn.LabelGCNConv` with that image's
   normalised edge weights (what one writes without batching);
 - ``dense``: dense batched matmuls, ``P = [B, C, C]`` built from ``a`` then ``torch.bmm``.
@@ -70,7 +72,7 @@ from typing import Callable, Dict, Tuple
 import numpy as np
 import torch
 
-from _common import data_dir, machine, time_interleaved
+from _common import data_dir, machine, ratio, time_interleaved, write_results
 
 
 def _coco_graph():
@@ -186,8 +188,6 @@ def _ia_fns(st) -> Dict[str, Callable[[], None]]:
     from pyg_mlic.nn.instance_aware_label_conv import (instance_aware_scaling,
                                                        label_adjacency_csr)
 
-    from torch_geometric.utils import spmm
-
     ei, ew, convs, E, x, a0, A_S = (st[k] for k in ("ei", "ew", "convs", "E", "x", "a0", "A_S"))
     C, B = E.size(0), x.size(0)
     Ws = [c.lin.weight for c in convs]
@@ -202,7 +202,7 @@ def _ia_fns(st) -> Dict[str, Callable[[], None]]:
         s = instance_aware_scaling(a, ei, ew, C, adj)
         h = E
         for i, conv in enumerate(convs):
-            h = conv(h, ei, ew, adj=adj, scaling=s)
+            h = conv(h, adj, scaling=s)                  # adj_t: fused propagation
             h = relu(h) if i < len(convs) - 1 else h
         torch.einsum("bcd,bd->bc", h, x).sum().backward()
 
@@ -237,9 +237,10 @@ def _ia_fns(st) -> Dict[str, Callable[[], None]]:
         s = instance_aware_scaling(a, ei, ew, C, adj)
         h = E
         for conv in convs[:-1]:
-            h = relu(conv(h, ei, ew, adj=adj, scaling=s))
+            h = relu(conv(h, adj, scaling=s))
         u = torch.einsum("bcf,bf->bc", h, x @ Ws[-1])
-        (s * spmm(adj, (s * u).t().contiguous()).t()).sum().backward()
+        convs[-1].propagate(adj, x=u.unsqueeze(-1), edge_weight=None,
+                           s=s.unsqueeze(-1)).sum().backward()
 
     def dense_logits():                                  # the same associativity, dense P
         a = a0.clone().requires_grad_(True)
@@ -436,6 +437,44 @@ def _print_iagcn(rows) -> None:
               f"{m['propagation_dense_over_sparse']:.1f} x")
 
 
+def ratios(r) -> Dict[str, Dict[str, object]]:
+    """The ``ratios`` block (see ``_common.py``): every ratio the sections print, each of
+    two things timed (or measured) in the same run; values as in ``r``."""
+    tr, fx, mem = ("x the baseline's time (lower is better)", "x faster",
+                   "x less memory (peak RSS growth)")
+    out: Dict[str, Dict[str, object]] = {}
+    if "ml_gcn" in r:
+        m = r["ml_gcn"]
+        out["ml_gcn.head_over_backbone"] = ratio(
+            m["head_over_backbone_pct"] / 100, f"ResNet-101 {m['image_size']}px fwd+bwd, scaled "
+            f"to batch {m['batch']}", "ML-GCN head (PyG layers)", tr)
+        out["ml_gcn.pyg_over_dense"] = ratio(m["pyg_over_dense"], "dense head P (H W)",
+                                             "ML-GCN head (PyG layers)", tr)
+    names = {"pyg": "pyg (classifiers M_b)", "loop": "per-image loop", "dense": "dense bmm",
+             "pyg_logits": "pyg, logits only", "dense_logits": "dense, logits only",
+             "floor": "linear maps only"}
+    for m in r.get("ia_gcn", []):
+        k = f"ia_gcn[C={m['C']}]."
+        for key, base, cand, meaning in (
+                ("pyg_over_dense", "dense", "pyg", tr), ("loop_over_pyg", "loop", "pyg", fx),
+                ("dense_over_pyg", "dense", "pyg", fx), ("dense_over_floor", "floor", "dense", tr),
+                ("dense_over_pyg_logits", "dense", "pyg_logits", fx),
+                ("dense_logits_over_pyg_logits", "dense_logits", "pyg_logits", fx),
+                ("pyg_over_pyg_logits", "pyg", "pyg_logits", fx)):
+            out[k + key] = ratio(m[key], names[base], names[cand], meaning)
+        out[k + "propagation_dense_over_sparse"] = ratio(
+            m["propagation_dense_over_sparse"], "propagation only, dense bmm",
+            "propagation only, sparse", fx)
+        peak = m.get("peak_rss_growth_mb", {})
+        for base in ("dense", "loop"):
+            if peak.get("pyg", 0) > 0 and base in peak:
+                out[f"{k}memory_{base}_over_pyg"] = ratio(peak[base] / peak["pyg"], names[base],
+                                                         names["pyg"], mem)
+    if "gm_mlic" in r:
+        out.update(_gm_mlic_module().ratios(r["gm_mlic"], "gm_mlic."))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
@@ -459,8 +498,7 @@ def main() -> None:
     if "gm_mlic" in r:
         _gm_mlic_module()._print(r["gm_mlic"])
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(r, f, indent=2)
+        write_results(r, ratios(r), args.json)
 
 
 def _print_mlgcn(m) -> None:

@@ -8,9 +8,9 @@ Sections (``--only NAME ...`` selects some of them):
   ``graphs`` (bench_graphs.py), ``metrics`` (bench_metrics.py), ``heads``
   (bench_heads.py: ML-GCN, IA-GCN and GM-MLIC heads, the last from bench_gm_mlic.py),
   ``regions`` (bench_regions.py), ``compare_features`` (compare_features.py: BCCD
-  features, the engine against scikit-learn heads) and ``reproduce_mlgcn`` (reproduce_mlgcn.py as a smoke run on the
-  8 real coco8 images: it proves the paper protocol runs end to end, its numbers mean
-  nothing at that size);
+  features, the engine against scikit-learn heads) and ``reproduce`` (reproduce.py
+  ``--method all`` as a smoke run on the 8 real coco8 images: it proves each paper's
+  protocol runs end to end, its numbers mean nothing at that size);
 * accuracy tables, every registered demo row
   (:func:`pyg_mlic.models.demo_rows`: the baseline and each method) trained briefly:
   ``synthetic`` (:func:`pyg_mlic.demo.run_demo`, the demo's settings), ``bccd`` (the
@@ -67,9 +67,10 @@ SCRIPTS: Dict[str, str] = {
     "graphs": "bench_graphs.py",
     "metrics": "bench_metrics.py",
     "heads": "bench_heads.py",
+    "message_passing": "bench_message_passing.py",
     "regions": "bench_regions.py",
     "compare_features": "compare_features.py",
-    "reproduce_mlgcn": "reproduce_mlgcn.py",
+    "reproduce": "reproduce.py",
 }
 #: accuracy tables: every registered demo row on these datasets
 ACCURACY = ("synthetic", "bccd", "coco8")
@@ -224,13 +225,15 @@ def script_command(name: str, quick: bool, json_path: Path, work: Path) -> List[
     """The command line of benchmark ``name`` (see :data:`SCRIPTS`)."""
     script = HERE / SCRIPTS[name]
     cmd = [sys.executable, str(script)]
-    if name == "reproduce_mlgcn":
+    if name == "reproduce":
         coco8 = data_dir() / "images" / "coco8"
-        cmd += ["--dataset", "coco", "--root", str(coco8), "--train-file",
+        cmd += ["--method", "all", "--dataset", "coco", "--root", str(coco8), "--train-file",
                 "instances_train.json", "--test-file", "instances_val.json",
                 "--epochs", "1", "--image-size", "64" if quick else "128",
-                "--backbone", "resnet50", "--batch-size", "4", "--workers", "0",
-                "--no-checkpoint", "--no-progress", "--out", str(work / "reproduce_mlgcn")]
+                "--backbone", "small_cnn" if quick else "resnet50", "--batch-size", "4",
+                "--detector-size", "64" if quick else "128", "--workers", "0",
+                "--region-cache", str(work / "reproduce_regions"),
+                "--no-checkpoint", "--no-progress", "--out", str(work / "reproduce")]
     elif quick:
         cmd.append("--quick")
     return cmd + ["--json", str(json_path)]

@@ -120,8 +120,6 @@ class GMMLIC(MultiLabelModel):
     #: features come from a separate Faster R-CNN); the backbone rate follows ML-GCN.
     default_train_config = dict(optimizer="sgd", lr=0.01, backbone_lr=0.001, momentum=0.9,
                                 weight_decay=1e-4, lr_step=30, lr_gamma=0.1)
-    #: Sec. 4.2: random crops resized to 448 x 448 and horizontal flips.
-    default_data_config = dict(crop=448, test_size=448, flip=True)
 
     def __init__(self, classes: Sequence[str], input_kind: str = "image",
                  backbone: str = "resnet101", backbone_weights: Optional[str] = None,

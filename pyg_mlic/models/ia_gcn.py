@@ -8,7 +8,6 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch_geometric.utils import spmm
 
 from pyg_mlic.models.base import Batch, ModelOutput, MultiLabelModel, build_encoder
 from pyg_mlic.models.ml_gcn import resolve_label_embeddings, resolve_label_graph
@@ -245,7 +244,17 @@ class IAGCN(MultiLabelModel):
 
     # ------------------------------------------------------------------ pieces
     def _adjacency(self, dtype: torch.dtype) -> Tensor:
+        r""":math:`\mathbf{A}_S` as PyG's sparse ``adj_t`` (shared by every propagation of a
+        forward pass)."""
         return label_adjacency_csr(self.edge_index, self.edge_weight.to(dtype), self.num_classes)
+
+    def propagate_af(self, h: Tensor, scaling: Tensor, adj: Optional[Tensor] = None) -> Tensor:
+        r""":math:`\hat{\mathbf{A}}_F^{(b)}\mathbf{h}_b` for per-image signals ``h``
+        ``[B, C, F]`` and node scalings ``[B, C]``: the propagation of the label GCN
+        (:meth:`~pyg_mlic.nn.InstanceAwareLabelConv.propagate` over ``adj_t``, no weights)."""
+        if adj is None:
+            adj = self._adjacency(h.dtype)
+        return self.gcn[0].propagate(adj, x=h, edge_weight=None, s=scaling.unsqueeze(-1))
 
     def classifiers(self, scaling: Optional[Tensor] = None,
                     adj: Optional[Tensor] = None) -> Tensor:
@@ -256,7 +265,7 @@ class IAGCN(MultiLabelModel):
         if adj is None:
             adj = self._adjacency(h.dtype)
         for i, conv in enumerate(self.gcn):
-            h = conv(h, self.edge_index, self.edge_weight, adj=adj, scaling=scaling)
+            h = conv(h, adj, scaling=scaling)
             if i < len(self.gcn) - 1:
                 h = self.act(h)
         return h
@@ -271,17 +280,19 @@ class IAGCN(MultiLabelModel):
             (\mathbf{W}_L \mathbf{x}_b)
 
         costs :math:`O(C F)` per image instead of the :math:`O(C F D)` of
-        :math:`\mathbf{H}_b\mathbf{W}_L` (the largest product of the head). Equal to
+        :math:`\mathbf{H}_b\mathbf{W}_L` (the largest product of the head): the last
+        layer's propagation runs on the ``[B, C, 1]`` signal
+        :math:`\mathbf{H}_b \mathbf{W}_L \mathbf{x}_b`. Equal to
         ``einsum("bcd,bd->bc", classifiers(scaling), x)``."""
         if adj is None:
             adj = self._adjacency(x.dtype)
         h = self.label_embeddings
         for conv in self.gcn[:-1]:
-            h = self.act(conv(h, self.edge_index, self.edge_weight, adj=adj, scaling=scaling))
+            h = self.act(conv(h, adj, scaling=scaling))
         last = self.gcn[-1]
         v = x @ last.lin.weight                                  # W_L x_b   [B, F]
         u = v @ h.t() if h.dim() == 2 else torch.einsum("bcf,bf->bc", h, v)
-        return scaling * spmm(adj, (scaling * u).t().contiguous()).t()   # (layers: no bias)
+        return self.propagate_af(u.unsqueeze(-1), scaling, adj).squeeze(-1)  # (no bias)
 
     def _read(self, batch: Batch) -> RegionBatch:
         r = read_regions(self.encoder, batch, source=self.rois,
@@ -296,18 +307,15 @@ class IAGCN(MultiLabelModel):
     def _region_scores(self, S: Tensor, mask: Tensor, s: Tensor, adj: Tensor) -> Tensor:
         r""":math:`\hat{\mathbf{y}}_r` from ROI scores ``S`` ``[B, K, C]`` (padding rows 0) and
         the node scalings ``s`` ``[B, C]`` of :math:`\hat{\mathbf{A}}_F`."""
-        B, K, C = S.shape
-        T = S * s[:, None, :]                                     # S diag(s)
-        # A_S (S diag(s))^T for all ROIs of all images at once: [C, B*K]
-        AT = spmm(adj, T.reshape(B * K, C).t().contiguous()).t().reshape(B, K, C)
+        # Â_F S_b^T: the label graph applied to every ROI's score vector, [B, C, K]
+        Q = self.propagate_af(S.transpose(1, 2), s, adj)
         if self.region_conv == "label_axis":
-            # S Â_F^T = ((S diag(s)) A_S^T) diag(s): Â_F on each ROI's label axis
-            h = self.act(self.region_layers[0](AT * s[:, None, :]))
+            # S Â_F^T: Â_F on each ROI's label axis
+            h = self.act(self.region_layers[0](Q.transpose(1, 2)))
             for lin in self.region_layers[1:]:
                 h = self.act(lin(h))
         else:
-            A_R = torch.bmm(AT, T.transpose(1, 2))                # S Â_F^T S^T  [B, K, K]
-            A_R = A_R.transpose(1, 2)                              # = S Â_F S^T
+            A_R = torch.bmm(S, Q)                                  # S Â_F S^T  [B, K, K]
             A_R = A_R * (mask[:, :, None] & mask[:, None, :])
             d = A_R.sum(2)
             inv = torch.where(d > 1e-12, d.clamp_min(1e-12).rsqrt(), torch.zeros_like(d))
@@ -341,12 +349,10 @@ class IAGCN(MultiLabelModel):
         a = S.max(1).values if S.size(1) else S.new_zeros(S.size(0), self.num_classes)  # Eq. 3
         adj = self._adjacency(x.dtype)
         if self.id_lcm:
-            s = instance_aware_scaling(a, self.edge_index, self.edge_weight, self.num_classes,
-                                       adj)
+            s = instance_aware_scaling(a, adj)
             y_w = self.global_logits(x, s, adj)                   # Eq. 6, M_b x_b
         else:
-            s = instance_aware_scaling(torch.ones_like(a), self.edge_index, self.edge_weight,
-                                       self.num_classes, adj)
+            s = instance_aware_scaling(torch.ones_like(a), adj)
             y_w = x @ self.classifiers(None, adj).t()
         if self.bias is not None:
             y_w = y_w + self.bias

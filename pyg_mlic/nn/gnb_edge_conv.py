@@ -3,12 +3,14 @@ and :class:`SplitMLP`, the two-layer MLP over concatenated parts shared by every
 function."""
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+import typing
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.nn import MessagePassing
+from torch_geometric.utils import is_sparse
 
 from pyg_mlic.graphs.assignment_graph import CO, MATCH, NEAR
 
@@ -178,8 +180,13 @@ class _ReLUWeightedSum(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy):
         pos, w = ctx.saved_tensors
-        gx = (gy.unsqueeze(ctx.dim) * w).masked_fill(~pos, 0.0) \
-            if ctx.needs_input_grad[0] else None
+        gx = None
+        if ctx.needs_input_grad[0]:
+            # in the memory layout of x (which may be a permuted view, e.g. the matching
+            # edges [B, K, C, H] read label-major): its consumers then copy it as is
+            gx = torch.empty_like(pos, dtype=gy.dtype)
+            torch.mul(gy.unsqueeze(ctx.dim), w, out=gx)
+            gx.masked_fill_(~pos, 0.0)
         return gx, None, None
 
 
@@ -291,19 +298,29 @@ class GNBEdgeConv(MessagePassing):
         e^m_{ij} \leftarrow \phi^m_e([e^m_{ij}, \hat{e}^m_{ij}])
 
     All :math:`\rho, \phi` are :class:`SplitMLP` (two layers, ReLU; the paper says "MLPs"
-    without sizes). The first layer of :math:`\rho` is applied per node and gathered per
-    edge (:math:`\mathbf{W}_a v_i + \mathbf{W}_b v_j`).
+    without sizes).
 
-    Two code paths compute the same function:
+    **Message passing.** Each edge type is one
+    :meth:`~torch_geometric.nn.conv.MessagePassing.edge_updater` call, and
+    :meth:`edge_update` computes the new state of every edge from the per-node first-layer
+    projections of :math:`\rho` (:math:`\mathbf{W}_a v_i + \mathbf{W}_b v_j`: each node
+    projected once, gathered or broadcast per edge), with the second layer of
+    :math:`\rho` folded into the first layer of :math:`\phi`
+    (:func:`folded_second_projection`) and the per-edge hidden state of :math:`\rho`
+    recomputed in the backward pass instead of stored (:func:`pair_relu_linear`):
 
-    * :meth:`forward` — PyG form on a :class:`~torch_geometric.data.HeteroData` /
-      :class:`~torch_geometric.data.Batch` (``x_dict``, ``edge_index_dict``,
-      ``edge_attr_dict``; :meth:`edge_update` via ``edge_updater``); ``reference=True``
-      builds every edge input by concatenation (the textbook form, for checking);
-    * :meth:`forward_dense` — padded tensors (instances ``[B, K, F]``, matching edges
-      ``[B, K, C, F]``), the fast path of :class:`~pyg_mlic.nn.GraphNetworkBlock`;
-      there the second layer of :math:`\rho^m_e` is folded into the first layer of
-      :math:`\phi^m_e`.
+    * over an edge list ``edge_index`` (or any ``adj_t``), the edge states are
+      ``[E, F]`` and the node projections are gathered at ``edge_index_j`` /
+      ``edge_index_i``;
+    * over the :func:`~pyg_mlic.nn.block_adjacency.block_adjacency` of a padded batch
+      (matching edges, every instance joined to every label), the edge states are dense
+      ``[B, K, C, F]`` and the node projections are broadcast over the blocks (no
+      gather).
+
+    Both give the same result (tested); ``reference=True`` builds every edge input by
+    concatenation instead (the textbook form, for checking). ``fold=True`` returns the
+    new states unevaluated (:class:`Folded`, the output layer of :math:`\phi` applied by
+    each consumer: :class:`~pyg_mlic.nn.GraphNetworkBlock` does this).
 
     Args:
         node_channels (int): width of the (already updated) node states.
@@ -315,9 +332,16 @@ class GNBEdgeConv(MessagePassing):
 
     Shapes:
         - **input:** node states ``instance`` :math:`(N_o, F_v)`, ``label``
-          :math:`(N_l, F_v)`; edge states :math:`(E_t, F_e)` per edge type
-        - **output:** dict of updated edge states :math:`(E_t, F_{out})`
+          :math:`(N_l, F_v)` (padded batch: :math:`(C, F_v)` or :math:`(B, C, F_v)`);
+          per edge type an ``edge_index`` :math:`(2, E_t)` or an ``adj_t``; edge states
+          :math:`(E_t, F_e)` (padded batch: label edges :math:`(B, E_l, F_e)` too,
+          matching edges :math:`(B, K, C, F_e)`)
+        - **output:** dict of updated edge states in the same layouts, :math:`F_{out}`
+          channels
     """
+
+    # (string types: PyG's generated edge_updater imports this module's __all__ only)
+    edge_updater_type = {"p": "typing.Tuple[Tensor, Tensor]", "e": "typing.Any", "key": "str"}
 
     def __init__(self, node_channels: int, edge_channels: int, out_channels: int,
                  hidden_channels: Optional[int] = None,
@@ -345,74 +369,59 @@ class GNBEdgeConv(MessagePassing):
         for m in list(self.rho.values()) + list(self.phi.values()):
             m.reset_parameters()
 
-    # ------------------------------------------------------------------ graph form
-    def edge_update(self, p_j: Tensor, p_i: Tensor) -> Tensor:
-        return F.relu(p_j + p_i)
+    # ------------------------------------------------------------------ message passing
+    def edge_update(self, p: typing.Tuple[Tensor, Tensor], e: typing.Any, key: str,
+                    edge_index_i: Tensor, edge_index_j: Tensor) -> typing.Any:
+        r""":math:`\phi([\mathbf{e}_{ji}, \rho([\mathbf{v}_j, \mathbf{v}_i])])` for every
+        edge :math:`j \to i` of type ``key``, unevaluated (:class:`Folded`): ``p`` = the
+        first-layer projections of :math:`\rho` of the sources (with the bias) and of the
+        targets; ``e`` ``[E, F]`` (gathered at ``edge_index_j`` / ``edge_index_i``) or
+        dense ``[B, S, T, F]`` (sources ``[B·S, H]`` or ``[B, S, H]``, targets ``[T, H]``
+        or ``[B, T, H]``, broadcast)."""
+        rho, phi = self.rho[key], self.phi[key]
+        W, bias = folded_second_projection(phi, 1, rho)
+        src, dst = p
+        if len(e.shape) == 4:
+            B, S = e.shape[:2]
+            if src.dim() == 2 and src.size(0) == B * S:
+                src = src.view(B, S, -1)
+            r = pair_relu_linear(src.unsqueeze(-2), dst.unsqueeze(-3), W, bias)
+        else:
+            r = pair_relu_linear(src, dst, W, bias, edge_index_j, edge_index_i)
+        return Folded.of(phi, phi.hidden(phi.proj(0, e, bias=True), r))
 
-    def _update(self, t: EdgeType, x_src: Tensor, x_dst: Tensor, edge_index: Tensor,
-                e: Tensor, reference: bool) -> Tensor:
+    def _update(self, t: EdgeType, x_src: Tensor, x_dst: Tensor, edge_index, e,
+                reference: bool, fold: bool):
         rho, phi = self.rho[t[1]], self.phi[t[1]]
         if reference:
             ehat = rho(x_src[edge_index[0]], x_dst[edge_index[1]])
             return phi(e, ehat)
-        r = self.edge_updater(edge_index, p=(rho.proj(0, x_src, bias=True), rho.proj(1, x_dst)),
-                              size=(x_src.size(0), x_dst.size(0)))
-        ehat = rho.head(r)
-        return phi.head(phi.hidden(phi.proj(0, e, bias=True), phi.proj(1, ehat)))
+        size = None if is_sparse(edge_index) else (x_src.size(-2), x_dst.size(-2))
+        out = self.edge_updater(edge_index, p=(rho.proj(0, x_src, bias=True),
+                                               rho.proj(1, x_dst)), e=e, key=t[1], size=size)
+        return out if fold else out.value()
 
-    def forward(self, x_dict: Dict[str, Tensor], edge_index_dict: Dict[EdgeType, Tensor],
-                edge_attr_dict: Dict[EdgeType, Tensor],
-                reference: bool = False) -> Dict[EdgeType, Tensor]:
+    def forward(self, x_dict: Dict[str, Tensor], edge_index_dict: Dict[EdgeType, Any],
+                edge_attr_dict: Dict[EdgeType, Any], reference: bool = False,
+                fold: bool = False) -> Dict[EdgeType, Any]:
+        r"""
+        Args:
+            x_dict (dict): ``instance`` and ``label`` node states (already updated).
+            edge_index_dict (dict): per edge type an ``edge_index`` or an ``adj_t``.
+            edge_attr_dict (dict): edge states per edge type (tensors or :class:`Folded`).
+            reference (bool): textbook form (edge lists only).
+            fold (bool): return :class:`Folded` states instead of tensors.
+
+        Returns:
+            dict of the updated states of the requested types present in
+            ``edge_index_dict``.
+        """
         out = {}
         for t in self.edge_types:
             if t not in edge_index_dict:
                 continue
             out[t] = self._update(t, x_dict[t[0]], x_dict[t[2]], edge_index_dict[t],
-                                  edge_attr_dict[t], reference)
-        return out
-
-    # ------------------------------------------------------------------ dense form
-    def forward_dense(self, xo: Tensor, xl: Tensor, near: Optional[Tuple[Tensor, Tensor, Tensor,
-                                                                          Tensor]] = None,
-                      co: Optional[Tuple[Tensor, Tensor, Tensor]] = None,
-                      em: Optional[Tensor] = None) -> Dict[EdgeType, Tensor]:
-        r"""Fast path on padded tensors.
-
-        Args:
-            xo (Tensor): instance states ``[B, K, F_v]``.
-            xl (Tensor): label states ``[C, F_v]`` (shared by the batch) or ``[B, C, F_v]``.
-            near: ``(e [E_o, F_e], b, src, dst)``: instance edge states and, per edge, the
-                image and the *padded* source/receiver positions (``[E_o]`` each).
-            co: ``(e, src, dst)``: label edge states ``[E_l, F_e]`` or ``[B, E_l, F_e]``
-                and the label edge index (shared by the batch).
-            em (Tensor, optional): matching edge states ``[B, K, C, F_e]``.
-
-        Returns:
-            dict of the updated states in the same layouts (only the requested types).
-        """
-        out: Dict[EdgeType, Tensor] = {}
-        B, K = xo.shape[:2]
-        if NEAR in self.edge_types and near is not None:
-            e, b, src, dst = near
-            rho, phi = self.rho["near"], self.phi["near"]
-            flat = xo.reshape(B * K, -1)
-            W, bias = folded_second_projection(phi, 1, rho)
-            r = pair_relu_linear(rho.proj(0, flat, bias=True), rho.proj(1, flat), W, bias,
-                                 b * K + src, b * K + dst)
-            out[NEAR] = Folded.of(phi, phi.hidden(phi.proj(0, e, bias=True), r))
-        if CO in self.edge_types and co is not None:
-            e, src, dst = co
-            rho, phi = self.rho["co"], self.phi["co"]
-            W, bias = folded_second_projection(phi, 1, rho)
-            r = pair_relu_linear(rho.proj(0, xl, bias=True), rho.proj(1, xl), W, bias, src, dst)
-            out[CO] = Folded.of(phi, phi.hidden(phi.proj(0, e, bias=True), r))
-        if MATCH in self.edge_types and em is not None:
-            rho, phi = self.rho["match"], self.phi["match"]
-            pl = rho.proj(1, xl)                                        # [C, H] or [B, C, H]
-            pl = pl.unsqueeze(-3) if pl.dim() == 3 else pl              # [B, 1, C, H]
-            W, bias = folded_second_projection(phi, 1, rho)
-            r = pair_relu_linear(rho.proj(0, xo, bias=True).unsqueeze(-2), pl, W, bias)
-            out[MATCH] = Folded.of(phi, phi.hidden(phi.proj(0, em, bias=True), r))
+                                  edge_attr_dict[t], reference, fold)
         return out
 
     def __repr__(self) -> str:

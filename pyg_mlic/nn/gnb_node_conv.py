@@ -1,14 +1,17 @@
 r"""Node convolution of GM-MLIC's graph network block (Wu et al., IJCAI 2021, Eqs. 5–8)."""
 from __future__ import annotations
 
+import typing  # noqa: F401  (the string types of propagate_type)
 from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
 from torch_geometric.nn import MessagePassing
-from torch_geometric.utils import degree, scatter
+from torch_geometric.typing import Adj
+from torch_geometric.utils import degree, is_sparse, scatter
 
 from pyg_mlic.graphs.assignment_graph import CO, INSTANCE, LABEL, MATCH, NEAR, REV_MATCH
+from pyg_mlic.nn.block_adjacency import dense_blocks
 from pyg_mlic.nn.gnb_edge_conv import EdgeType, SplitMLP, linear, relu_weighted_sum
 
 __all__ = ["GNBNodeConv"]
@@ -52,10 +55,25 @@ class GNBNodeConv(MessagePassing):
     :math:`\tilde{v}^o` and :math:`\tilde{v}^l` (no instance–label messages); the
     corresponding MLPs are not created and :math:`\phi` takes the remaining parts.
 
-    Two code paths compute the same function: :meth:`forward` (PyG form on a
-    :class:`~torch_geometric.data.HeteroData` / ``Batch``; ``reference=True`` builds the
-    inputs of every message by concatenation) and :meth:`forward_dense` (padded tensors;
-    the fast path of :class:`~pyg_mlic.nn.GraphNetworkBlock`).
+    **Message passing.** Every aggregation is one :meth:`propagate` call (the MLP's
+    first layer split into its edge part :math:`\mathbf{q}_{ji}` and its node part
+    :math:`\mathbf{p}_j`, so the message is :math:`\mathrm{ReLU}(\mathbf{p}_j +
+    \mathbf{q}_{ji})`):
+
+    * over an edge list ``edge_index`` (the instance and label graphs; the matching edges
+      of an assignment graph): :meth:`message` per edge and PyG's mean;
+    * over a sparse ``adj_t`` of dense per-image blocks
+      (:func:`~pyg_mlic.nn.block_adjacency.block_adjacency`: the matching edges of a
+      padded batch, every instance joined to every label, with edge states
+      ``[B, K, C, F]``): the fused :meth:`message_and_aggregate`, a weighted sum over the
+      blocks without any gather, where the block values are the mean weights
+      :math:`1/|\mathcal{N}|` (0 for padding instances) and only the sign pattern of the
+      ``[B, K, C, H]`` pre-activations is kept for the backward pass
+      (:func:`~pyg_mlic.nn.gnb_edge_conv.relu_weighted_sum`). This is the training path
+      of :class:`~pyg_mlic.nn.GraphNetworkBlock`.
+
+    Both give the same result (tested, values and gradients); ``reference=True`` builds
+    the input of every message by concatenation instead (textbook form, edge lists only).
 
     Args:
         in_channels (int): width of the incoming node and edge states.
@@ -67,10 +85,18 @@ class GNBNodeConv(MessagePassing):
 
     Shapes:
         - **input:** ``x_dict`` with ``instance`` :math:`(N_o, F_{in})` and ``label``
-          :math:`(N_l, F_{in})`; edge states :math:`(E_t, F_{in})` per edge type
+          :math:`(N_l, F_{in})` (a padded batch: :math:`N_o = B K`, labels
+          :math:`(C, F_{in})` shared by the images or :math:`(B, C, F_{in})`); per edge
+          type an ``edge_index`` :math:`(2, E_t)` or an ``adj_t``, and edge states
+          :math:`(E_t, F_{in})` (label edges of a padded batch: :math:`(B, E_l, F_{in})`
+          too; matching edges with ``adj_t``: :math:`(B, K, C, F_{in})`)
         - **output:** dict with ``instance`` :math:`(N_o, F_{out})`, ``label``
-          :math:`(N_l, F_{out})`
+          :math:`(N_l, F_{out})` (padded batch: :math:`(B, C, F_{out})`, or
+          :math:`(C, F_{out})` while nothing image-dependent reached the labels)
     """
+
+    # (string types: PyG's generated propagate imports this module's __all__ only)
+    propagate_type = {"p": "typing.Tuple[Tensor, typing.Optional[Tensor]]", "q": "Tensor"}
 
     def __init__(self, in_channels: int, out_channels: int, hidden_channels: Optional[int] = None,
                  use_instance_graph: bool = True, use_label_graph: bool = True,
@@ -99,101 +125,99 @@ class GNBNodeConv(MessagePassing):
             if m is not None:
                 m.reset_parameters()
 
-    # ------------------------------------------------------------------ graph form
+    # ------------------------------------------------------------------ message passing
     def message(self, p_j: Tensor, q: Tensor) -> Tensor:
         return torch.relu(p_j + q)
 
-    def _aggregate_graph(self, mlp: SplitMLP, edge_index: Tensor, e: Tensor, x_src: Tensor,
-                         num_dst: int, reference: bool) -> Tensor:
+    def message_and_aggregate(self, adj_t: Tensor, p: Tuple[Tensor, Optional[Tensor]],
+                              q: Tensor) -> Tensor:
+        r""":math:`\sum_j A_{ij}\,\mathrm{ReLU}(\mathbf{p}_j + \mathbf{q}_{ji})` over the dense
+        blocks of a :func:`~pyg_mlic.nn.block_adjacency.block_adjacency` ``adj_t``
+        ``[B·T, B·S]``: ``q`` ``[B, S, T, H]`` (edge :math:`s \to t` of image :math:`b` at
+        ``[b, s, t]``), ``p[0]`` the sources ``[B·S, H]``, ``[B, S, H]`` or ``[S, H]``
+        (shared by the images). Returns ``[B·T, H]``."""
+        x = p[0]
+        if q.dim() != 4:
+            raise ValueError("GNBNodeConv: a sparse adj_t needs dense edge states [B, S, T, H] "
+                             "(matching edges of a padded batch); pass an edge_index for "
+                             "edge lists")
+        B, S, T = q.shape[:3]
+        w = dense_blocks(adj_t, T, S).to(q.dtype)                          # [B, T, S]
+        if x.dim() == 2 and x.size(0) == B * S:
+            x = x.view(B, S, -1)
+        out = relu_weighted_sum(q + x.unsqueeze(-2), w.transpose(1, 2).unsqueeze(-1), -3)
+        return out.reshape(B * T, -1)
+
+    def _aggregate(self, mlp: SplitMLP, adj, q, x_src: Tensor, x_dst: Tensor,
+                   reference: bool) -> Tensor:
+        r"""The mean over the neighbours of :math:`\rho([\mathbf{e}_{ji}, \mathbf{v}_j])`,
+        zero for a node without neighbours; ``q`` = :math:`\mathbf{W}_1^{(0)}\mathbf{e} +
+        \mathbf{b}_1` (``reference``: the edge states themselves)."""
         if reference:  # textbook: the MLP on the concatenation [e_ji, v_j], then the mean
-            msg = mlp(e, x_src[edge_index[0]])
-            return scatter(msg, edge_index[1], 0, dim_size=num_dst, reduce="mean")
-        h = self.propagate(edge_index, p=(mlp.proj(1, x_src), None), q=mlp.proj(0, e, bias=True),
-                           size=(x_src.size(0), num_dst))
-        deg = degree(edge_index[1], num_dst, dtype=h.dtype)
-        return mlp.head(h) * (deg > 0).unsqueeze(-1).to(h.dtype)
+            msg = mlp(q, x_src[adj[0]])
+            return scatter(msg, adj[1], 0, dim_size=x_dst.size(0), reduce="mean")
+        p = mlp.proj(1, x_src)
+        if is_sparse(adj):
+            h = self.propagate(adj, p=(p, None), q=q)
+            has = dense_blocks(adj, q.size(2), q.size(1)).sum(-1).reshape(-1, 1) > 0
+        else:
+            n_dst = x_dst.size(-2)
+            h = self.propagate(adj, p=(p, None), q=q, size=(p.size(-2), n_dst))
+            has = degree(adj[1], n_dst, dtype=h.dtype).unsqueeze(-1) > 0
+        out = mlp.head(h) * has.to(h.dtype)
+        if out.dim() == 2 and (x_dst.dim() == 3 or out.size(0) != x_dst.size(0)):
+            out = out.view(-1, x_dst.size(-2), out.size(-1))   # padded batch: [B, C, F]
+        return out
 
-    def forward(self, x_dict: Dict[str, Tensor], edge_index_dict: Dict[EdgeType, Tensor],
-                edge_attr_dict: Dict[EdgeType, Tensor],
+    def forward(self, x_dict: Dict[str, Tensor], edge_index_dict: Dict[EdgeType, Adj],
+                edge_attr_dict: Dict[EdgeType, object],
                 reference: bool = False) -> Dict[str, Tensor]:
-        xo, xl = x_dict[INSTANCE], x_dict[LABEL]
-        No, Nl = xo.size(0), xl.size(0)
-        po, pl = [xo], [xl]
-        if self.rho_oo is not None:
-            po.append(self._aggregate_graph(self.rho_oo, edge_index_dict[NEAR],
-                                            edge_attr_dict[NEAR], xo, No, reference))
-        if self.rho_lo is not None:
-            rev = edge_index_dict.get(REV_MATCH, edge_index_dict[MATCH].flip(0))
-            po.append(self._aggregate_graph(self.rho_lo, rev, edge_attr_dict[MATCH], xl, No,
-                                            reference))
-        if self.rho_ll is not None:
-            pl.append(self._aggregate_graph(self.rho_ll, edge_index_dict[CO],
-                                            edge_attr_dict[CO], xl, Nl, reference))
-        if self.rho_ol is not None:
-            pl.append(self._aggregate_graph(self.rho_ol, edge_index_dict[MATCH],
-                                            edge_attr_dict[MATCH], xo, Nl, reference))
-        return {INSTANCE: self.phi_o(*po), LABEL: self.phi_l(*pl)}
-
-    # ------------------------------------------------------------------ dense form
-    def forward_dense(self, xo: Tensor, mask: Tensor, xl: Tensor,
-                      near: Optional[Tuple[Tensor, Tensor, Tensor, Tensor]] = None,
-                      co: Optional[Tuple[Tensor, Tensor, Tensor]] = None,
-                      em: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-        r"""Fast path on padded tensors (layouts as in
-        :meth:`~pyg_mlic.nn.GNBEdgeConv.forward_dense`).
-
+        r"""
         Args:
-            xo (Tensor): instance states ``[B, K, F]``; mask (Tensor): bool ``[B, K]``.
-            xl (Tensor): label states ``[C, F]`` (shared by the batch) or ``[B, C, F]``.
-            near, co, em: edge states (required when the matching ablation flag is on).
-
-        Returns:
-            ``(instances [B, K, F_out], labels [B, C, F_out])``; label states stay
-            ``[C, F_out]`` when nothing image-dependent reaches them
-            (``use_matching_edges=False`` and shared label edges). Padding rows of the
-            instance output are finite but meaningless.
+            x_dict (dict): ``instance`` and ``label`` node states.
+            edge_index_dict (dict): per edge type an ``edge_index`` or an ``adj_t``
+                (``('label', 'rev_match', 'instance')`` defaults to the flipped matching
+                edge list).
+            edge_attr_dict (dict): edge states per edge type (tensors or
+                :class:`~pyg_mlic.nn.gnb_edge_conv.Folded`); the reverse matching edges
+                share the matching edges' states.
+            reference (bool): textbook form (edge lists only).
         """
-        B, K = mask.shape
+        xo, xl = x_dict[INSTANCE], x_dict[LABEL]
         po, pl = [xo], [xl]
         if self.rho_oo is not None:
-            e, b, src, dst = near
-            m = self.rho_oo
-            flat = xo.reshape(B * K, -1)
-            h = m.hidden(m.proj(0, e, bias=True), m.proj(1, flat)[b * K + src])   # [E_o, H]
-            tgt = b * K + dst
-            agg = scatter(h, tgt, 0, dim_size=B * K, reduce="mean")
-            has = torch.zeros(B * K, dtype=h.dtype, device=h.device).index_fill_(0, tgt, 1.0)
-            po.append((m.head(agg) * has.unsqueeze(-1)).view(B, K, -1))
-        if self.rho_lo is not None or self.rho_ol is not None:
-            # one pass over the matching edges for both first layers
-            Wc = torch.cat([self.rho_lo.weight(0), self.rho_ol.weight(0)])
-            bc = torch.cat([self.rho_lo.lin1.bias, self.rho_ol.lin1.bias])
-            pe = linear(em, Wc, bc)                                            # [B, K, C, 2H]
-            H = self.rho_lo.lin1.out_features
-            pxl = self.rho_lo.proj(1, xl)                                      # [(B,) C, H]
-            pxl = pxl.unsqueeze(-3) if pxl.dim() == 3 else pxl
-            C = pe.shape[2]
-            # mean over the C labels / the real instances of relu(.): only the sign pattern
-            # of the [B, K, C, H] pre-activations is kept for the backward pass
-            agg_o = relu_weighted_sum(pe[..., :H] + pxl, pe.new_full((), 1.0 / C), 2)
-            po.append(self.rho_lo.head(agg_o))
-            w = mask.to(pe.dtype)
-            cnt = w.sum(1)                                                     # [B]
-            wk = (w / cnt.clamp_min(1.0).view(B, 1)).view(B, K, 1, 1)
-            agg_l = relu_weighted_sum(pe[..., H:] + self.rho_ol.proj(1, xo).unsqueeze(2), wk, 1)
-            del pe
-            pl.append(self.rho_ol.head(agg_l) * (cnt > 0).to(agg_l.dtype).view(B, 1, 1))
+            e = edge_attr_dict[NEAR]
+            q = e if reference else self.rho_oo.proj(0, e, bias=True)
+            po.append(self._aggregate(self.rho_oo, edge_index_dict[NEAR], q, xo, xo, reference))
+        if self.use_matching_edges:
+            match = edge_index_dict[MATCH]
+            rev = edge_index_dict.get(REV_MATCH)
+            if rev is None:
+                if is_sparse(match):
+                    raise ValueError("GNBNodeConv: a sparse matching adj_t needs its reverse "
+                                     f"under {REV_MATCH}")
+                rev = match.flip(0)
+            e = edge_attr_dict[MATCH]
+            if reference:
+                q_lo = q_ol = e
+            else:   # one pass over the matching edges for both first layers
+                H = self.rho_lo.lin1.out_features
+                pe = linear(e, torch.cat([self.rho_lo.weight(0), self.rho_ol.weight(0)]),
+                            torch.cat([self.rho_lo.lin1.bias, self.rho_ol.lin1.bias]))
+                q_lo, q_ol = pe[..., :H], pe[..., H:]
+                if pe.dim() == 4:                  # [B, K, C, H]: labels are the sources
+                    q_lo = q_lo.transpose(1, 2)
+            po.append(self._aggregate(self.rho_lo, rev, q_lo, xl, xo, reference))
         if self.rho_ll is not None:
-            e, src, dst = co
-            m = self.rho_ll
-            C = xl.size(-2)
-            h = m.hidden(m.proj(0, e, bias=True), m.proj(1, xl)[..., src, :])  # [(B,) E_l, H]
-            agg = scatter(h, dst, h.dim() - 2, dim_size=C, reduce="mean")
-            has = torch.zeros(C, dtype=h.dtype, device=h.device).index_fill_(0, dst, 1.0)
-            pl.insert(1, m.head(agg) * has.unsqueeze(-1))
+            e = edge_attr_dict[CO]
+            q = e if reference else self.rho_ll.proj(0, e, bias=True)
+            pl.append(self._aggregate(self.rho_ll, edge_index_dict[CO], q, xl, xl, reference))
+        if self.use_matching_edges:
+            pl.append(self._aggregate(self.rho_ol, match, q_ol, xo, xl, reference))
         if len(pl) > 1 and any(t.dim() == 3 for t in pl):
+            B = next(t.size(0) for t in pl if t.dim() == 3)
             pl = [t.expand(B, *t.shape[-2:]) if t.dim() == 2 else t for t in pl]
-        return self.phi_o(*po), self.phi_l(*pl)
+        return {INSTANCE: self.phi_o(*po), LABEL: self.phi_l(*pl)}
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}, "

@@ -3,7 +3,7 @@ Sec. 3.3): encoder (Eq. 4), :math:`k` graph convolution modules (Eqs. 5–12) an
 matching-edge decoder (Eq. 13)."""
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -12,10 +12,33 @@ from torch_geometric.data import Batch, HeteroData
 from pyg_mlic.graphs.assignment_graph import (CO, INSTANCE, LABEL, MATCH, NEAR, REV_MATCH,
                                               assignment_graph, label_edges)
 from pyg_mlic.graphs.instance_graph import DEFAULT_K, box_centers, knn_edges_dense
-from pyg_mlic.nn.gnb_edge_conv import Folded, GNBEdgeConv, SplitMLP, pair_relu_linear
+from pyg_mlic.nn.block_adjacency import block_adjacency
+from pyg_mlic.nn.gnb_edge_conv import EdgeType, Folded, GNBEdgeConv, SplitMLP, pair_relu_linear
 from pyg_mlic.nn.gnb_node_conv import GNBNodeConv
 
-__all__ = ["GraphNetworkBlock"]
+__all__ = ["GraphNetworkBlock", "matching_adjacency"]
+
+
+def matching_adjacency(mask: Tensor, num_labels: int, dtype: torch.dtype = torch.float32
+                       ) -> Tuple[Tensor, Tensor]:
+    r"""The matching edges of a padded batch (every real instance of an image joined to
+    every label) as two block ``adj_t`` (:func:`~pyg_mlic.nn.block_adjacency.
+    block_adjacency`) holding the weights of a mean aggregation:
+
+    * ``('instance', 'match', 'label')``: ``[B·C, B·K]``, block :math:`b` =
+      :math:`m_{b,k} / \max(1, \sum_k m_{b,k})` (a label averages the real instances);
+    * ``('label', 'rev_match', 'instance')``: ``[B·K, B·C]``, block :math:`b` =
+      :math:`m_{b,k} / C` (a real instance averages the :math:`C` labels; padding rows
+      have no neighbour).
+
+    Args:
+        mask (Tensor): bool ``[B, K]``. num_labels (int): :math:`C`.
+    """
+    B, K = mask.shape
+    w = mask.to(dtype)
+    to_labels = (w / w.sum(1, keepdim=True).clamp_min(1.0))[:, None, :].expand(B, num_labels, K)
+    to_instances = (w / max(int(num_labels), 1))[:, :, None].expand(B, K, num_labels)
+    return block_adjacency(to_labels), block_adjacency(to_instances)
 
 
 class GraphNetworkBlock(nn.Module):
@@ -50,22 +73,33 @@ class GraphNetworkBlock(nn.Module):
     decoder scores each instance–label pair from the final node states,
     :math:`s_{ic} = \sigma(\phi_{dec}([v^o_i, v^l_c]))`).
 
-    Code paths (equal up to float rounding, see ``tests/nn/test_gnb.py``):
+    Every graph goes through the layers' :class:`~torch_geometric.nn.conv.MessagePassing`
+    API (:meth:`GNBNodeConv.propagate <torch_geometric.nn.conv.MessagePassing.propagate>`,
+    :meth:`GNBEdgeConv.edge_updater
+    <torch_geometric.nn.conv.MessagePassing.edge_updater>`); the two entry points differ
+    only in how the graph is laid out (equal up to float rounding, see
+    ``tests/nn/test_gnb.py``):
 
-    * :meth:`forward_dense` — the fast path on padded tensors: ROI features
-      ``[B, K, D]``, boxes, mask, label embeddings ``[C, d]``. The first layer of every
-      MLP over a concatenation is applied per node and broadcast to the edges, label-only
-      quantities are computed once per batch, matching edges are dense ``[B, K, C, F]``,
-      the output layer of an MLP is folded into the first layer of its consumers
+    * :meth:`forward_dense` — the training path, a padded batch: ROI features
+      ``[B, K, D]``, boxes, mask, label embeddings ``[C, d]``. Instances are the
+      :math:`B K` rows (padding rows are isolated nodes) with the kNN edges as an
+      ``edge_index``; the labels are shared by the batch (``[C, F]``, ``[B, C, F]`` once
+      image-dependent) with one label ``edge_index``; the matching edges are dense
+      ``[B, K, C, F]`` states over a :func:`matching_adjacency` (block ``adj_t``), which
+      routes them to the layers' fused paths (no gather over the :math:`B K C` edges). The
+      first layer of every MLP over a concatenation is applied per node, the output layer
+      of an MLP is folded into the first layer of its consumers
       (:class:`~pyg_mlic.nn.gnb_edge_conv.Folded`), per-edge hidden states over node
       pairs are recomputed in the backward pass instead of stored
       (:func:`~pyg_mlic.nn.gnb_edge_conv.pair_relu_linear`) and mean aggregations keep
       only the sign pattern of their inputs
       (:func:`~pyg_mlic.nn.gnb_edge_conv.relu_weighted_sum`).
-    * :meth:`forward` — PyG form on an assignment graph
-      (:func:`~pyg_mlic.graphs.assignment_graph_batch`), one score per matching edge.
-    * :meth:`forward_reference` — per-image loop, every edge input built by
-      concatenation (the textbook form; for tests and benchmarks).
+    * :meth:`forward` — an assignment graph (:func:`~pyg_mlic.graphs.assignment_graph_batch`,
+      edge lists everywhere: the layers' per-edge ``message`` / ``edge_update`` path), one
+      score per matching edge;
+      ``reference=True`` builds every edge input by concatenation (textbook form).
+    * :meth:`forward_reference` — per-image loop of ``forward(..., reference=True)``
+      (for tests and benchmarks).
 
     Args:
         instance_channels (int): ROI feature size :math:`D`.
@@ -120,11 +154,29 @@ class GraphNetworkBlock(nn.Module):
             if m is not self and hasattr(m, "reset_parameters"):
                 m.reset_parameters()
 
-    # ------------------------------------------------------------------ fast path
+    # ------------------------------------------------------------------ shared
+    def _convolve(self, x: Dict[str, Tensor], ei: Dict[EdgeType, Tensor],
+                  ea: Dict[EdgeType, object], reference: bool = False):
+        """The :math:`k` node + edge convolution modules."""
+        for nc, ec in zip(self.node_convs, self.edge_convs):
+            x = nc(x, ei, ea, reference=reference)
+            if ec is not None:
+                ea = {**ea, **ec(x, ei, ea, reference=reference, fold=not reference)}
+        return x, ea
+
+    @staticmethod
+    def _pair_state(m: SplitMLP, a: Tensor, b: Tensor, src: Tensor, dst: Tensor,
+                    reference: bool):
+        """Encoder of an edge from its two end nodes, :math:`m([a_{src}, b_{dst}])`."""
+        if reference:
+            return m(a[src], b[dst])
+        return Folded.of_pair(m, m.proj(0, a, bias=True), m.proj(1, b), src, dst)
+
+    # ------------------------------------------------------------------ padded batch
     def forward_dense(self, features: Tensor, boxes: Tensor, mask: Tensor,
                       label_embeddings: Tensor, label_edge_index: Optional[Tensor] = None
                       ) -> Tensor:
-        r"""Matching logits of a padded batch (fast path).
+        r"""Matching logits of a padded batch (the training path).
 
         Args:
             features (Tensor): ROI features ``[B, K, D]``.
@@ -141,37 +193,30 @@ class GraphNetworkBlock(nn.Module):
         B, K, _ = features.shape
         C = label_embeddings.size(0)
         E = label_embeddings.to(features.dtype)
-        xo = self.enc_instance(features)                                   # [B, K, F]
-        xl = self.enc_label(E)                                             # [C, F] (shared)
-        near = co = em = None
+        x = {INSTANCE: self.enc_instance(features).reshape(B * K, -1),   # [B K, F]
+             LABEL: self.enc_label(E)}                                   # [C, F] (shared)
+        ei: Dict[EdgeType, Tensor] = {}
+        ea: Dict[EdgeType, object] = {}
         if self.use_instance_graph:
             b, src, dst = knn_edges_dense(box_centers(boxes), mask, self.k)
-            m = self.enc_near
+            ei[NEAR] = torch.stack([b * K + src, b * K + dst])           # over the B K rows
             flat = boxes.reshape(B * K, 4)
-            e = Folded.of_pair(m, m.proj(0, flat, bias=True), m.proj(1, flat), b * K + src,
-                               b * K + dst)
-            near = (e, b, src, dst)
+            ea[NEAR] = self._pair_state(self.enc_near, flat, flat, ei[NEAR][0], ei[NEAR][1],
+                                        False)
         if self.use_label_graph:
-            ei = label_edge_index if label_edge_index is not None else label_edges(
+            ei[CO] = label_edge_index if label_edge_index is not None else label_edges(
                 C, device=features.device)
-            m = self.enc_co
-            e = Folded.of_pair(m, m.proj(0, E, bias=True), m.proj(1, E), ei[0], ei[1])
-            co = (e, ei[0], ei[1])                                         # [E_l, F] (shared)
+            ea[CO] = self._pair_state(self.enc_co, E, E, ei[CO][0], ei[CO][1], False)
         if self.use_matching_edges:
-            m = self.enc_match
-            em = Folded.of_pair(m, m.proj(0, features, bias=True).unsqueeze(2), m.proj(1, E))
-        for nc, ec in zip(self.node_convs, self.edge_convs):
-            xo, xl = nc.forward_dense(xo, mask, xl, near, co, em)
-            if ec is not None:
-                upd = ec.forward_dense(xo, xl, near, co, em)
-                if NEAR in upd:
-                    near = (upd[NEAR],) + near[1:]
-                if CO in upd:
-                    co = (upd[CO],) + co[1:]
-                em = upd.get(MATCH, em)
+            ei[MATCH], ei[REV_MATCH] = matching_adjacency(mask, C, features.dtype)
+            m = self.enc_match                                           # [B, K, C, F]
+            ea[MATCH] = Folded.of_pair(m, m.proj(0, features, bias=True).unsqueeze(2),
+                                       m.proj(1, E))
+        x, ea = self._convolve(x, ei, ea)
         dec = self.decoder
         if self.use_matching_edges:
-            return dec.head(dec.hidden(dec.proj(0, em, bias=True))).squeeze(-1)
+            return dec.head(dec.hidden(dec.proj(0, ea[MATCH], bias=True))).squeeze(-1)
+        xo, xl = x[INSTANCE].view(B, K, -1), x[LABEL]
         pl = dec.proj(1, xl)
         pl = pl.unsqueeze(-3) if pl.dim() == 3 else pl
         return pair_relu_linear(dec.proj(0, xo, bias=True).unsqueeze(2), pl, dec.lin2.weight,
@@ -187,7 +232,7 @@ class GraphNetworkBlock(nn.Module):
                 (:func:`~pyg_mlic.graphs.assignment_graph_batch`).
             reference (bool): build every edge input by concatenation (textbook form).
         """
-        x_dict = {INSTANCE: data[INSTANCE].x, LABEL: data[LABEL].x}
+        x = {INSTANCE: data[INSTANCE].x, LABEL: data[LABEL].x}
         ei = {t: data[t].edge_index for t in (NEAR, CO, MATCH, REV_MATCH)
               if t in data.edge_types}
         match = ei[MATCH]
@@ -195,29 +240,24 @@ class GraphNetworkBlock(nn.Module):
         def attr_or_pairs(t, m, a, b):
             if "edge_attr" in data[t]:
                 return m(data[t].edge_attr)
-            src, dst = ei[t]
-            if reference:
-                return m(a[src], b[dst])
-            return m.head(m.hidden(m.proj(0, a, bias=True)[src], m.proj(1, b)[dst]))
+            return self._pair_state(m, a, b, ei[t][0], ei[t][1], reference)
 
-        ea = {}
+        ea: Dict[EdgeType, object] = {}
         if self.use_instance_graph:
             ea[NEAR] = attr_or_pairs(NEAR, self.enc_near, data[INSTANCE].boxes,
                                      data[INSTANCE].boxes)
         if self.use_label_graph:
-            ea[CO] = attr_or_pairs(CO, self.enc_co, x_dict[LABEL], x_dict[LABEL])
+            ea[CO] = attr_or_pairs(CO, self.enc_co, x[LABEL], x[LABEL])
         if self.use_matching_edges:
-            ea[MATCH] = attr_or_pairs(MATCH, self.enc_match, x_dict[INSTANCE], x_dict[LABEL])
-        x_dict = {INSTANCE: self.enc_instance(x_dict[INSTANCE]),
-                  LABEL: self.enc_label(x_dict[LABEL])}
-        for nc, ec in zip(self.node_convs, self.edge_convs):
-            x_dict = nc(x_dict, ei, ea, reference=reference)
-            if ec is not None:
-                ea.update(ec(x_dict, ei, ea, reference=reference))
+            ea[MATCH] = attr_or_pairs(MATCH, self.enc_match, x[INSTANCE], x[LABEL])
+        x = {INSTANCE: self.enc_instance(x[INSTANCE]), LABEL: self.enc_label(x[LABEL])}
+        x, ea = self._convolve(x, ei, ea, reference)
         dec = self.decoder
         if self.use_matching_edges:
-            return dec(ea[MATCH]).squeeze(-1)
-        xo, xl = x_dict[INSTANCE], x_dict[LABEL]
+            e = ea[MATCH]
+            return (dec(e) if reference else dec.head(dec.hidden(dec.proj(0, e, bias=True)))
+                    ).squeeze(-1)
+        xo, xl = x[INSTANCE], x[LABEL]
         if reference:
             return dec(xo[match[0]], xl[match[1]]).squeeze(-1)
         return dec.head(dec.hidden(dec.proj(0, xo, bias=True)[match[0]],

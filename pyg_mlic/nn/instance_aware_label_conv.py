@@ -10,26 +10,23 @@ from torch.nn import Parameter
 from torch_geometric.nn import MessagePassing
 from torch_geometric.nn.dense.linear import Linear
 from torch_geometric.nn.inits import zeros
-from torch_geometric.utils import spmm
+from torch_geometric.typing import Adj, OptTensor
+from torch_geometric.utils import is_sparse, spmm, to_torch_csr_tensor
 
 __all__ = ["InstanceAwareLabelConv", "image_dependent_propagation", "instance_aware_scaling",
            "label_adjacency_csr"]
 
 
-def label_adjacency_csr(edge_index: Tensor, edge_weight: Tensor, num_nodes: int) -> Tensor:
-    r"""The label graph as a ``torch.sparse_csr`` matrix :math:`\mathbf{A}` ``[C, C]`` with
-    :math:`A_{ij}` = weight of edge :math:`j \to i` (``edge_index[0] = j`` the source,
-    ``edge_index[1] = i`` the target), so that :math:`\mathbf{A}\mathbf{H}` aggregates at the
-    targets like a sum-aggregating :class:`~torch_geometric.nn.conv.MessagePassing` layer.
-    Duplicate edges are summed by the product."""
-    src, dst = edge_index[0].long(), edge_index[1].long()
-    order = torch.argsort(dst * num_nodes + src)
-    crow = torch.zeros(num_nodes + 1, dtype=torch.long, device=edge_index.device)
-    crow[1:] = torch.bincount(dst, minlength=num_nodes).cumsum(0)
+def label_adjacency_csr(edge_index: Tensor, edge_weight: OptTensor, num_nodes: int) -> Tensor:
+    r"""The label graph as PyG's transposed adjacency ``adj_t``: a ``torch.sparse_csr``
+    matrix :math:`\mathbf{A}` ``[C, C]`` with :math:`A_{ij}` = weight of edge
+    :math:`j \to i` (``edge_index[0] = j`` the source, ``edge_index[1] = i`` the target),
+    so that ``propagate(adj_t, ...)`` aggregates at the targets exactly as
+    ``propagate(edge_index, edge_weight=...)`` does (:func:`torch_geometric.utils.
+    to_torch_csr_tensor` of the flipped edges; duplicate edges are summed)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "CSR support is in beta"
-        return torch.sparse_csr_tensor(crow, src[order], edge_weight[order],
-                                       size=(num_nodes, num_nodes), check_invariants=False)
+        return to_torch_csr_tensor(edge_index.flip(0), edge_weight, (num_nodes, num_nodes))
 
 
 def _check_scores(a: Tensor, num_nodes: int) -> Tensor:
@@ -39,12 +36,23 @@ def _check_scores(a: Tensor, num_nodes: int) -> Tensor:
     return a
 
 
-def instance_aware_scaling(a: Tensor, edge_index: Tensor, edge_weight: Tensor,
-                           num_nodes: int, adj: Optional[Tensor] = None,
+def _adj_t(edge_index: Adj, edge_weight: OptTensor, num_nodes: int, dtype) -> Adj:
+    """``edge_index`` itself when it is already a sparse adjacency, else its CSR ``adj_t``."""
+    if is_sparse(edge_index):
+        return edge_index
+    if edge_weight is None:
+        edge_weight = torch.ones(edge_index.size(1), dtype=dtype, device=edge_index.device)
+    return label_adjacency_csr(edge_index, edge_weight.to(dtype), num_nodes)
+
+
+def instance_aware_scaling(a: Tensor, edge_index: Adj, edge_weight: OptTensor = None,
+                           num_nodes: Optional[int] = None, adj: Optional[Adj] = None,
                            eps: float = 1e-12) -> Tensor:
     r"""The per-image node scalings :math:`\mathbf{s}_b` with
     :math:`\hat{\mathbf{A}}_F^{(b)} = \mathrm{diag}(\mathbf{s}_b)\,\mathbf{A}_S\,
-    \mathrm{diag}(\mathbf{s}_b)` (see :class:`InstanceAwareLabelConv`):
+    \mathrm{diag}(\mathbf{s}_b)` (see :class:`InstanceAwareLabelConv`): the normalisation
+    of the image-dependent graph, as :func:`torch_geometric.nn.conv.gcn_conv.gcn_norm` is
+    GCN's,
 
     .. math::
         d_{b,i} = a_{b,i} \, (\mathbf{A}_S \mathbf{a}_b)_i,\qquad
@@ -54,19 +62,25 @@ def instance_aware_scaling(a: Tensor, edge_index: Tensor, edge_weight: Tensor,
 
     Args:
         a (Tensor): ``[B, C]`` non-negative image-level label scores.
-        edge_index, edge_weight: the statistical graph :math:`\mathbf{A}_S` (edges
-            :math:`j \to i`, weights :math:`A_{S,ij} \ge 0`).
-        num_nodes (int): :math:`C`.
-        adj (Tensor, optional): :func:`label_adjacency_csr` of the graph (built if omitted).
+        edge_index (Tensor or SparseTensor): the statistical graph :math:`\mathbf{A}_S`:
+            edges :math:`j \to i` ``[2, E]`` (with ``edge_weight``), or its ``adj_t``
+            (:func:`label_adjacency_csr`, a ``torch.sparse`` matrix or a
+            ``torch_sparse.SparseTensor``).
+        edge_weight (Tensor, optional): ``[E]`` weights :math:`A_{S,ij} \ge 0`
+            (default: ones).
+        num_nodes (int, optional): :math:`C` (default: ``a.size(1)``).
+        adj (Tensor, optional): ``adj_t`` of the graph, when ``edge_index`` is an edge list
+            (built if omitted).
 
     Returns:
         ``[B, C]`` scalings.
     """
+    num_nodes = a.size(-1) if num_nodes is None else int(num_nodes)
     a = _check_scores(a, num_nodes)
     empty = (a.detach() <= 0).all(1, keepdim=True)
     a = torch.where(empty, torch.ones_like(a), a)        # no ROI at all: fall back to A_S
     if adj is None:
-        adj = label_adjacency_csr(edge_index, edge_weight.to(a.dtype), num_nodes)
+        adj = _adj_t(edge_index, edge_weight, num_nodes, a.dtype)
     deg = a * spmm(adj, a.t().contiguous()).t()           # row sums of A_F, [B, C]
     pos = deg > eps
     return torch.where(pos, a * deg.clamp_min(eps).rsqrt(), torch.zeros_like(a))
@@ -101,6 +115,15 @@ def image_dependent_propagation(a: Tensor, A_S: Tensor, eps: float = 1e-12) -> T
     return torch.stack(out)
 
 
+def _linear(lin: torch.nn.Module, t: Tensor) -> Tensor:
+    """``lin(t)``; a ``[B, C, F]`` view of a contiguous ``[C, B, F]`` tensor (the layout of
+    the sparse product, images side by side) is mapped in that layout and returned as a
+    view again, so that stacked layers never copy between the two layouts."""
+    if t.dim() == 3 and not t.is_contiguous() and t.transpose(0, 1).is_contiguous():
+        return lin(t.transpose(0, 1)).transpose(0, 1)
+    return lin(t)
+
+
 class InstanceAwareLabelConv(MessagePassing):
     r"""The image-dependent label graph convolution of IA-GCN (Wang et al.,
     *Instance-Aware Graph Convolutional Network for Multi-Label Classification*,
@@ -133,68 +156,89 @@ class InstanceAwareLabelConv(MessagePassing):
 
     **Batched form.** Per image the normalised weights are
     :math:`w_b(j \to i) = A_{S,ij}\, a_{b,i} a_{b,j} / \sqrt{D_{b,ii} D_{b,jj}}
-    = s_{b,i}\, A_{S,ij}\, s_{b,j}` with :math:`s_{b,i} = a_{b,i} D_{b,ii}^{-1/2}`, i.e.
+    = s_{b,i}\, A_{S,ij}\, s_{b,j}` with :math:`s_{b,i} = a_{b,i} D_{b,ii}^{-1/2}`
+    (:func:`instance_aware_scaling`), i.e. node-wise
 
     .. math::
+        \mathbf{h}'_{b,i} = \mathbf{W}^{\top} \sum_{j \in \mathcal{N}(i)}
+        s_{b,i}\, A_{S,ij}\, s_{b,j}\, \mathbf{h}_{b,j}, \qquad
         \hat{\mathbf{A}}_F^{(b)} = \mathrm{diag}(\mathbf{s}_b)\,\mathbf{A}_S\,
-        \mathrm{diag}(\mathbf{s}_b),\qquad
-        D_{b,ii} = a_{b,i}\,(\mathbf{A}_S \mathbf{a}_b)_i .
+        \mathrm{diag}(\mathbf{s}_b) .
 
-    So the layer scales every image's node features by :math:`\mathbf{s}_b`, stacks the
-    :math:`B` images side by side as one ``[C, B·F]`` signal, runs **one** propagation
-    over the shared support of :math:`\mathbf{A}_S` (a sparse CSR product,
-    :meth:`message_and_aggregate`, or gather/scatter :meth:`message` with
-    ``sparse=False``), and scales again: :math:`O(|E| B F)` instead of the
-    :math:`O(B C^2 F)` of dense per-image matrices. :math:`\mathbf{A}_F` is zero wherever
-    :math:`\mathbf{A}_S` is. :func:`image_dependent_propagation` is the dense per-image
-    reference.
+    :math:`\hat{\mathbf{A}}_F` is zero wherever :math:`\mathbf{A}_S` is;
+    :func:`image_dependent_propagation` is the dense per-image reference.
+
+    **Message passing.** :meth:`forward` calls :meth:`propagate` once, as
+    :class:`~torch_geometric.nn.conv.GCNConv` does:
+
+    * over an edge list ``edge_index`` ``[2, E]`` + ``edge_weight`` (``sparse=False``):
+      :meth:`message` builds every per-image message
+      :math:`s_{b,i} A_{S,ij} s_{b,j} \mathbf{h}_{b,j}` and PyG sums them (the readable
+      reference);
+    * over a sparse adjacency ``adj_t`` (a ``torch.sparse`` matrix, e.g.
+      :func:`label_adjacency_csr`, or a ``torch_sparse.SparseTensor``; an edge list is
+      converted to it when ``sparse=True``, the default): the fused
+      :meth:`message_and_aggregate`. It scales every image's node features by
+      :math:`\mathbf{s}_b`, stacks the :math:`B` images side by side as one ``[C, B·F]``
+      signal, runs **one** sparse product over the shared support of :math:`\mathbf{A}_S`
+      and scales again: :math:`O(|E| B F)` instead of the :math:`O(B C^2 F)` of dense
+      per-image matrices. For small label sets (:math:`C \le` ``dense_max_nodes``,
+      default 128: the measured crossover between COCO's 80 labels, where dense is
+      faster, and 500, where sparse is; the sparse product is memory-bound on a CPU) it
+      builds the per-image matrices :math:`\mathrm{diag}(\mathbf{s}_b)\mathbf{A}_S
+      \mathrm{diag}(\mathbf{s}_b)` from the dense adjacency instead and uses one batched
+      matrix product, for signals of at least ``dense_min_channels`` channels (default 64:
+      building the matrices costs :math:`B C^2` whatever the width, and only a wide signal,
+      the label features, earns it back at matrix-multiply speed; IA-GCN's logits and ROI
+      scores take the sparse product).
+
+    All of them compute the same function (tested, values and gradients).
 
     **Degenerate scores.** A node with :math:`D_{b,ii} = 0` (:math:`a_{b,i} = 0`) is
     isolated: its row and column of :math:`\hat{\mathbf{A}}_F^{(b)}` are zero (no NaN).
     An image whose scores are all zero (IA-GCN: no real ROI) falls back to
     :math:`\mathbf{a}_b = \mathbf{1}`, i.e. the normalised statistical matrix.
 
-    **Small label sets.** The batched sparse product is memory-bound: its cost is a few
-    passes over the ``[C, B, F]`` features whatever the number of edges, while a dense
-    ``[B, C, C]`` batched product costs :math:`B C^2 F` multiply-adds at matrix-multiply
-    speed. For :math:`C \le` ``dense_max_nodes`` (default 128: measured crossover between
-    COCO's 80 labels, where dense is faster, and 500, where sparse is) the layer builds the
-    per-image matrices :math:`\mathrm{diag}(\mathbf{s}_b)\mathbf{A}_S
-    \mathrm{diag}(\mathbf{s}_b)` densely and uses one ``bmm``; both paths compute the same
-    function (tested).
-
     The linear map is applied before the propagation when the input is shared by all
     images (first layer: the label embeddings) or when it narrows the features, and after
     it otherwise (:math:`\hat{\mathbf{A}}(\mathbf{H}\mathbf{W}) =
-    (\hat{\mathbf{A}}\mathbf{H})\mathbf{W}`).
+    (\hat{\mathbf{A}}\mathbf{H})\mathbf{W}`). The propagation alone,
+    ``propagate(adj_t, x=H, edge_weight=None, s=scaling.unsqueeze(-1))``, applies
+    :math:`\hat{\mathbf{A}}_F` to any per-image signal ``[B, C, F]`` (IA-GCN's logits
+    and region branch use it).
 
     Args:
         in_channels (int): size of each input label feature.
         out_channels (int): size of each output label feature.
         bias (bool, optional): add a learnable bias. (default: :obj:`False`)
-        sparse (bool, optional): aggregate with a sparse CSR product instead of
-            gather/scatter messages. (default: :obj:`True`)
+        sparse (bool, optional): convert an edge list to a sparse ``adj_t`` and use the
+            fused :meth:`message_and_aggregate`; :obj:`False` propagates over the edge list
+            with :meth:`message`. (default: :obj:`True`)
         eps (float, optional): degrees :math:`\le` ``eps`` count as zero.
             (default: :obj:`1e-12`)
         dense_max_nodes (int, optional): with per-image scores, graphs of at most this
-            many nodes use the dense batched product (see *Small label sets*); ``0``
-            always uses the sparse one. (default: :obj:`128`)
+            many nodes use the dense batched product in :meth:`message_and_aggregate`;
+            ``0`` always uses the sparse one. (default: :obj:`128`)
+        dense_min_channels (int, optional): ... and signals of at least this many
+            channels. (default: :obj:`64`)
         **kwargs (optional): additional arguments of
             :class:`torch_geometric.nn.conv.MessagePassing`.
 
     Shapes:
         - **input:** label features :math:`(C, F_{in})` (shared by all images) or
-          :math:`(B, C, F_{in})`, edge indices :math:`(2, E)`, edge weights
-          :math:`(E)` (:math:`\mathbf{A}_S`), image scores :math:`(B, C)` or :obj:`None`
-          (apply :math:`\mathbf{A}_S` as given, like
+          :math:`(B, C, F_{in})`, edge indices :math:`(2, E)` and edge weights
+          :math:`(E)` (:math:`\mathbf{A}_S`) or a sparse adjacency :math:`(C, C)`, image
+          scores :math:`(B, C)` or :obj:`None` (apply :math:`\mathbf{A}_S` as given, like
           :class:`~pyg_mlic.nn.LabelGCNConv`)
         - **output:** :math:`(B, C, F_{out})` when scores are given or the input is
           batched, else :math:`(C, F_{out})`
     """
 
+    propagate_type = {"x": Tensor, "edge_weight": Optional[Tensor], "s": Optional[Tensor]}
+
     def __init__(self, in_channels: int, out_channels: int, bias: bool = False,
                  sparse: bool = True, eps: float = 1e-12, dense_max_nodes: int = 128,
-                 **kwargs):
+                 dense_min_channels: int = 64, **kwargs):
         kwargs.setdefault("aggr", "add")
         super().__init__(**kwargs)
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
@@ -203,6 +247,10 @@ class InstanceAwareLabelConv(MessagePassing):
             raise ValueError(f"InstanceAwareLabelConv: dense_max_nodes must be an int >= 0, "
                              f"got {dense_max_nodes!r}")
         self.dense_max_nodes = int(dense_max_nodes)
+        if isinstance(dense_min_channels, bool) or int(dense_min_channels) < 0:
+            raise ValueError(f"InstanceAwareLabelConv: dense_min_channels must be an int >= 0, "
+                             f"got {dense_min_channels!r}")
+        self.dense_min_channels = int(dense_min_channels)
         self.lin = Linear(in_channels, out_channels, bias=False, weight_initializer="glorot")
         if bias:
             self.bias = Parameter(torch.empty(out_channels))
@@ -215,107 +263,87 @@ class InstanceAwareLabelConv(MessagePassing):
         self.lin.reset_parameters()
         zeros(self.bias)
 
-    # ------------------------------------------------------------------ propagation
-    def _propagate(self, h: Tensor, edge_index: Tensor, edge_weight: Tensor,
-                   adj: Optional[Tensor]) -> Tensor:
-        """:math:`\\mathbf{A}_S \\mathbf{h}` for ``h`` ``[C, F']``."""
-        if self.sparse:
-            if adj is None:
-                adj = label_adjacency_csr(edge_index, edge_weight.to(h.dtype), h.size(0))
-            return self.propagate(adj, x=h, edge_weight=None)
-        return self.propagate(edge_index, x=h, edge_weight=edge_weight.to(h.dtype),
-                              size=(h.size(0), h.size(0)))
-
-    def forward(self, x: Tensor, edge_index: Tensor, edge_weight: Optional[Tensor] = None,
-                a: Optional[Tensor] = None, adj: Optional[Tensor] = None,
-                scaling: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Tensor, edge_index: Adj, edge_weight: OptTensor = None,
+                a: OptTensor = None, scaling: OptTensor = None) -> Tensor:
         r"""
         Args:
             x (Tensor): ``[C, F_in]`` or ``[B, C, F_in]`` label features.
-            edge_index (Tensor): ``[2, E]`` edges :math:`j \to i` of :math:`\mathbf{A}_S`.
-            edge_weight (Tensor, optional): ``[E]`` weights :math:`A_{S,ij} \ge 0`
-                (default: ones).
+            edge_index (Tensor or SparseTensor): :math:`\mathbf{A}_S` as edges
+                :math:`j \to i` ``[2, E]``, or as ``adj_t`` (:func:`label_adjacency_csr`,
+                any ``torch.sparse`` matrix or ``torch_sparse.SparseTensor``; pass it to
+                share one conversion between layers).
+            edge_weight (Tensor, optional): ``[E]`` weights :math:`A_{S,ij} \ge 0` of an
+                edge list (default: ones).
             a (Tensor, optional): ``[B, C]`` image scores :math:`\mathbf{a}_b`; ``None``
                 applies :math:`\mathbf{A}_S` as given.
-            adj (Tensor, optional): precomputed :func:`label_adjacency_csr` (saves the
-                conversion when several layers share the graph).
             scaling (Tensor, optional): precomputed :func:`instance_aware_scaling`
                 ``[B, C]`` (overrides ``a``).
         """
+        if x.dim() not in (2, 3):
+            raise ValueError(f"InstanceAwareLabelConv: x must be [C, F] or [B, C, F], got "
+                             f"{tuple(x.shape)}")
         C = x.size(-2)
-        if edge_weight is None:
-            edge_weight = x.new_ones(edge_index.size(1))
-        if self.sparse and adj is None:
-            adj = label_adjacency_csr(edge_index, edge_weight.to(x.dtype), C)
+        if is_sparse(edge_index):
+            adj, edge_weight = edge_index, None
+        else:
+            if edge_weight is None:
+                edge_weight = x.new_ones(edge_index.size(1))
+            edge_weight = edge_weight.to(x.dtype)
+            adj = label_adjacency_csr(edge_index, edge_weight, C) if self.sparse else edge_index
         s = scaling
         if s is None and a is not None:
-            s = instance_aware_scaling(a.to(x.dtype), edge_index, edge_weight, C, adj, self.eps)
+            s = instance_aware_scaling(a.to(x.dtype), edge_index, edge_weight, C,
+                                       adj if is_sparse(adj) else None, self.eps)
         if s is not None and (s.dim() != 2 or s.size(1) != C):
             raise ValueError(f"InstanceAwareLabelConv: scaling must be [B, C={C}], got "
                              f"{tuple(s.shape)}")
-        if s is not None and C <= self.dense_max_nodes and x.dim() in (2, 3):
-            out = self._dense_forward(x, s, edge_index, edge_weight, adj)
-        elif x.dim() == 2 and s is None:                    # one graph, shared features
-            lin_first = self.out_channels < self.in_channels
-            h = self.lin(x) if lin_first else x
-            out = self._propagate(h, edge_index, edge_weight, adj)
-            out = out if lin_first else self.lin(out)
-        else:
-            # work in the [C, B, F] layout (images side by side): the output is returned as
-            # a [B, C, F] *view* of it, so a following layer gets its layout back for free
-            if x.dim() == 2:                               # shared input: lin once
-                hc = self.lin(x).unsqueeze(1)              # [C, 1, F]
-                lin_first = True
-            elif x.dim() == 3:
-                xc = x.transpose(0, 1)                     # [C, B, F]
-                lin_first = self.out_channels < self.in_channels
-                hc = self.lin(xc) if lin_first else xc
-            else:
-                raise ValueError(f"InstanceAwareLabelConv: x must be [C, F] or [B, C, F], "
-                                 f"got {tuple(x.shape)}")
-            B = s.size(0) if s is not None else hc.size(1)
-            if hc.size(1) not in (1, B):
-                raise ValueError(f"InstanceAwareLabelConv: x has {hc.size(1)} images, the "
-                                 f"scores {B}")
-            sc = s.t().unsqueeze(-1) if s is not None else None          # [C, B, 1]
-            hc = hc * sc if sc is not None else hc.expand(C, B, hc.size(-1))  # diag(s_b) H_b
-            F_ = hc.size(-1)
-            out = self._propagate(hc.reshape(C, B * F_), edge_index, edge_weight, adj)
-            out = out.view(C, B, F_)
-            if sc is not None:
-                out = out * sc
-            if not lin_first:
-                out = self.lin(out)
-            out = out.transpose(0, 1)                      # [B, C, F_out] view
+        if s is not None and x.dim() == 3 and x.size(0) != s.size(0):
+            raise ValueError(f"InstanceAwareLabelConv: x has {x.size(0)} images, the scores "
+                             f"{s.size(0)}")
+        batched = s is not None or x.dim() == 3
+        lin_first = (x.dim() == 2 and batched) or self.out_channels < self.in_channels
+        h = _linear(self.lin, x) if lin_first else x
+        out = self.propagate(adj, x=h, edge_weight=edge_weight,
+                             s=None if s is None else s.unsqueeze(-1))
+        if not lin_first:
+            out = _linear(self.lin, out)
         if self.bias is not None:
             out = out + self.bias
         return out
 
-    def _dense_forward(self, x: Tensor, s: Tensor, edge_index: Tensor, edge_weight: Tensor,
-                       adj: Optional[Tensor]) -> Tensor:
-        """Small graphs: the per-image matrices ``diag(s_b) A_S diag(s_b)`` built densely,
-        one batched product; ``[B, C, F_out]``."""
+    def message(self, x_j: Tensor, edge_weight: Tensor, s_i: Optional[Tensor],
+                s_j: Optional[Tensor]) -> Tensor:
+        r"""Per edge :math:`j \to i` and image :math:`b`:
+        :math:`s_{b,i}\, A_{S,ij}\, s_{b,j}\, \mathbf{h}_{b,j}` (``s`` is
+        :math:`\mathbf{s}` as ``[B, C, 1]``; without it :math:`A_{S,ij} \mathbf{h}_j`)."""
+        w = edge_weight.view(-1, 1)
+        if s_i is not None and s_j is not None:
+            w = s_i * w * s_j                                    # [B, E, 1]
+        return w * x_j
+
+    def message_and_aggregate(self, adj_t: Adj, x: Tensor, s: Optional[Tensor]) -> Tensor:
+        r""":math:`\mathrm{diag}(\mathbf{s}_b)\,\mathbf{A}_S\,\mathrm{diag}(\mathbf{s}_b)
+        \,\mathbf{H}_b` for all images at once (see *Message passing*): ``adj_t`` is
+        :math:`\mathbf{A}_S` ``[C, C]``, ``x`` ``[C, F]`` (shared) or ``[B, C, F]``, ``s``
+        ``[B, C, 1]`` or :obj:`None` (then :math:`\mathbf{A}_S \mathbf{H}`)."""
         C = x.size(-2)
-        if adj is not None:
-            A = adj.to_dense().to(x.dtype)
-        else:
-            A = x.new_zeros(C, C).index_put_((edge_index[1], edge_index[0]),
-                                             edge_weight.to(x.dtype), accumulate=True)
-        P = s[:, :, None] * A[None] * s[:, None, :]        # [B, C, C]
-        if x.dim() == 2:                                   # shared input: lin once
-            return torch.matmul(P, self.lin(x))
-        if x.size(0) != s.size(0):
-            raise ValueError(f"InstanceAwareLabelConv: x has {x.size(0)} images, the scores "
-                             f"{s.size(0)}")
-        if self.out_channels < self.in_channels:
-            return torch.bmm(P, self.lin(x))
-        return self.lin(torch.bmm(P, x))
-
-    def message(self, x_j: Tensor, edge_weight: Tensor) -> Tensor:
-        return edge_weight.view(-1, 1) * x_j
-
-    def message_and_aggregate(self, adj_t: Tensor, x: Tensor) -> Tensor:
-        return spmm(adj_t, x, reduce=self.aggr)
+        if s is not None and C <= self.dense_max_nodes and x.size(-1) >= self.dense_min_channels:
+            A = adj_t.to_dense().to(x.dtype)
+            P = s * A * s.transpose(-2, -1)                      # [B, C, C]
+            return torch.matmul(P, x)
+        if s is None and x.dim() == 2:
+            return spmm(adj_t, x, reduce=self.aggr)
+        # images side by side, [C, B, F]: the result is returned as a [B, C, F] *view*, so
+        # a following layer gets its layout back for free (see _linear)
+        xc = x.unsqueeze(1) if x.dim() == 2 else x.transpose(0, 1)
+        sc = s.transpose(0, 1) if s is not None else None        # [C, B, 1]
+        if sc is not None:
+            xc = xc * sc                                         # diag(s_b) H_b
+        B, F_ = xc.shape[1:]
+        out = spmm(adj_t, xc.reshape(C, B * F_), reduce=self.aggr).view(C, B, F_)
+        if sc is not None:
+            out = out * sc
+        return out.transpose(0, 1)
 
     def normalized_edge_weight(self, edge_index: Tensor, edge_weight: Tensor,
                                a: Tensor) -> Tensor:
@@ -330,4 +358,3 @@ class InstanceAwareLabelConv(MessagePassing):
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}, "
                 f"sparse={self.sparse}, dense_max_nodes={self.dense_max_nodes})")
-

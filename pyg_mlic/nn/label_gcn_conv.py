@@ -1,16 +1,17 @@
 """Label graph convolution of ML-GCN."""
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 from torch.nn import Parameter
 from torch_geometric.nn import MessagePassing
+from torch_geometric.nn.conv.gcn_conv import gcn_norm
 from torch_geometric.nn.dense.linear import Linear
 from torch_geometric.nn.inits import zeros
-from torch_geometric.typing import Adj, OptTensor
-from torch_geometric.utils import add_remaining_self_loops, scatter
+from torch_geometric.typing import Adj, OptTensor, SparseTensor
+from torch_geometric.utils import is_torch_sparse_tensor, spmm
+
+__all__ = ["LabelGCNConv"]
 
 
 class LabelGCNConv(MessagePassing):
@@ -30,9 +31,17 @@ class LabelGCNConv(MessagePassing):
     :meth:`pyg_mlic.graphs.LabelGraph.propagation`), and is applied **as given**:
     unlike :class:`torch_geometric.nn.conv.GCNConv`, no self-loops are added and no
     normalisation is applied, so the re-weighted matrix of ML-GCN Eq. 8 (self weight
-    :math:`1-p`) reaches the layer unchanged. Set ``normalize=True`` to get the
-    symmetric normalisation :math:`\mathbf{D}^{-1/2}(\mathbf{A}+\mathbf{I})\mathbf{D}^{-1/2}`
-    of a raw adjacency instead.
+    :math:`1-p`) reaches the layer unchanged. Set ``normalize=True`` for a raw adjacency:
+    PyG's :func:`~torch_geometric.nn.conv.gcn_conv.gcn_norm` then adds self-loops and
+    normalises symmetrically, :math:`\mathbf{D}^{-1/2}(\mathbf{A}+\mathbf{I})
+    \mathbf{D}^{-1/2}` with in-degrees :math:`D_{ii} = 1 + \sum_j A_{ij}` (Kipf & Welling;
+    the weights must then be non-negative).
+
+    The graph is an edge list ``edge_index`` + ``edge_weight`` (:meth:`message`, then a
+    sum) or, as in :class:`~torch_geometric.nn.conv.GCNConv`, a sparse adjacency
+    ``adj_t`` (a ``torch.sparse`` matrix or a ``torch_sparse.SparseTensor`` with
+    ``adj_t[i, j]`` = :math:`p_{ij}`; :meth:`message_and_aggregate`, one sparse product);
+    both give the same result.
 
     The non-linearity :math:`h(\cdot)` of Eq. 2 (LeakyReLU in ML-GCN) is applied by
     the model between layers, as in PyG. The linear map is applied before or after
@@ -44,14 +53,15 @@ class LabelGCNConv(MessagePassing):
         out_channels (int): size of each output label feature.
         bias (bool, optional): add a learnable bias. (default: :obj:`False`, as in
             the public ML-GCN code's ``GraphConvolution``)
-        normalize (bool, optional): add self-loops and normalise symmetrically
-            (GCN of Kipf & Welling). (default: :obj:`False`)
+        normalize (bool, optional): add self-loops and normalise symmetrically with
+            :func:`~torch_geometric.nn.conv.gcn_conv.gcn_norm` (GCN of Kipf & Welling).
+            (default: :obj:`False`: the weights are applied as given)
         **kwargs (optional): additional arguments of
             :class:`torch_geometric.nn.conv.MessagePassing`.
 
     Shapes:
-        - **input:** label features :math:`(C, F_{in})`, edge indices :math:`(2, E)`,
-          edge weights :math:`(E)`
+        - **input:** label features :math:`(C, F_{in})`, edge indices :math:`(2, E)` and
+          edge weights :math:`(E)` *or* a sparse adjacency ``adj_t`` :math:`(C, C)`
         - **output:** label features :math:`(C, F_{out})`
     """
 
@@ -74,10 +84,25 @@ class LabelGCNConv(MessagePassing):
         zeros(self.bias)
 
     def forward(self, x: Tensor, edge_index: Adj, edge_weight: OptTensor = None) -> Tensor:
-        if edge_weight is None:
-            edge_weight = x.new_ones(edge_index.size(1))
+        r"""
+        Args:
+            x (Tensor): ``[C, F_in]`` label features.
+            edge_index (Tensor or SparseTensor): edges :math:`j \to i` ``[2, E]``, or the
+                sparse adjacency ``adj_t`` ``[C, C]`` (weights as its values).
+            edge_weight (Tensor, optional): ``[E]`` weights :math:`p_{ij}` of an edge list
+                (default: ones).
+        """
         if self.normalize:
-            edge_index, edge_weight = self._gcn_norm(edge_index, edge_weight, x.size(0))
+            if isinstance(edge_index, SparseTensor):
+                edge_index = gcn_norm(edge_index, None, x.size(self.node_dim), False, True,
+                                      self.flow, x.dtype)
+            else:
+                edge_index, edge_weight = gcn_norm(edge_index, edge_weight,
+                                                   x.size(self.node_dim), False, True,
+                                                   self.flow, x.dtype)
+        elif edge_weight is None and not (isinstance(edge_index, SparseTensor)
+                                          or is_torch_sparse_tensor(edge_index)):
+            edge_weight = x.new_ones(edge_index.size(1))
         if self.in_channels != -1 and self.out_channels < self.in_channels:
             out = self.propagate(edge_index, x=self.lin(x), edge_weight=edge_weight)
         else:
@@ -86,16 +111,11 @@ class LabelGCNConv(MessagePassing):
             out = out + self.bias
         return out
 
-    @staticmethod
-    def _gcn_norm(edge_index: Tensor, edge_weight: Tensor, num_nodes: int):
-        edge_index, edge_weight = add_remaining_self_loops(edge_index, edge_weight, 1.0, num_nodes)
-        row, col = edge_index[0], edge_index[1]
-        deg = scatter(edge_weight, col, 0, dim_size=num_nodes, reduce="sum")
-        inv = deg.clamp_min(1e-12).pow(-0.5).masked_fill(deg <= 0, 0.0)
-        return edge_index, inv[row] * edge_weight * inv[col]
-
     def message(self, x_j: Tensor, edge_weight: Tensor) -> Tensor:
         return edge_weight.view(-1, 1) * x_j
+
+    def message_and_aggregate(self, adj_t: Adj, x: Tensor) -> Tensor:
+        return spmm(adj_t, x, reduce=self.aggr)
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}, "

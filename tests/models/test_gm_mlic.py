@@ -166,3 +166,17 @@ def test_train_on_scenes_loss_decreases_and_checkpoint_round_trips(scenes, tmp_p
     assert torch.equal(loaded.label_edge_index, model.label_edge_index)
     loader = make_loader(te, 16, train=False)
     torch.testing.assert_close(predict(model, loader)["logits"], predict(loaded, loader)["logits"])
+
+
+def test_training_forward_runs_through_the_layers_message_passing(scenes):
+    tr, _ = scenes
+    m = _model(tr).train()
+    batch = collate([tr[i] for i in range(2)])
+    fused, edges = [], []
+    for nc in m.gnb.node_convs:
+        nc.register_message_and_aggregate_forward_hook(lambda *a: fused.append(1))
+    for ec in m.gnb.edge_convs:
+        ec.register_edge_update_forward_hook(lambda *a: edges.append(1))
+    out = m(batch)
+    m.loss(out, batch)[0].backward()
+    assert len(fused) == 4 and len(edges) == 4          # 2 modules: matching both ways; edges

@@ -217,3 +217,20 @@ def test_global_logits_equal_the_explicit_classifiers(scenes):
         assert M.shape == (3, 15, 128)
         torch.testing.assert_close(m.global_logits(x, s), torch.einsum("bcd,bd->bc", M, x),
                                    atol=1e-4, rtol=1e-4)
+
+
+def test_training_forward_runs_through_the_layers_message_passing(scenes):
+    tr, _ = scenes
+    m = _model(tr).train()
+    batch = collate([tr[i] for i in range(2)])
+    calls = []
+    for i, conv in enumerate(m.gcn):
+        conv.register_message_and_aggregate_forward_hook(
+            lambda mod, inputs, out, i=i: calls.append((i, tuple(out.shape))))
+    out = m(batch)
+    total, _ = m.loss(out, batch)
+    total.backward()
+    # the first two layers (materialised states), then the last layer's propagation on
+    # the logits signal (global branch) and the region branch's, all fused over adj_t
+    assert [c[0] for c in calls] == [0, 1, 0, 0]
+    assert calls[2][1] == (2, 15, 1) and calls[1][1] == (2, 15, 16)   # 16 -> 24: A_F first

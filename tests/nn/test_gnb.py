@@ -190,3 +190,151 @@ def test_memory_saving_autograd_functions_gradcheck():
     f = Folded.of_pair(SplitMLP([4, 4], 4, 3).double(), a, b)
     assert f.shape == (2, 3, 5, 3)
     torch.testing.assert_close(f.linear(W.t()[:3, :3].contiguous()), f.value() @ W.t()[:3, :3].t())
+
+
+# ----------------------------------------------------------------------------- message passing
+def test_block_adjacency_round_trip_and_errors():
+    from pyg_mlic.nn.block_adjacency import block_adjacency, dense_blocks
+
+    w = torch.rand(2, 3, 4)
+    adj = block_adjacency(w)
+    assert adj.shape == (6, 8) and adj.is_coalesced() and adj._nnz() == 24
+    dense = adj.to_dense()
+    torch.testing.assert_close(dense[:3, :4], w[0])
+    torch.testing.assert_close(dense[3:, 4:], w[1])
+    assert (dense[:3, 4:] == 0).all() and (dense[3:, :4] == 0).all()
+    torch.testing.assert_close(dense_blocks(adj, 3, 4), w)
+    with pytest.raises(ValueError, match="block adjacency"):
+        dense_blocks(adj, 2, 4)
+    with pytest.raises(ValueError, match="block adjacency"):
+        dense_blocks(adj.to_sparse_csr(), 3, 4)
+
+
+def test_matching_adjacency_holds_mean_weights():
+    from pyg_mlic.nn.block_adjacency import dense_blocks
+    from pyg_mlic.nn.graph_network_block import matching_adjacency
+
+    mask = torch.tensor([[True, True, False], [False, False, False]])
+    to_labels, to_instances = matching_adjacency(mask, 4)
+    wl, wi = dense_blocks(to_labels, 4, 3), dense_blocks(to_instances, 3, 4)
+    torch.testing.assert_close(wl.sum(-1), torch.tensor([[1.0] * 4, [0.0] * 4]))  # mean
+    torch.testing.assert_close(wi.sum(-1), mask.float())           # padding rows: none
+    assert (wl[0, :, 2] == 0).all() and (wi[0, :2] == 0.25).all()
+
+
+def _padded_and_graph(B=3, K=4, C=5, F=6, seed=0, dtype=torch.float32):
+    """One padded batch in both layouts: padded (instances [B K, F], shared labels [C, F],
+    dense matching states [B, K, C, F] over block adjacencies) and the equivalent edge
+    lists (labels copied per image, matching edges of the real instances)."""
+    from pyg_mlic.nn.graph_network_block import matching_adjacency
+
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(B, K, dtype=torch.bool)
+    mask[0, 2:] = False
+    mask[2] = False                                                  # no instance at all
+    xo = torch.randn(B * K, F, generator=g, dtype=dtype)
+    xl = torch.randn(C, F, generator=g, dtype=dtype)
+    near = torch.tensor([[0, 1, 4, 5, 6, 7], [1, 0, 5, 6, 7, 4]])  # real instances only
+    co = torch.tensor([[0, 1, 2, 3, 4, 0], [1, 2, 3, 4, 0, 2]])
+    e_near = torch.randn(near.size(1), F, generator=g, dtype=dtype)
+    e_co = torch.randn(co.size(1), F, generator=g, dtype=dtype)
+    em = torch.randn(B, K, C, F, generator=g, dtype=dtype)
+    to_l, to_i = matching_adjacency(mask, C, dtype)
+    padded = ({INSTANCE: xo, LABEL: xl},
+              {NEAR: near, CO: co, MATCH: to_l, REV_MATCH: to_i},
+              {NEAR: e_near, CO: e_co, MATCH: em})
+    b, k = mask.nonzero(as_tuple=True)
+    c = torch.arange(C)
+    src = (b * K + k).repeat_interleave(C)
+    dst = (b[:, None] * C + c[None]).reshape(-1)
+    off = torch.arange(B).repeat_interleave(co.size(1)) * C
+    graph = ({INSTANCE: xo, LABEL: xl.repeat(B, 1)},
+             {NEAR: near, CO: co.repeat(1, B) + off, MATCH: torch.stack([src, dst]),
+              REV_MATCH: torch.stack([dst, src])},
+             {NEAR: e_near, CO: e_co.repeat(B, 1),
+              MATCH: em[b, k].reshape(-1, F)})
+    return mask, padded, graph
+
+
+def test_node_conv_fused_block_path_equals_the_message_path_with_gradients():
+    mask, padded, graph = _padded_and_graph()
+    torch.manual_seed(0)
+    conv = GNBNodeConv(6, 7)
+    real = mask.reshape(-1)
+    G_o, G_l = torch.randn(12, 7), torch.randn(3, 5, 7)
+    outs, grads = [], []
+    for x, ei, ea in (graph, padded):
+        conv.zero_grad()
+        out = conv(x, ei, ea)
+        lab = out[LABEL].view(3, 5, 7)
+        ((out[INSTANCE] * G_o)[real].sum() + (lab * G_l).sum()).backward()
+        outs.append((out[INSTANCE][real].detach(), lab.detach()))
+        grads.append({n: p.grad.clone() for n, p in conv.named_parameters()})
+    assert padded[0][LABEL].dim() == 2 and outs[1][1].shape == (3, 5, 7)
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], atol=1e-5, rtol=1e-5, msg=n)
+        assert grads[0][n].abs().sum() > 0, n
+    # labels of the image without instances get no matching message (zero aggregate)
+    e = dict(padded[2])
+    ref = conv(padded[0], padded[1], e)[LABEL][2]
+    e[MATCH] = e[MATCH] * 3.0
+    torch.testing.assert_close(conv(padded[0], padded[1], e)[LABEL][2], ref)
+
+
+def test_node_conv_fused_path_needs_dense_edge_states():
+    _, padded, graph = _padded_and_graph()
+    conv = GNBNodeConv(6, 7)
+    x, ei, _ = padded
+    with pytest.raises(ValueError, match="dense edge states"):
+        conv(x, ei, dict(graph[2], MATCH=graph[2][MATCH]))
+    with pytest.raises(ValueError, match="rev_match"):
+        conv(x, {k: v for k, v in ei.items() if k != REV_MATCH}, padded[2])
+
+
+def test_edge_conv_dense_block_path_equals_the_gathered_path_with_gradients():
+    mask, padded, graph = _padded_and_graph()
+    torch.manual_seed(0)
+    conv = GNBEdgeConv(6, 6, 5)
+    b, k = mask.nonzero(as_tuple=True)
+    x_pad = dict(padded[0], **{LABEL: torch.randn(3, 5, 6)})          # batched labels
+    x_graph = dict(graph[0], **{LABEL: x_pad[LABEL].reshape(15, 6)})
+    Gs = {t: torch.randn(n, 5) for t, n in ((NEAR, 6), (CO, 18), (MATCH, len(b) * 5))}
+    outs, grads = [], []
+    for (x, ei, ea), pad in (((x_graph,) + graph[1:], False), ((x_pad,) + padded[1:], True)):
+        conv.zero_grad()
+        out = conv(x, ei, ea)
+        if pad:   # to the graph's edge order: label edges per image, real matching edges
+            out = {NEAR: out[NEAR], CO: out[CO].reshape(-1, 5),
+                   MATCH: out[MATCH][b, k].reshape(-1, 5)}
+        sum((out[t] * Gs[t]).sum() for t in Gs).backward()
+        outs.append(out)
+        grads.append({n: p.grad.clone() for n, p in conv.named_parameters()})
+    for t in Gs:
+        torch.testing.assert_close(outs[1][t], outs[0][t], atol=1e-5, rtol=1e-5, msg=str(t))
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], atol=1e-5, rtol=1e-5, msg=n)
+    folded = conv(*padded, fold=True)[MATCH]
+    assert folded.shape == (3, 4, 5, 5)
+    torch.testing.assert_close(folded.value(), conv(*padded)[MATCH])
+
+
+def test_forward_dense_runs_through_the_message_passing_api():
+    f, boxes, mask, E = _inputs()
+    g = _block()
+    calls = {"propagate": 0, "message_and_aggregate": 0, "edge_update": 0}
+
+    def count(name):
+        def hook(*args):
+            calls[name] += 1
+        return hook
+
+    for nc in g.node_convs:
+        nc.register_propagate_forward_hook(count("propagate"))
+        nc.register_message_and_aggregate_forward_hook(count("message_and_aggregate"))
+    for ec in g.edge_convs:
+        ec.register_edge_update_forward_hook(count("edge_update"))
+    g.forward_dense(f, boxes, mask, E)[mask].sum().backward()
+    # per module: near, rev-match, co, match aggregations; two fused (the matching edges)
+    assert calls == {"propagate": 8, "message_and_aggregate": 4, "edge_update": 4}
