@@ -62,7 +62,7 @@ Findings (measured with this script on this machine, 2 CPU cores; see the printe
 Honest summary: with three labels that nearly always co-occur, BCCD gives a label graph
 nothing to work with; ML-GCN matches the engine's baseline and is 1-2 mAP behind a tuned
 logistic regression on these frozen features. ML-GCN's gains need many labels with
-informative, sparse co-occurrence (COCO, VOC); see ``benchmarks/reproduce_mlgcn.py``.
+informative, sparse co-occurrence (COCO, VOC); see ``benchmarks/reproduce.py --method ml_gcn``.
 
 The JSON (``--json out.json``) carries, in its top-level ``ratios`` block, each test row's
 mAP over the engine baseline's in the same block (all measured in the same run).

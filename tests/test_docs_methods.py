@@ -40,7 +40,7 @@ def _papers(data_dir) -> Path:
 def test_ml_gcn_tables_are_the_papers(data_dir):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
-        import reproduce_mlgcn
+        import reproduce as reproduce_mlgcn
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
     paper = next(_papers(data_dir).glob("000_*.txt"))
