@@ -45,6 +45,13 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-images", type=int,
                    help="synthetic scenes: training-set size (default: 800)")
     p.add_argument("--no-augment", action="store_true", help="no random crop/flip in training")
+    p.add_argument("--data-opt", action="append", metavar="KEY=VALUE",
+                   help="a transform setting over the model paper's (repeatable): "
+                        "train=random_resized_crop|resize_crop|resize, resize=512, crop=448, "
+                        "scale=(0.5,1.0), ratio=(0.75,1.33), flip_p=0.5, randaugment=True or "
+                        "{'num_ops':2,'magnitude':9,'geometric':False}, cutout=0.5, "
+                        "mean=(...), std=(...) (default: the backbone's; see "
+                        "pyg_mlic.data.factory.resolve_data_config)")
     p.add_argument("--regions", metavar="BACKEND",
                    help="add ROIs from a region backend to every sample (IA-GCN, GM-MLIC): "
                         "auto, torchvision, detectron2, precomputed, groundtruth; extracted "
@@ -57,14 +64,47 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--region-cache", help="folder of the ROI cache (default: ~/.cache/pyg_mlic)")
 
 
-def _splits(args):
-    from pyg_mlic.data.factory import build_splits
+def _splits(args, *, model: Optional[str] = None, backbone: Optional[str] = None,
+            data_config: Optional[Dict[str, Any]] = None, check: bool = True):
+    """The splits of ``args.dataset`` with the transforms of the run
+    (:func:`pyg_mlic.data.factory.resolve_data_config`): the normalisation of the backbone
+    the model uses and the augmentation of the model's paper, ``--data-opt`` over both.
 
+    ``model`` / ``backbone`` default to what the command line names: ``train``'s
+    ``--model`` and ``--backbone`` (or ``--set backbone=``; the model's own default
+    otherwise, ``small_cnn`` on the synthetic scenes as the demo recipe), ``eval``'s
+    checkpoint (its recorded data config). ``data_config`` entries override
+    ``--data-opt``'s. ``check=False``: the splits are not checked against each other (``eval``
+    reads only the test split; the checkpoint's classes are checked instead)."""
+    from pyg_mlic.data.factory import build_splits, checkpoint_data_config
+
+    overrides = _parse_set(getattr(args, "data_opt", None))
+    model = model or getattr(args, "model", None)
+    if model is not None and backbone is None:
+        backbone = getattr(args, "backbone", None) or _parse_set(
+            getattr(args, "set", None)).get("backbone")
+        if backbone is None and args.dataset == "synthetic":
+            from pyg_mlic.engine.recipes import SMALL
+
+            backbone = SMALL["model"]["backbone"]
+    elif model is None and backbone is None and getattr(args, "checkpoint", None) \
+            and args.dataset != "features":
+        from pyg_mlic.engine import load_checkpoint
+
+        recorded = checkpoint_data_config(load_checkpoint(args.checkpoint))
+        backbone = backbone or recorded["backbone"]
+        overrides = {"mean": recorded["mean"], "std": recorded["std"], **overrides}
+    model_cls = None
+    if model is not None:
+        from pyg_mlic.models import get_model_class
+
+        model_cls = get_model_class(model)
     splits = build_splits(args.dataset, root=args.root, train_file=args.train_file,
                           test_file=args.test_file, val_file=args.val_file,
                           image_size=args.image_size or 448, val_fraction=args.val_fraction,
                           seed=getattr(args, "seed", 0), num_images=args.num_images,
-                          augment=not args.no_augment)
+                          augment=not args.no_augment, model=model_cls, backbone=backbone,
+                          data_config={**overrides, **(data_config or {})}, check=check)
     if not getattr(args, "regions", None):
         return splits
     from pyg_mlic.detection import RegionDataset, build_region_extractor
@@ -168,11 +208,15 @@ def cmd_eval(args) -> int:
     from pyg_mlic.engine import evaluate, load_checkpoint, model_from_checkpoint, write_json
     from pyg_mlic.metrics import format_table
 
+    from pyg_mlic.data.factory import checkpoint_data_config
+
     ckpt = load_checkpoint(args.checkpoint)
     model = model_from_checkpoint(ckpt)
     if args.image_size is None:
         args.image_size = int(ckpt.get("run_info", {}).get("image_size") or 448)
-    _, _, test = _splits(args)
+    recorded = {} if args.dataset == "features" else checkpoint_data_config(ckpt)
+    _, _, test = _splits(args, backbone=recorded.get("backbone"), check=False, data_config={
+        k: recorded[k] for k in ("mean", "std") if k in recorded})
     from pyg_mlic.errors import check_same_classes
 
     check_same_classes("checkpoint", model.classes, f"dataset {args.dataset}", test.classes)
@@ -209,25 +253,30 @@ def expand_image_paths(items: Sequence[str]) -> List[Path]:
 
 def write_predictions(results: List[Dict[str, Any]], classes: Sequence[str], path: Path) -> None:
     """``results`` of :func:`cmd_predict` to ``.json`` (the list as printed) or ``.csv``
-    (columns ``image``, ``labels`` joined by ``;``, then one probability column per class)."""
+    (columns ``image``, ``labels`` joined by ``;``, then one probability column per class),
+    written atomically (an interrupted run leaves the previous file, never half of one)."""
     import csv
+    import io
 
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from pyg_mlic.utils.io import atomic_write_json, atomic_write_text
+
     if path.suffix.lower() == ".json":
-        path.write_text(json.dumps(results, indent=2) + "\n")
+        atomic_write_json(path, results)
         return
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["image", "labels", *classes])
-        for r in results:
-            w.writerow([r["image"], ";".join(r["labels"]),
-                        *(f"{r['scores'][c]:.6f}" for c in classes)])
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(["image", "labels", *classes])
+    for r in results:
+        w.writerow([r["image"], ";".join(r["labels"]),
+                    *(f"{r['scores'][c]:.6f}" for c in classes)])
+    atomic_write_text(path, buf.getvalue())
 
 
 def cmd_predict(args) -> int:
     import torch
 
     from pyg_mlic.data._image_io import load_image
+    from pyg_mlic.data.factory import checkpoint_data_config
     from pyg_mlic.data.transforms import build_transforms
     from pyg_mlic.engine import load_checkpoint, model_from_checkpoint
 
@@ -241,8 +290,10 @@ def cmd_predict(args) -> int:
     if model.build_kwargs.get("input_kind", "image") != "image":
         raise SystemExit(f"predict: checkpoint {args.checkpoint} was trained on precomputed "
                          "features (input_kind='features'); predict needs an image model")
-    size = args.image_size or int(ckpt.get("run_info", {}).get("image_size") or 448)
-    tf = build_transforms(train=False, size=size)
+    # the test transform of the run, normalised as the model's backbone expects
+    pre = checkpoint_data_config(ckpt)
+    size = args.image_size or int(pre["image_size"])
+    tf = build_transforms(train=False, size=size, mean=tuple(pre["mean"]), std=tuple(pre["std"]))
     paths = expand_image_paths(args.images)
     try:
         from tqdm.auto import tqdm
@@ -358,7 +409,10 @@ def cmd_graph(args) -> int:
     if args.save:
         import torch
 
-        torch.save(g.data.to_dict() if hasattr(g.data, "to_dict") else g.data, args.save)
+        from pyg_mlic.utils.io import atomic_torch_save
+
+        atomic_torch_save(g.data.to_dict() if hasattr(g.data, "to_dict") else g.data,
+                          args.save)
         print(f"wrote {args.save}")
     return 0
 
@@ -381,15 +435,15 @@ def cmd_extract_features(args) -> int:
 
     import torch
 
-    from pyg_mlic.backbones import ImageEncoder, build_backbone
+    from pyg_mlic.backbones import ImageEncoder, build_backbone, data_config
     from pyg_mlic.data.extract import build_extraction_dataset, extract_features
     from pyg_mlic.data.features import save_features
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    cfg = data_config(args.backbone)  # the preprocessing the backbone's weights expect
     backbone = build_backbone(args.backbone, weights=args.backbone_weights)
-    cfg = getattr(backbone, "default_cfg", {}) or {}
-    size = args.image_size or int((cfg.get("input_size") or (3, 448, 448))[-1])
+    size = args.image_size or int(cfg["input_size"][-1])
     ds = build_extraction_dataset(args.dataset, root=args.root, split=args.split,
                                   image_size=size, classes=args.classes,
                                   mean=cfg.get("mean"), std=cfg.get("std"),
@@ -405,7 +459,8 @@ def cmd_extract_features(args) -> int:
                         compress=args.compress)
     print(f"{args.dataset} {ds.split}: {X.shape[0]} images -> features [{X.shape[0]}, "
           f"{X.shape[1]}] ({args.backbone}, weights={args.backbone_weights}, {size}px, "
-          f"{args.pool} pooling), labels [{Y.shape[0]}, {Y.shape[1]}] classes {ds.classes[:10]}"
+          f"mean {tuple(cfg['mean'])} std {tuple(cfg['std'])}, {args.pool} pooling), "
+          f"labels [{Y.shape[0]}, {Y.shape[1]}] classes {ds.classes[:10]}"
           f"{' ...' if len(ds.classes) > 10 else ''}, "
           f"mask: {'yes' if M is not None else 'no'}; {time.time() - t0:.1f} s")
     print(f"wrote {out}")

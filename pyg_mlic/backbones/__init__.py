@@ -8,11 +8,14 @@ torch.Size([2, 256])
 Backbones (:func:`list_backbones`): ``resnet50``, ``resnet101`` (torchvision),
 ``efficientnet_lite0`` (offline ImageNet weights), ``small_cnn`` (synthetic demo), and any
 timm CNN as ``"timm:<name>"``. Each maps :math:`(B, 3, H, W) \to (B, D, h, w)` and has
-``out_channels`` (:math:`D`) and ``default_cfg``. Models keep their backbone in an
+``out_channels`` (:math:`D`) and ``default_cfg``; :func:`data_config` gives the
+preprocessing (mean, std, input size) a backbone's weights expect from its name alone,
+which the data transforms use. Models keep their backbone in an
 attribute named ``backbone`` so the engine can give it its own learning rate.
 """
 from pyg_mlic.backbones.registry import (
     build_backbone,
+    data_config,
     list_backbones,
     load_state_dict_file,
     register_backbone,
@@ -32,6 +35,7 @@ from pyg_mlic.backbones import timm_backbone as _timm_backbone  # noqa: F401
 
 __all__ = [
     "build_backbone",
+    "data_config",
     "list_backbones",
     "register_backbone",
     "register_backbone_family",

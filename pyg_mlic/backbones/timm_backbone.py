@@ -15,7 +15,10 @@ name            timm model      D      parameters without classifier (random ini
 timm >= 0.9 implements TResNet with its own fused BatchNorm + activation layers, so
 the ``inplace_abn`` CUDA extension of the original code is not needed (CPU works).
 TResNets expect inputs in :math:`[0, 1]` (``default_cfg["mean"] = (0, 0, 0)``,
-``std = (1, 1, 1)``), not ImageNet-normalised ones.
+``std = (1, 1, 1)``), not ImageNet-normalised ones. The preprocessing of every timm model
+comes from its ``pretrained_cfg`` (:func:`timm_data_config`, read without creating the
+model), so ``data_config("tresnet_m")`` and ``data_config("timm:<model>")`` give what the
+transforms must use.
 """
 from __future__ import annotations
 
@@ -24,15 +27,54 @@ from typing import Any, Dict, Mapping, Optional, Union
 
 from torch import Tensor, nn
 
-from pyg_mlic.backbones.registry import (load_weights_into, register_backbone,
-                                        register_backbone_family, resolve_weights)
+from pyg_mlic.backbones.registry import (IMAGENET_MEAN, IMAGENET_STD, load_weights_into,
+                                        register_backbone, register_backbone_family,
+                                        resolve_weights)
 
 #: plain backbone names that build a :class:`TimmBackbone` (``name -> timm model name``)
 TIMM_ALIASES: Dict[str, str] = {"tresnet_m": "tresnet_m", "tresnet_l": "tresnet_l",
                                 "tresnet_xl": "tresnet_xl"}
 
 
-@register_backbone_family("timm")
+def _import_timm(model_name: str):
+    try:
+        import timm
+    except ImportError as e:
+        raise ImportError(f"backbone 'timm:{model_name}' needs timm: "
+                          "pip install pyg_mlic[timm]") from e
+    return timm
+
+
+def _preprocessing(cfg: Mapping[str, Any], model_name: str) -> Dict[str, Any]:
+    tag = cfg.get("tag")
+    arch = cfg.get("architecture") or model_name
+    return {"mean": tuple(cfg.get("mean", IMAGENET_MEAN)),
+            "std": tuple(cfg.get("std", IMAGENET_STD)),
+            "input_size": tuple(cfg.get("input_size", (3, 224, 224))),
+            "interpolation": cfg.get("interpolation", "bilinear"),
+            "source": f"timm pretrained_cfg {arch}{'.' + tag if tag else ''}"}
+
+
+def timm_data_config(model_name: str) -> Dict[str, Any]:
+    """Mean, std, input size and interpolation of timm model ``model_name`` (a name with an
+    optional ``.tag``), from timm's ``pretrained_cfg`` without creating the model.
+
+    Raises:
+        ImportError: timm is not installed.
+        ValueError: timm has no such model.
+    """
+    timm = _import_timm(model_name)
+    cfg = timm.get_pretrained_cfg(model_name) if hasattr(timm, "get_pretrained_cfg") else None
+    if cfg is None:
+        if not timm.is_model(model_name):
+            close = timm.list_models(f"*{model_name}*")[:10]
+            raise ValueError(f"unknown timm model {model_name!r}"
+                             + (f"; similar names: {close}" if close else ""))
+        cfg = timm.create_model(model_name, pretrained=False).pretrained_cfg
+    return _preprocessing(cfg if isinstance(cfg, Mapping) else cfg.to_dict(), model_name)
+
+
+@register_backbone_family("timm", data_config=timm_data_config)
 class TimmBackbone(nn.Module):
     r"""A ``timm`` model without its classifier and pooling: ``forward_features``.
 
@@ -60,11 +102,7 @@ class TimmBackbone(nn.Module):
                  weights: Union[None, str, Path, Mapping[str, Tensor]] = None,
                  **kwargs: Any) -> None:
         super().__init__()
-        try:
-            import timm
-        except ImportError as e:
-            raise ImportError(f"backbone 'timm:{model_name}' needs timm: "
-                              "pip install pyg_mlic[timm]") from e
+        timm = _import_timm(model_name)
         if not timm.is_model(model_name):
             close = timm.list_models(f"*{model_name}*")[:10]
             raise ValueError(f"unknown timm model {model_name!r}"
@@ -92,11 +130,9 @@ class TimmBackbone(nn.Module):
                               ignore_prefixes=tuple(f"{c}." for c in classifier))
         self.model_name = model_name
         self.out_channels: int = int(self.model.num_features)
-        cfg = self.model.pretrained_cfg
+        cfg = _preprocessing(self.model.pretrained_cfg, model_name)
         self.default_cfg: Dict[str, Any] = {
-            "input_size": tuple(cfg.get("input_size", (3, 224, 224))),
-            "mean": tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
-            "std": tuple(cfg.get("std", (0.229, 0.224, 0.225))),
+            "input_size": cfg["input_size"], "mean": cfg["mean"], "std": cfg["std"],
             "weights": source,
         }
 
@@ -127,4 +163,5 @@ def _alias_builder(name: str, timm_name: str):
 
 
 for _name, _timm_name in TIMM_ALIASES.items():
-    register_backbone(_name)(_alias_builder(_name, _timm_name))
+    register_backbone(_name, data_config=lambda n=_timm_name: timm_data_config(n))(
+        _alias_builder(_name, _timm_name))

@@ -5,18 +5,205 @@ validation split of their own use it (synthetic scenes); otherwise
 ``val_fraction > 0`` holds out a seeded fraction of the training split, and
 ``val_fraction = 0`` trains on all of it (then the engine must evaluate the last
 epoch: the test split is never used for selection).
+
+Transforms (:func:`resolve_data_config`): the normalisation comes from the backbone the
+model uses (:func:`pyg_mlic.backbones.data_config`: TResNet takes :math:`[0, 1]` inputs,
+torchvision's ResNets ImageNet-normalised ones), the training augmentation from the
+model's paper (its class attribute ``default_data_config``: A-GCN's resize 512 + random
+448 crop, IML-GCN's RandAugment) on real datasets, and the user's ``data_config`` wins
+over both.
 """
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from pyg_mlic.data.base import MultiLabelDataset, check_splits, holdout_split
-from pyg_mlic.data.transforms import build_transforms
+from pyg_mlic.data.transforms import TRAIN_TRANSFORMS, build_transforms
 
 DATASETS = ("synthetic", "coco", "voc2007", "nuswide", "features", "folder")
 
 Splits = Tuple[MultiLabelDataset, Optional[MultiLabelDataset], MultiLabelDataset]
+
+#: the keys of a data config: a model's ``default_data_config``, ``build_splits(...,
+#: data_config=)`` and ``pyg-mlic train --data-opt KEY=VALUE``
+DATA_OPTIONS = ("train", "resize", "crop", "scale", "ratio", "flip_p", "randaugment",
+                "cutout", "mean", "std")
+#: what a data config holds when nothing overrides it: the shared random-resized crop of
+#: ML-GCN / IA-GCN / GM-MLIC with flips, no RandAugment, no Cutout
+DEFAULT_AUGMENTATION: Dict[str, Any] = dict(train="random_resized_crop", scale=(0.5, 1.0),
+                                            ratio=(3 / 4, 4 / 3), flip_p=0.5, randaugment=None,
+                                            cutout=None)
+#: the synthetic scenes' training crop: their objects are small, so a mild crop keeps
+#: every labelled object in the picture (whatever the model's paper does on real data)
+SYNTHETIC_AUGMENTATION: Dict[str, Any] = dict(train="random_resized_crop", scale=(0.85, 1.0))
+#: the backbone of the synthetic scenes when neither a model nor a backbone is named
+#: (the demo's, :data:`pyg_mlic.engine.recipes.SMALL`)
+SYNTHETIC_BACKBONE = "small_cnn"
+
+
+def model_default(model: Any, option: str) -> Any:
+    """The default value of constructor argument ``option`` of a model class (or of an
+    instance's class), following ``**kwargs`` up the class hierarchy; :obj:`None` when no
+    constructor on the way takes it. Read by signature only: no model is built."""
+    cls = model if isinstance(model, type) else type(model)
+    for c in inspect.getmro(cls):
+        init = vars(c).get("__init__")
+        if init is None or c is object:
+            continue
+        params = inspect.signature(init).parameters
+        p = params.get(option)
+        if p is not None:
+            return None if p.default is inspect.Parameter.empty else p.default
+        if not any(q.kind == q.VAR_KEYWORD for q in params.values()):
+            return None
+    return None
+
+
+def resolve_data_config(dataset: str, *, model: Any = None, backbone: Optional[str] = None,
+                        image_size: int = 448, augment: bool = True,
+                        data_config: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """The complete input pipeline of a run: normalisation, test transform, training
+    augmentation, as one JSON-able dict (what :func:`build_splits` builds its transforms
+    from, and what a run records).
+
+    Resolution, later wins:
+
+    1. :data:`DEFAULT_AUGMENTATION` (random-resized crop, area 50-100 %, flip);
+    2. real datasets: the model class's ``default_data_config`` (A-GCN:
+       ``train="resize_crop", resize=512, crop=448``; IML-GCN / ASL: RandAugment); the
+       synthetic scenes: :data:`SYNTHETIC_AUGMENTATION` instead (their mild crop);
+    3. ``data_config``, the user's (any of :data:`DATA_OPTIONS`).
+
+    A ``resize`` given for a crop of ``crop`` pixels is scaled to ``image_size``
+    (``round(resize * image_size / crop)``: A-GCN's 512 for 448 becomes 73 at 64 px) unless
+    the user gave ``resize`` themself. ``train="resize"`` is a plain resize to
+    ``image_size`` (``resize_crop`` with ``resize = image_size``; ASL's geometry).
+
+    ``mean`` / ``std`` are those of the backbone's weights
+    (:func:`pyg_mlic.backbones.data_config`) unless ``data_config`` gives them. The
+    backbone is ``backbone``, else the model's default (its constructor's ``backbone``
+    argument, e.g. ``tresnet_m`` for ``iml_gcn``), else for the synthetic scenes
+    :data:`SYNTHETIC_BACKBONE`, else ``resnet101`` (the default of the library's
+    ResNet models).
+
+    Args:
+        dataset (str): the dataset name (one of :data:`DATASETS`).
+        model: a model class (or instance) whose ``default_data_config`` and default
+            backbone are read; :obj:`None`: none.
+        backbone (str, optional): the backbone the model is built with.
+        image_size (int): network input side. (default: :obj:`448`)
+        augment (bool): ``False``: the training split gets the test transform.
+        data_config (dict, optional): overrides (:data:`DATA_OPTIONS`).
+
+    Returns:
+        dict: ``backbone``, ``mean``, ``std``, ``preprocessing`` (where mean/std come
+        from), ``image_size``, ``test`` (``"resize"``), ``train`` (a key of
+        :data:`~pyg_mlic.data.transforms.TRAIN_TRANSFORMS`, or ``"none"`` without
+        augmentation) and its options (``resize`` for ``resize_crop``; ``scale``,
+        ``ratio`` for ``random_resized_crop``; ``flip_p``, ``randaugment``, ``cutout``),
+        and ``sources`` (which settings came from the model's paper or the user).
+
+    Raises:
+        OptionError: an unknown key in ``data_config`` or the model's config.
+        ValueError: an unknown ``train`` value or backbone name.
+    """
+    from pyg_mlic.backbones.registry import data_config as backbone_data_config
+    from pyg_mlic.errors import check_options
+
+    model_cfg: Dict[str, Any] = {}
+    owner = "model"
+    if model is not None:
+        model_cfg = dict(getattr(model, "default_data_config", None) or {})
+        owner = getattr(model, "model_name", None) or getattr(model, "__name__", "model")
+        check_options(f"{owner}.default_data_config", model_cfg, DATA_OPTIONS, kind="data option")
+    user = dict(data_config or {})
+    check_options("data config", user, DATA_OPTIONS, kind="data option")
+    if dataset == "synthetic":
+        paper, paper_name = SYNTHETIC_AUGMENTATION, "synthetic scenes"
+    else:
+        paper, paper_name = model_cfg, f"{owner}.default_data_config" if model_cfg else ""
+    cfg: Dict[str, Any] = {**DEFAULT_AUGMENTATION, **paper, **user}
+    sources = {**{k: paper_name for k in paper}, **{k: "user" for k in user}}
+    if backbone is None and model is not None:
+        backbone = model_default(model, "backbone")
+    if backbone is None:
+        backbone = SYNTHETIC_BACKBONE if dataset == "synthetic" else "resnet101"
+    pre = backbone_data_config(str(backbone))
+    size = int(image_size)
+    kind = cfg["train"]
+    plain_resize = kind == "resize"
+    if plain_resize:
+        kind = "resize_crop"
+    if kind not in TRAIN_TRANSFORMS:
+        raise ValueError(f"unknown training transform {kind!r}; valid: "
+                         f"{list(TRAIN_TRANSFORMS) + ['resize']}")
+    out: Dict[str, Any] = {
+        "backbone": str(backbone),
+        "mean": list(user.get("mean", pre["mean"])), "std": list(user.get("std", pre["std"])),
+        "preprocessing": "user" if "mean" in user or "std" in user else pre["source"],
+        "image_size": size, "test": "resize", "train": kind if augment else "none",
+    }
+    if augment:
+        if kind == "resize_crop":
+            resize = size if plain_resize else int(cfg.get("resize") or size)
+            crop = cfg.get("crop")
+            if crop and not plain_resize and "resize" not in user and int(crop) != size:
+                resize = int(round(resize * size / int(crop)))
+            out["resize"] = max(resize, size)
+        else:
+            out["scale"], out["ratio"] = list(cfg["scale"]), list(cfg["ratio"])
+        ra = cfg["randaugment"]
+        if ra is not None and not isinstance(ra, (bool, Mapping)):
+            raise ValueError(f"data option randaugment must be a bool or a dict of "
+                             f"BoxRandAugment options, got {ra!r}")
+        ra = {} if ra is True else (dict(ra) if isinstance(ra, Mapping) else None)
+        cutout = cfg["cutout"]
+        out.update(flip_p=float(cfg["flip_p"]), randaugment=ra,
+                   cutout=float(cutout) if cutout else None)
+    out["sources"] = sources
+    return out
+
+
+def transforms_from_config(cfg: Mapping[str, Any]):
+    """``(train_transform, test_transform)`` of a :func:`resolve_data_config` dict."""
+    norm = dict(mean=tuple(cfg["mean"]), std=tuple(cfg["std"]))
+    size = int(cfg["image_size"])
+    test = build_transforms(False, size, **norm)
+    kind = cfg["train"]
+    if kind == "none":
+        return test, test
+    opts: Dict[str, Any] = dict(flip_p=cfg["flip_p"], randaugment=cfg.get("randaugment"),
+                                cutout=cfg.get("cutout"), **norm)
+    if kind == "resize_crop":
+        opts["resize"] = int(cfg["resize"])
+    else:
+        opts.update(scale=tuple(cfg["scale"]), ratio=tuple(cfg["ratio"]))
+    return build_transforms(True, size, kind=kind, **opts), test
+
+
+def checkpoint_data_config(ckpt: Mapping[str, Any]) -> Dict[str, Any]:
+    """The preprocessing a checkpoint's model was trained with, for evaluating or
+    predicting with it: the data config its run recorded (``run_info["data_config"]``, see
+    :func:`resolve_data_config`), else one resolved from the backbone in its
+    ``build_kwargs`` at the recorded ``image_size`` (default 448).
+
+    Returns:
+        dict: at least ``backbone``, ``mean``, ``std``, ``image_size``, ``preprocessing``.
+    """
+    from pyg_mlic.backbones.registry import data_config as backbone_data_config
+
+    info = dict(ckpt.get("run_info") or {})
+    recorded = info.get("data_config")
+    if isinstance(recorded, Mapping) and "mean" in recorded and "std" in recorded:
+        return dict(recorded)
+    size = int(info.get("image_size") or 448)
+    backbone = (ckpt.get("build_kwargs") or {}).get("backbone") or "resnet101"
+    pre = backbone_data_config(str(backbone))
+    return {"backbone": str(backbone), "mean": list(pre["mean"]), "std": list(pre["std"]),
+            "preprocessing": pre["source"], "image_size": size, "test": "resize",
+            "train": "none"}
 
 
 def _need(value, flag: str, name: str):
@@ -35,8 +222,15 @@ def _first_existing(root: Path, *candidates: str) -> Path:
 def build_splits(name: str, *, root: Optional[str] = None, train_file: Optional[str] = None,
                  test_file: Optional[str] = None, val_file: Optional[str] = None,
                  image_size: int = 448, val_fraction: float = 0.0, seed: int = 0,
-                 num_images: Optional[int] = None, augment: bool = True) -> Splits:
+                 num_images: Optional[int] = None, augment: bool = True,
+                 model: Any = None, backbone: Optional[str] = None,
+                 data_config: Optional[Mapping[str, Any]] = None,
+                 check: bool = True) -> Splits:
     """Return ``(train, val, test)`` for dataset ``name`` (one of :data:`DATASETS`).
+
+    The transforms follow :func:`resolve_data_config` (the backbone's normalisation,
+    the model paper's augmentation on real datasets, ``data_config`` over both); the
+    resolved dict is the ``data_config`` attribute of every returned image split.
 
     Args:
         name: dataset name.
@@ -49,10 +243,21 @@ def build_splits(name: str, *, root: Optional[str] = None, train_file: Optional[
             the dataset has no validation split of its own.
         seed: seed of the hold-out split and of the synthetic scenes.
         num_images: synthetic scenes only: training-set size (val/test scale with it).
-        augment: use the papers' random crop + flip on the training split.
+        augment: use the training augmentation (random crop + flip ...) on the training
+            split; ``False``: the test transform.
+        model: the model class (e.g. ``get_model_class("a_gcn")``) whose
+            ``default_data_config`` and default backbone are read.
+        backbone: the backbone the model is built with (its normalisation is used).
+        data_config: overrides of the data config (:data:`DATA_OPTIONS`).
+        check: refuse splits with different classes, input kinds or feature sizes
+            (:func:`~pyg_mlic.data.base.check_splits`); ``False`` for a caller that reads
+            one split only and checks it itself (``pyg-mlic eval``).
     """
-    train_tf = build_transforms(train=augment, size=image_size)
-    test_tf = build_transforms(train=False, size=image_size)
+    cfg = None
+    if name != "features":
+        cfg = resolve_data_config(name, model=model, backbone=backbone, image_size=image_size,
+                                  augment=augment, data_config=data_config)
+        train_tf, test_tf = transforms_from_config(cfg)
     val = None
     if name == "synthetic":
         from pyg_mlic.data.synthetic import SyntheticScenes
@@ -61,13 +266,10 @@ def build_splits(name: str, *, root: Optional[str] = None, train_file: Optional[
         if num_images:
             n_val, n_test = max(num_images // 4, 8), max(num_images // 2, 8)
         kw = dict(image_size=image_size, seed=seed)
-        # small objects: a mild crop, so that no labelled object is cropped away
-        syn_train_tf = build_transforms(train=True, size=image_size, scale=(0.85, 1.0)) \
-            if augment else test_tf
-        train = SyntheticScenes("train", num_images=num_images, transform=syn_train_tf, **kw)
+        train = SyntheticScenes("train", num_images=num_images, transform=train_tf, **kw)
         val = SyntheticScenes("val", num_images=n_val, transform=test_tf, **kw)
         test = SyntheticScenes("test", num_images=n_test, transform=test_tf, **kw)
-        return train, val, test
+        return _record(cfg, train, val, test)
     if name == "coco":
         from pyg_mlic.data.coco import COCODataset
 
@@ -116,6 +318,16 @@ def build_splits(name: str, *, root: Optional[str] = None, train_file: Optional[
     else:
         raise ValueError(f"unknown dataset {name!r}; choose from {list(DATASETS)}")
     if val is None and val_fraction > 0:
-        train, val = holdout_split(train, val_fraction, seed=seed, val_transform=test_tf)
-    check_splits(train, val, test)  # classes, input kind, feature size: caught at load
-    return train, val, test
+        train, val = holdout_split(train, val_fraction, seed=seed,
+                                   val_transform=test_tf if cfg is not None else None)
+    if check:  # classes, input kind, feature size: caught at load
+        check_splits(train, val, test)
+    return _record(cfg, train, val, test)
+
+
+def _record(cfg: Optional[Dict[str, Any]], *splits) -> Splits:
+    if cfg is not None:
+        for ds in splits:
+            if ds is not None:
+                ds.data_config = cfg
+    return splits  # type: ignore[return-value]

@@ -161,6 +161,9 @@ def fit(model: Any, train_set, val_set=None, test_set=None, *,
     info.setdefault("model_options", {k: v for k, v in options.items()
                                       if not isinstance(v, torch.Tensor)})
     info.setdefault("train_split", getattr(train_set, "split", None))
+    # the resolved preprocessing (normalisation of the backbone's weights, augmentation):
+    # eval and predict rebuild the test transform from it
+    info.setdefault("data_config", getattr(train_set, "data_config", None))
     info.setdefault("val_split", getattr(val_set, "split", None))
     if two_stage:
         from pyg_mlic.engine.two_stage import run_two_stage
