@@ -8,9 +8,19 @@ r"""Multi-label classification losses beyond plain binary cross-entropy.
   :func:`positive_ratio` to measure the per-label ratios :math:`r^c` on a training split.
 
 All losses take **logits** (before the sigmoid), work in fp32 whatever the input
-dtype, accept a boolean ``mask`` ``[B, C]`` (``False`` = ignore the entry, e.g. VOC
-"difficult") and, with ``reduction="mean"``, average over the unmasked entries exactly
-like :meth:`pyg_mlic.models.base.MultiLabelModel.classification_loss`.
+dtype and accept a boolean ``mask`` ``[B, C]`` (``False`` = ignore the entry, e.g. VOC
+"difficult"). ``reduction="mean"`` averages over the unmasked entries exactly like
+:meth:`pyg_mlic.models.base.MultiLabelModel.classification_loss`; ``"sum"`` adds them.
+
+Reductions are not interchangeable under *coupled* weight decay (``torch.optim.Adam`` /
+``SGD`` ``weight_decay`` adds :math:`\lambda w` to the gradient): dividing a summed loss
+by the :math:`B C` entries of a batch divides the data gradient, not the decay term, so
+it makes :math:`\lambda` :math:`B C` times stronger relative to the data (2560x on COCO
+with batch 32). Adam's step is otherwise invariant to a constant scale of the whole
+loss, so there the reduction acts through the decay (and Adam's :math:`\epsilon`) and
+through the balance with any other loss term added to it. Each loss
+keeps the reduction of its reference: ASL **sums** (the official code,
+``-self.loss.sum()``); GM-MLIC's class-weighted BCE averages, like the rest of pyg_mlic.
 """
 from __future__ import annotations
 
@@ -74,7 +84,7 @@ def _safe_pow(base: Tensor, gamma: float) -> Tensor:
 def asymmetric_loss(logits: Tensor, target: Tensor, gamma_pos: float = 0.0,
                     gamma_neg: float = 4.0, clip: float = 0.05,
                     mask: Optional[Tensor] = None, disable_focal_grad: bool = True,
-                    reduction: str = "mean") -> Tensor:
+                    reduction: str = "sum") -> Tensor:
     r"""Asymmetric Loss (ASL, Ridnik et al., ICCV 2021, Eqs. 1-7 there).
 
     With :math:`p = \sigma(z)` the predicted probability of a label and the shifted
@@ -112,16 +122,24 @@ def asymmetric_loss(logits: Tensor, target: Tensor, gamma_pos: float = 0.0,
             :math:`(1-p)^{\gamma_+}` and :math:`p_m^{\gamma_-}` without gradient (as the
             official implementation does by default), so they only re-weight the
             log-likelihood terms. (default: :obj:`True`)
-        reduction (str): ``"mean"`` over the unmasked entries, ``"sum"``, or
-            ``"none"`` (per entry, masked entries set to 0).
+        reduction (str): ``"sum"`` over the unmasked entries (the official code),
+            ``"mean"`` over them, or ``"none"`` (per entry, masked entries set to 0).
+            (default: ``"sum"``)
 
     Returns:
         Tensor: a scalar (``"mean"``/``"sum"``) or the per-entry losses.
 
     .. note::
-        The official ASL code returns the **sum** over the batch; ``"mean"`` (the
-        default here, like the rest of pyg_mlic) divides it by the number of unmasked
-        entries, which only rescales the learning rate.
+        The default ``"sum"`` is the official ASL code's reduction (it returns
+        ``-self.loss.sum()`` over the batch and the classes), which the recipes that use
+        ASL (ASL's and IML-GCN's: Adam with *coupled* weight decay) are tuned with.
+        ``"mean"`` equals ``"sum"`` divided by the number :math:`B C` of unmasked
+        entries. Under Adam that is **not** a mere change of learning rate: Adam
+        normalises the gradient's scale away, but ``weight_decay`` :math:`\lambda` is
+        added to the gradient *before* that normalisation, so with ``"mean"`` the decay
+        weighs :math:`B C` times more against the data term (480x at batch 32 and
+        :math:`C = 15`, 2560x on COCO). To train with ``"mean"`` and the same balance,
+        divide ``weight_decay`` by :math:`B C`.
     """
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
@@ -167,7 +185,9 @@ class AsymmetricLoss(nn.Module):
         clip (float): margin :math:`m`. (default: :obj:`0.05`)
         disable_focal_grad (bool): no gradient through the focusing weights.
             (default: :obj:`True`)
-        reduction (str): ``"mean"`` | ``"sum"`` | ``"none"``. (default: ``"mean"``)
+        reduction (str): ``"sum"`` | ``"mean"`` | ``"none"``. (default: ``"sum"``, the
+            official code's; see :func:`asymmetric_loss` on why it matters with coupled
+            weight decay)
 
     Shapes:
         - **input:** logits :math:`(B, C)`, target :math:`(B, C)`, optional mask
@@ -176,7 +196,7 @@ class AsymmetricLoss(nn.Module):
     """
 
     def __init__(self, gamma_pos: float = 0.0, gamma_neg: float = 4.0, clip: float = 0.05,
-                 disable_focal_grad: bool = True, reduction: str = "mean"):
+                 disable_focal_grad: bool = True, reduction: str = "sum"):
         super().__init__()
         # validate once at construction (same rules as the function)
         asymmetric_loss(torch.zeros(1, 1), torch.zeros(1, 1), gamma_pos, gamma_neg, clip,
@@ -224,7 +244,11 @@ def class_weighted_bce(logits: Tensor, target: Tensor,
     :func:`positive_ratio`) and :math:`\Omega` the unmasked entries. Rare labels
     (small :math:`r^c`) get heavier positives and lighter negatives; :math:`\beta = 0`
     is plain BCE. The paper sets :math:`\beta = 0.4` on COCO / NUS-WIDE and 0 on VOC.
-    (The paper writes a sum over images and labels; the mean only rescales it.)
+    (The paper writes a sum over the images and labels; we average, as ML-GCN's released
+    code averages its BCE (``MultiLabelSoftMarginLoss``) under an SGD recipe like
+    GM-MLIC's. The two differ by more than a rescaling: under SGD with coupled weight
+    decay a sum multiplies the data gradient, hence the effective learning rate, by
+    :math:`B C` and divides the decay's relative weight by :math:`B C`.)
 
     Args:
         logits (Tensor): ``[B, C]`` scores before the sigmoid (Eq. 14's max-pooled

@@ -28,10 +28,70 @@ def test_asl_matches_hand_formula_with_clip_and_gammas():
     assert torch.allclose(per.flatten(), torch.tensor(expected), atol=1e-6)
     # -1.0 -> p = 0.269 > 0.2: shifted but kept; 0.5 -> p=0.62; the clip really matters:
     assert per[0, 1] > 0
+    # the default reduction is the official code's sum; "mean" divides by the B*C = 6 entries
     assert math.isclose(float(asymmetric_loss(logits, target, gp, gn, m)),
-                        sum(expected) / 6, rel_tol=1e-6)
+                        sum(expected), rel_tol=1e-6)
     assert math.isclose(float(asymmetric_loss(logits, target, gp, gn, m, reduction="sum")),
                         sum(expected), rel_tol=1e-6)
+    assert math.isclose(float(asymmetric_loss(logits, target, gp, gn, m, reduction="mean")),
+                        sum(expected) / 6, rel_tol=1e-6)
+
+
+def test_asl_default_reduction_is_a_sum_by_hand():
+    # two entries, written out: z = 0, y = 1 -> p = 1/2, gamma+ = 0: -log(1/2) = log 2;
+    # z = log 3, y = 0 -> p = 3/4, margin 0.05 -> p_m = 0.7, gamma- = 4:
+    # -(0.7 ** 4) * log(1 - 0.7) = -0.2401 * log(0.3)
+    logits = torch.tensor([[0.0, math.log(3.0)]])
+    target = torch.tensor([[1.0, 0.0]])
+    pos, neg = math.log(2.0), -0.2401 * math.log(0.3)
+    assert (pos, neg) == (pytest.approx(0.693147, abs=1e-6), pytest.approx(0.289074, abs=1e-6))
+    assert float(asymmetric_loss(logits, target)) == pytest.approx(pos + neg, rel=1e-6)
+    assert float(AsymmetricLoss()(logits, target)) == pytest.approx(pos + neg, rel=1e-6)
+    assert float(asymmetric_loss(logits, target, reduction="mean")) == \
+        pytest.approx((pos + neg) / 2, rel=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (4, 3), (32, 15)])
+def test_asl_sum_is_b_times_c_times_mean(shape):
+    torch.manual_seed(1)
+    z = torch.randn(*shape) * 3
+    y = (torch.rand(*shape) > 0.6).float()
+    B, C = shape
+    s = asymmetric_loss(z, y, reduction="sum")
+    assert torch.allclose(s, B * C * asymmetric_loss(z, y, reduction="mean"), rtol=1e-5)
+    # with a mask: sum = (number of unmasked entries) * mean
+    mask = torch.rand(*shape) > 0.3
+    mask.view(-1)[0] = True
+    sm = asymmetric_loss(z, y, mask=mask, reduction="sum")
+    assert torch.allclose(sm, mask.sum() * asymmetric_loss(z, y, mask=mask, reduction="mean"),
+                          rtol=1e-5)
+
+
+def test_mean_reduction_equals_sum_with_decay_divided_by_entries_under_adam():
+    """Coupled weight decay (torch.optim.Adam's weight_decay adds wd * w to the gradient):
+    the mean with wd trains exactly like the sum with wd * B * C (Adam is invariant to the
+    scale of the gradient, up to eps); so the mean is not a mere change of the learning rate:
+    it makes the decay B * C times stronger against the data term."""
+    torch.manual_seed(0)
+    B, F_, C, wd = 8, 5, 3, 1e-2
+    x = torch.randn(B, F_)
+    y = (torch.rand(B, C) > 0.5).float()
+    w0 = torch.randn(F_, C)
+
+    def train(reduction, decay, steps=20):
+        w = w0.clone().requires_grad_()
+        opt = torch.optim.Adam([w], lr=1e-2, weight_decay=decay, eps=1e-30)
+        for _ in range(steps):
+            opt.zero_grad()
+            asymmetric_loss(x @ w, y, reduction=reduction).backward()
+            opt.step()
+        return w.detach()
+
+    same = train("mean", wd)
+    assert (same - w0).abs().max() > 0.1                               # it trained
+    assert (same - train("sum", wd * B * C)).abs().max() < 1e-6        # fp32 rounding only
+    # ... and not like the sum with the same wd (there the decay is B*C times weaker)
+    assert (same - train("sum", wd)).abs().max() > 1e-3
 
 
 def test_asl_clip_discards_easy_negatives():
@@ -47,13 +107,15 @@ def test_asl_equals_bce_without_focusing_and_clip():
     logits = torch.randn(5, 7) * 4
     target = (torch.rand(5, 7) > 0.5).float()
     asl = asymmetric_loss(logits, target, 0.0, 0.0, 0.0)
-    bce = F.binary_cross_entropy_with_logits(logits, target)
-    assert torch.allclose(asl, bce, atol=1e-6)
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="sum")
+    assert torch.allclose(asl, bce, atol=1e-5)
+    assert torch.allclose(asymmetric_loss(logits, target, 0.0, 0.0, 0.0, reduction="mean"),
+                          F.binary_cross_entropy_with_logits(logits, target), atol=1e-6)
     # also exact at extreme logits (logsigmoid, no eps clamp)
     big = torch.tensor([[60.0, -60.0]])
     tb = torch.tensor([[0.0, 1.0]])
     assert torch.allclose(asymmetric_loss(big, tb, 0, 0, 0),
-                          F.binary_cross_entropy_with_logits(big, tb))
+                          F.binary_cross_entropy_with_logits(big, tb, reduction="sum"))
 
 
 @pytest.mark.parametrize("disable", [True, False])
@@ -87,7 +149,9 @@ def test_asl_mask_ignores_entries():
     mask = torch.tensor([[True, False], [True, True]])
     per = asymmetric_loss(logits, target, reduction="none")
     masked = asymmetric_loss(logits, target, mask=mask)
-    assert torch.allclose(masked, per[mask].mean())
+    assert torch.allclose(masked, per[mask].sum())
+    assert torch.allclose(asymmetric_loss(logits, target, mask=mask, reduction="mean"),
+                          per[mask].mean())
     # changing a masked-out logit changes nothing
     l2 = logits.clone()
     l2[0, 1] = 100.0

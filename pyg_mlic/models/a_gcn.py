@@ -57,9 +57,14 @@ class AGCN(MultiLabelModel):
         alpha (float): weight :math:`\alpha \ge 0` of :math:`\mathcal{L}_A`. Not clamped:
             the paper's Fig. 3 reports degradation above 1 and divergence at 2.
             (default: :obj:`1.0`)
-        la_reduction (str): ``"mean"`` or ``"sum"`` over the :math:`C^2` entries of
-            :math:`|\hat{\mathbf{A}} - \mathbf{I}|` (the paper does not say; see
-            :func:`~pyg_mlic.nn.sparse_correlation_loss`). (default: :obj:`"mean"`)
+        la_reduction (str): ``"sum"`` or ``"mean"`` over the :math:`C^2` entries of
+            :math:`|\hat{\mathbf{A}} - \mathbf{I}|`. Eq. 6 is "an L1-norm loss", the
+            entry-wise 1-norm :math:`\sum_{ij}|\hat{A}_{ij} - I_{ij}|`, next to an
+            :math:`\mathcal{L}_{classifier}` (Eq. 2) that already averages over the
+            labels, so ``"sum"`` is the paper's; ``"mean"`` divides the term, and its
+            gradient, by :math:`C^2` (6400 on COCO), i.e. it is the sum with
+            :math:`\alpha / C^2`. Measurements: ``docs/methods/a_gcn.rst``.
+            (default: :obj:`"sum"`)
         lg_hidden (int, optional): output size of the LG module's :math:`1\times 1`
             convolutions (not given in the paper). (default: :obj:`None` = embedding size)
         lg_bias (bool): biases in the LG module. (default: :obj:`True`)
@@ -83,12 +88,16 @@ class AGCN(MultiLabelModel):
     default_train_config = dict(optimizer="sgd", lr=0.01, backbone_lr=0.001, momentum=0.9,
                                 weight_decay=1e-4, lr_step=30, lr_gamma=0.1, epochs=65,
                                 batch_size=32)
+    #: Sec. "Implementations": resize to 512 x 512, random 448 x 448 crop, random flip (test:
+    #: resize to 448); read by pyg_mlic.data.factory.resolve_data_config on real datasets,
+    #: the resize scaled with --image-size
+    default_data_config = dict(train="resize_crop", resize=512, crop=448)
 
     def __init__(self, classes: Sequence[str], input_kind: str = "image",
                  backbone: str = "resnet101", backbone_weights: Optional[str] = None,
                  pool: str = "max", in_features: Optional[int] = None,
                  label_embeddings: Any = None, variant: str = "default", alpha: float = 1.0,
-                 la_reduction: str = "mean", lg_hidden: Optional[int] = None,
+                 la_reduction: str = "sum", lg_hidden: Optional[int] = None,
                  lg_bias: bool = True, nonneg: str = "relu", max_value: float = 1e4,
                  gcn_hidden: Optional[Sequence[int]] = None, negative_slope: float = 0.2,
                  encoder_hidden: Sequence[int] = (512,), encoder_out: int = 512):
@@ -110,6 +119,16 @@ class AGCN(MultiLabelModel):
                                      in_features=in_features, encoder_hidden=encoder_hidden,
                                      encoder_out=encoder_out)
         E = resolve_label_embeddings(self.classes, label_embeddings)
+        if variant == "cos" and self.num_classes > 1:
+            # Eq. 7 has no parameters: with pairwise orthogonal embeddings (one-hot) every
+            # off-diagonal cosine is 0 and the learned graph is the identity
+            u = torch.nn.functional.normalize(E.double(), dim=1)
+            off = u @ u.t() - torch.diag(torch.diagonal(u @ u.t()))
+            if float(off.abs().max()) <= 1e-6:
+                raise ValueError("a_gcn variant='cos': the label embeddings are pairwise "
+                                 "orthogonal (one-hot?), so the cosine graph (Eq. 7) is the "
+                                 "identity and no label interacts; give word vectors "
+                                 "(label_embeddings='glove' or 'npz:PATH')")
         self.register_buffer("label_embeddings", E, persistent=True)
         self.lg = AdaptiveLabelGraph(E.size(1), self.num_classes, hidden_channels=lg_hidden,
                                      variant=variant, nonneg=nonneg, bias=lg_bias,
@@ -187,7 +206,8 @@ register_demo_row("a_gcn", "a_gcn")
 _TABLE = "A-GCN variants (Table 1)"
 register_ablation(_TABLE, "A-GCN", "a_gcn", variant="default")
 register_ablation(_TABLE, "A-GCN (w/o L_A)", "a_gcn", variant="default", alpha=0.0)
-register_ablation(_TABLE, "Cos-A (w L_A)", "a_gcn", variant="cos")
+# Eq. 7's cosine graph needs word vectors (one-hot would give the identity graph)
+register_ablation(_TABLE, "Cos-A (w L_A)", "a_gcn", variant="cos", label_embeddings="glove")
 register_ablation(_TABLE, "FC-A (w L_A)", "a_gcn", variant="fc")
 register_ablation(_TABLE, "Dot-A (w L_A)", "a_gcn", variant="dot")
 

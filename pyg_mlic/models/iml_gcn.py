@@ -35,6 +35,10 @@ IML_GCN_TRAIN_CONFIG = dict(optimizer="adam", lr=1e-3, backbone_lr=None, weight_
                             lr_step=None, lr_milestones=[10, 20, 30], lr_gamma=0.1, epochs=40)
 
 
+#: valid values of the ``asl_reduction`` option
+ASL_REDUCTIONS = ("sum", "mean")
+
+
 class _ASLMixin:
     """Classification loss = ASL with the model's ``asl_*`` options."""
 
@@ -42,22 +46,37 @@ class _ASLMixin:
     asl_gamma_neg: float
     asl_clip: float
     asl_disable_focal_grad: bool
+    asl_reduction: str
 
     def _init_asl(self, gamma_pos: float, gamma_neg: float, clip: float,
-                  disable_focal_grad: bool) -> None:
+                  disable_focal_grad: bool, reduction: str) -> None:
+        if reduction not in ASL_REDUCTIONS:
+            raise ValueError(f"{type(self).__name__}: asl_reduction must be one of "
+                             f"{list(ASL_REDUCTIONS)}, got {reduction!r}")
         # validates the options (ValueError naming the bad one)
         asymmetric_loss(torch.zeros(1, 1), torch.zeros(1, 1), gamma_pos, gamma_neg, clip)
         self.asl_gamma_pos, self.asl_gamma_neg = float(gamma_pos), float(gamma_neg)
         self.asl_clip, self.asl_disable_focal_grad = float(clip), bool(disable_focal_grad)
+        self.asl_reduction = reduction
+        self.record_resolved(asl_gamma_pos=self.asl_gamma_pos, asl_gamma_neg=self.asl_gamma_neg,
+                             asl_clip=self.asl_clip,
+                             asl_disable_focal_grad=self.asl_disable_focal_grad,
+                             asl_reduction=self.asl_reduction)
 
     def classification_loss(self, logits: Tensor, target: Tensor,
                             mask: Optional[Tensor] = None) -> Tensor:
-        r"""Asymmetric Loss (Ridnik et al., ICCV 2021), averaged over unmasked entries:
+        r"""Asymmetric Loss (Ridnik et al., ICCV 2021),
         :math:`-y(1-p)^{\gamma_+}\log p - (1-y)p_m^{\gamma_-}\log(1-p_m)`,
-        :math:`p_m = \max(p - m, 0)`."""
+        :math:`p_m = \max(p - m, 0)`, **summed** over the unmasked entries of the batch
+        (``asl_reduction="sum"``, the official code's) or averaged over them
+        (``"mean"`` = the sum / :math:`B C`). With the recipe's Adam and its coupled
+        ``weight_decay`` the choice sets how strongly the decay weighs against the data:
+        ``"mean"`` makes it :math:`B C` times stronger (see
+        :func:`pyg_mlic.losses.asymmetric_loss`)."""
         return asymmetric_loss(logits, target, self.asl_gamma_pos, self.asl_gamma_neg,
                                self.asl_clip, mask=mask,
-                               disable_focal_grad=self.asl_disable_focal_grad)
+                               disable_focal_grad=self.asl_disable_focal_grad,
+                               reduction=self.asl_reduction)
 
 
 @register_model("asl")
@@ -76,20 +95,26 @@ class ASLBaseline(_ASLMixin, Baseline):
         asl_gamma_pos, asl_gamma_neg, asl_clip (float): ASL's :math:`\gamma_+`,
             :math:`\gamma_-`, margin :math:`m`. (default: 0, 4, 0.05)
         asl_disable_focal_grad (bool): no gradient through the focusing weights.
+        asl_reduction (str): ``"sum"`` over the batch and classes (the official ASL
+            code's; the recipe's Adam weight decay is tuned with it) or ``"mean"`` (makes
+            the coupled weight decay :math:`B C` times stronger). (default: ``"sum"``)
         **kwargs: see :class:`~pyg_mlic.models.baseline.Baseline`.
     """
 
     default_train_config = dict(IML_GCN_TRAIN_CONFIG)
+    #: "the same RandAugment technique as the baseline (ASL)": torchvision's RandAugment (2
+    #: ops, magnitude 9) in the training transform; read by
+    #: pyg_mlic.data.factory.resolve_data_config on real datasets
+    default_data_config = dict(randaugment=dict(num_ops=2, magnitude=9))
 
     def __init__(self, classes: Sequence[str], input_kind: str = "image",
                  backbone: str = "tresnet_m", pool: str = "avg", asl_gamma_pos: float = 0.0,
                  asl_gamma_neg: float = 4.0, asl_clip: float = 0.05,
-                 asl_disable_focal_grad: bool = True, **kwargs: Any):
+                 asl_disable_focal_grad: bool = True, asl_reduction: str = "sum",
+                 **kwargs: Any):
         super().__init__(classes, input_kind=input_kind, backbone=backbone, pool=pool, **kwargs)
-        self._init_asl(asl_gamma_pos, asl_gamma_neg, asl_clip, asl_disable_focal_grad)
-        self.record_resolved(asl_gamma_pos=self.asl_gamma_pos, asl_gamma_neg=self.asl_gamma_neg,
-                             asl_clip=self.asl_clip,
-                             asl_disable_focal_grad=self.asl_disable_focal_grad)
+        self._init_asl(asl_gamma_pos, asl_gamma_neg, asl_clip, asl_disable_focal_grad,
+                       asl_reduction)
 
 
 @register_model("iml_gcn")
@@ -126,6 +151,8 @@ class IMLGCN(_ASLMixin, MLGCN):
         p (float): re-weighting (Eq. 4). (default: :obj:`0.2`, ML-GCN's)
         asl_gamma_pos, asl_gamma_neg, asl_clip (float): ASL options. (default: 0, 4, 0.05)
         asl_disable_focal_grad (bool): no gradient through ASL's focusing weights.
+        asl_reduction (str): ``"sum"`` (default, the official ASL code's) or ``"mean"``;
+            see :class:`ASLBaseline`.
         **kwargs: every other :class:`~pyg_mlic.models.ml_gcn.MLGCN` option
             (``gcn_hidden``, ``scheme``, ``convention``, ``conv`` ...).
 
@@ -136,6 +163,10 @@ class IMLGCN(_ASLMixin, MLGCN):
     """
 
     default_train_config = dict(IML_GCN_TRAIN_CONFIG)
+    #: "the same RandAugment technique as the baseline (ASL)": torchvision's RandAugment (2
+    #: ops, magnitude 9) in the training transform; read by
+    #: pyg_mlic.data.factory.resolve_data_config on real datasets
+    default_data_config = dict(randaugment=dict(num_ops=2, magnitude=9))
     #: the CLI and the demo train this model with the two-stage recipe
     two_stage = True
 
@@ -143,7 +174,8 @@ class IMLGCN(_ASLMixin, MLGCN):
                  backbone: str = "tresnet_m", pool: str = "avg", label_embeddings: Any = None,
                  tau: float = 0.1, p: float = 0.2, asl_gamma_pos: float = 0.0,
                  asl_gamma_neg: float = 4.0, asl_clip: float = 0.05,
-                 asl_disable_focal_grad: bool = True, **kwargs: Any):
+                 asl_disable_focal_grad: bool = True, asl_reduction: str = "sum",
+                 **kwargs: Any):
         if isinstance(label_embeddings, str) and \
                 label_embeddings.strip().lower().startswith("image-features"):
             raise ValueError("iml_gcn: label_embeddings='image-features' needs the trained "
@@ -156,10 +188,8 @@ class IMLGCN(_ASLMixin, MLGCN):
                           "pyg_mlic.engine.two_stage.run_two_stage)", UserWarning, stacklevel=3)
         super().__init__(classes, input_kind=input_kind, backbone=backbone, pool=pool,
                          label_embeddings=label_embeddings, tau=tau, p=p, **kwargs)
-        self._init_asl(asl_gamma_pos, asl_gamma_neg, asl_clip, asl_disable_focal_grad)
-        self.record_resolved(asl_gamma_pos=self.asl_gamma_pos, asl_gamma_neg=self.asl_gamma_neg,
-                             asl_clip=self.asl_clip,
-                             asl_disable_focal_grad=self.asl_disable_focal_grad)
+        self._init_asl(asl_gamma_pos, asl_gamma_neg, asl_clip, asl_disable_focal_grad,
+                       asl_reduction)
 
     @classmethod
     def paper_context(cls, classes: Sequence[str]) -> dict:

@@ -36,7 +36,8 @@ def test_registered_with_demo_and_ablation_rows():
     assert {k: v[1] for k, v in table.items()} == {
         "A-GCN": {"variant": "default"},
         "A-GCN (w/o L_A)": {"variant": "default", "alpha": 0.0},
-        "Cos-A (w L_A)": {"variant": "cos"}, "FC-A (w L_A)": {"variant": "fc"},
+        "Cos-A (w L_A)": {"variant": "cos", "label_embeddings": "glove"},
+        "FC-A (w L_A)": {"variant": "fc"},
         "Dot-A (w L_A)": {"variant": "dot"}}
     assert all(v[0] == "a_gcn" for v in table.values())
 
@@ -45,21 +46,19 @@ def test_paper_training_defaults():
     c = TrainConfig.for_model(AGCN)
     assert (c.optimizer, c.lr, c.momentum, c.weight_decay) == ("sgd", 0.01, 0.9, 1e-4)
     assert (c.lr_step, c.lr_gamma, c.epochs, c.batch_size) == (30, 0.1, 65, 32)
-    # no per-model data settings that nothing reads: the input pipeline is the data
-    # layer's (docs/methods/a_gcn.rst says how it differs from the paper's)
-    assert not hasattr(AGCN, "default_data_config")
 
 
 @pytest.mark.parametrize("variant", ["default", "cos", "fc", "dot"])
 def test_forward_loss_and_gradients_every_variant(variant):
     torch.manual_seed(0)
-    m = _features_model(variant=variant, alpha=0.5)
+    emb = {"label_embeddings": torch.randn(5, 8)} if variant == "cos" else {}
+    m = _features_model(variant=variant, alpha=0.5, **emb)
     batch = {"features": torch.randn(4, 16), "target": torch.randint(0, 2, (4, 5)).float()}
     out = m(batch)
     assert out.logits.shape == (4, 5) and out.logits.dtype == torch.float32
     adj = out.extras["adjacency"]
     assert adj.shape == (5, 5) and torch.isfinite(adj).all()
-    la = sparse_correlation_loss(adj)
+    la = sparse_correlation_loss(adj, "sum")  # the model's default (Eq. 6's L1 norm)
     assert set(out.aux_losses) == {AUX_LOSS_NAME}
     assert torch.allclose(out.aux_losses[AUX_LOSS_NAME], 0.5 * la)
     total, parts = m.loss(out, batch)
@@ -84,6 +83,30 @@ def test_alpha_zero_drops_the_term_and_validation():
         _features_model(variant="gat")
     with pytest.raises(ValueError, match="la_reduction"):
         _features_model(la_reduction="max")
+
+
+def test_la_default_is_the_l1_norm_sum():
+    """Eq. 6, L_A = |A_hat - I|, "an L1-norm loss": the entry-wise sum over the C^2 entries
+    (the default); "mean" is the sum / C^2."""
+    torch.manual_seed(0)
+    m = _features_model(C=3, alpha=0.5)
+    assert m.la_reduction == "sum" and m.build_kwargs["la_reduction"] == "sum"
+    with torch.no_grad():
+        out = m({"features": torch.randn(2, 16)})
+    adj = out.extras["adjacency"]
+    by_hand = sum(abs(float(adj[i, j]) - (1.0 if i == j else 0.0))
+                  for i in range(3) for j in range(3))
+    assert float(out.extras["L_A"]) == pytest.approx(by_hand, rel=1e-6)
+    assert float(out.aux_losses[AUX_LOSS_NAME]) == pytest.approx(0.5 * by_hand, rel=1e-6)
+    torch.manual_seed(0)
+    mean = _features_model(C=3, alpha=0.5, la_reduction="mean")
+    with torch.no_grad():
+        la_mean = mean({"features": torch.randn(2, 16)}).extras["L_A"]
+    assert float(la_mean) * 3 ** 2 == pytest.approx(by_hand, rel=1e-6)
+    # a tiny graph by hand: A_hat = [[0.6, 0.4], [0.1, 0.9]] -> |.-I| = 0.4+0.4+0.1+0.1 = 1.0
+    A = torch.tensor([[0.6, 0.4], [0.1, 0.9]])
+    assert float(sparse_correlation_loss(A, "sum")) == pytest.approx(1.0)
+    assert float(sparse_correlation_loss(A, "mean")) == pytest.approx(0.25)
 
 
 def test_image_input_and_label_embeddings():
@@ -191,3 +214,15 @@ def test_cli_trains_a_gcn_on_features(tmp_path):
     assert s["model_config"]["alpha"] == 0.5
     assert s["train_config"]["lr_step"] == 30 and s["train_config"]["epochs"] == 2
     assert model_from_checkpoint(out / "last.pt").lg.variant == "fc"
+
+
+def test_cos_variant_refuses_one_hot_embeddings():
+    """Eq. 7 (cosine of the embeddings) has no parameter: with one-hot (pairwise orthogonal)
+    embeddings the learned graph would be the identity, so the model refuses them."""
+    with pytest.raises(ValueError, match="pairwise orthogonal.*identity"):
+        _features_model(variant="cos")
+    with pytest.raises(ValueError, match="one-hot"):
+        _features_model(variant="cos", label_embeddings="onehot")
+    m = _features_model(variant="cos", label_embeddings=torch.randn(5, 8))
+    assert m.learned_graph().shape == (5, 5)
+

@@ -56,6 +56,29 @@ def test_loss_is_asymmetric_loss():
         _model(asl_clip=1.5)
 
 
+@pytest.mark.parametrize("name", ["iml_gcn", "asl"])
+def test_asl_reduction_defaults_to_the_official_sum(name):
+    """Both ASL models sum over the batch and classes by default (the official ASL code;
+    with Adam's coupled weight decay a mean makes the decay B*C times stronger)."""
+    build = _model if name == "iml_gcn" else (
+        lambda **kw: build_model("asl", classes=CLASSES, input_kind="features", in_features=6,
+                                 **kw))
+    torch.manual_seed(0)
+    logits = torch.randn(5, 4)
+    y = (torch.rand(5, 4) > 0.5).float()
+    mask = torch.rand(5, 4) > 0.2
+    m = build()
+    assert m.asl_reduction == "sum" and m.build_kwargs["asl_reduction"] == "sum"
+    total = m.classification_loss(logits, y)
+    assert torch.allclose(total, asymmetric_loss(logits, y, reduction="none").sum())
+    assert torch.allclose(m.classification_loss(logits, y, mask),
+                          asymmetric_loss(logits, y, reduction="none")[mask].sum())
+    mean = build(asl_reduction="mean")
+    assert torch.allclose(mean.classification_loss(logits, y) * 5 * 4, total)
+    with pytest.raises(ValueError, match="asl_reduction"):
+        build(asl_reduction="none")
+
+
 def test_paper_train_config():
     cfg = TrainConfig.for_model(get_model_class("iml_gcn"))
     assert (cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.epochs) == ("adam", 1e-3, 5e-4, 40)
@@ -90,6 +113,9 @@ def test_checkpoint_round_trip(tmp_path):
     x = {"features": torch.randn(2, 6)}
     assert torch.allclose(m(x).logits, m2(x).logits)
     assert type(m2).__name__ == "IMLGCN" and m2.asl_gamma_pos == 1.0
+    assert m2.asl_reduction == "sum"
+    save_checkpoint(tmp_path / "mean.pt", model=_model(asl_reduction="mean"))
+    assert model_from_checkpoint(tmp_path / "mean.pt").asl_reduction == "mean"
 
 
 def test_image_backbone_any():

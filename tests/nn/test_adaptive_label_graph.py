@@ -63,10 +63,11 @@ def test_default_matches_hand_computation():
                              [1 / S20, 0.0, 0.75]])
     adj = lg(E3)
     assert torch.allclose(adj, expected, atol=1e-7)
-    # L_A (Eq. 6): |0.8-1| + |0.75-1| + 2/sqrt(20) over 9 entries (mean) or summed
+    # L_A (Eq. 6, the entry-wise L1 norm): |0.8-1| + |0.75-1| + 2/sqrt(20) summed (the
+    # default) or over 9 entries (mean)
     total = 0.2 + 0.25 + 2 / S20
-    assert sparse_correlation_loss(adj).item() == pytest.approx(total / 9, rel=1e-6)
-    assert sparse_correlation_loss(adj, "sum").item() == pytest.approx(total, rel=1e-6)
+    assert sparse_correlation_loss(adj).item() == pytest.approx(total, rel=1e-6)
+    assert sparse_correlation_loss(adj, "mean").item() == pytest.approx(total / 9, rel=1e-6)
 
 
 def test_default_with_bias_matches_hand_computation():
