@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-#: ``{"model": model options, "train": TrainConfig fields, "data": dataset settings,
-#: "label_embeddings": the spec used by the graph methods}``
+#: the small recipe: ``model`` (model options), ``train`` (TrainConfig fields), ``data``
+#: (dataset settings) and ``label_embeddings`` (the spec the graph methods use)
 SMALL: Dict[str, Any] = {
     "model": dict(backbone="small_cnn"),
     "train": dict(epochs=5, batch_size=32, optimizer="adam", lr=2e-3, backbone_lr=2e-3,
