@@ -88,7 +88,8 @@ def _ia_model(C: int, seed: int = 0):
                     graph_edge_index=g.data.edge_index,
                     graph_edge_weight=g.data.edge_weight.float(),
                     label_embeddings=torch.randn(C, 300), roi_feature_dim=256,
-                    gcn_hidden=[512, 1024])
+                    gcn_hidden=[512, 1024],
+                    region_conv="roi_graph")  # the reading the kept old path implements
     return m, src, nbrs
 
 

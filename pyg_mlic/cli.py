@@ -112,7 +112,7 @@ def _splits(args, *, model: Optional[str] = None, backbone: Optional[str] = None
     opts = _parse_set(args.region_opt)
     if args.max_instances is not None:
         opts["max_instances"] = args.max_instances
-    extractor = build_region_extractor(args.regions, **opts)
+    extractor = build_region_extractor(args.regions, model=model_cls, **opts)
     root = {"root": args.region_cache} if args.region_cache else {}
     return tuple(None if ds is None else RegionDataset(ds, extractor, **root) for ds in splits)
 

@@ -21,8 +21,11 @@ backend           class                                   boxes / features
 ================  ======================================  ===============================
 
 :func:`build_region_extractor` builds one by name (``"auto"``: detectron2 when
-importable, else torchvision). :class:`RegionCache` extracts a dataset once into
-memory-mapped ``.npy`` files (resumable, keyed, checksummed) and :class:`RegionDataset`
+importable, else torchvision); given ``model=``, the model's region recipe fills the
+options not given (:func:`model_region_options`: GM-MLIC takes the detector's
+class-labelled detections ranked by confidence, ``mode="detections"``, as its paper;
+IA-GCN the backends' default, RPN proposals). :class:`RegionCache` extracts a dataset
+once into memory-mapped ``.npy`` files (resumable, keyed, checksummed) and :class:`RegionDataset`
 adds ``roi_features``/``roi_boxes``/``roi_mask``/``roi_scores``/``roi_labels``/
 ``roi_image_size`` to every sample. :func:`pyg_mlic.graphs.instance_graph` turns them
 into GM-MLIC's instance spatial graph.
@@ -54,6 +57,7 @@ from pyg_mlic.detection.precomputed import PrecomputedRegionExtractor, save_regi
 from pyg_mlic.detection.registry import (
     build_region_extractor,
     list_region_backends,
+    model_region_options,
     register_region_backend,
     resolve_backend,
 )
@@ -79,6 +83,7 @@ __all__ = [
     "GroundTruthRegionExtractor",
     "build_region_extractor",
     "list_region_backends",
+    "model_region_options",
     "register_region_backend",
     "resolve_backend",
     "RegionCache",

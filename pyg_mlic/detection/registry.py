@@ -1,15 +1,17 @@
 """Backend registry: :func:`build_region_extractor` and :func:`list_region_backends`."""
 from __future__ import annotations
 
+import importlib
+import inspect
 import logging
 import sys
-from typing import Any, Callable, List
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from pyg_mlic.detection.base import RegionExtractor
 from pyg_mlic.utils.registry import Registry
 
 __all__ = ["build_region_extractor", "list_region_backends", "register_region_backend",
-           "resolve_backend"]
+           "resolve_backend", "model_region_options"]
 
 logger = logging.getLogger("pyg_mlic.detection")
 
@@ -57,6 +59,61 @@ def _groundtruth(**kw: Any) -> RegionExtractor:
     return GroundTruthRegionExtractor(**kw)
 
 
+#: the extractor class behind each built-in backend (its constructor's arguments are the
+#: backend's options)
+_BUILTIN_CLASSES = {
+    "torchvision": ("pyg_mlic.detection.torchvision_backend", "TorchvisionRegionExtractor"),
+    "detectron2": ("pyg_mlic.detection.detectron2_backend", "Detectron2RegionExtractor"),
+    "precomputed": ("pyg_mlic.detection.precomputed", "PrecomputedRegionExtractor"),
+    "groundtruth": ("pyg_mlic.detection.groundtruth", "GroundTruthRegionExtractor"),
+}
+
+
+def _backend_options(key: str) -> Optional[set]:
+    """Keyword arguments the backend ``key`` takes (``None``: anything, ``**kwargs``)."""
+    if key in _BUILTIN_CLASSES:
+        mod, name = _BUILTIN_CLASSES[key]
+        fn: Callable = getattr(importlib.import_module(mod), name).__init__
+    elif key in _BACKENDS:
+        fn = _BACKENDS.get(key)
+    else:
+        return set()
+    params = inspect.signature(fn).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+
+
+def model_region_options(model: Any, backend: str = "auto",
+                         options: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """The region-backend arguments for training ``model``: the model's recipe
+    (``default_region_options`` of its class, e.g. GM-MLIC's ``{"mode": "detections"}``:
+    the detector's class-labelled detections ranked by confidence, the paper's setting)
+    restricted to the options ``backend`` takes, under the given ``options`` (which win).
+
+    Args:
+        model: a model class, a built model or a registered model name (``None``: no
+            recipe).
+        backend (str): the backend name (``"auto"`` is resolved silently).
+        options (dict): the user's backend arguments (e.g. ``--region-opt``).
+    """
+    opts = dict(options or {})
+    if model is None:
+        return opts
+    if isinstance(model, str):
+        from pyg_mlic.models import get_model_class
+
+        model = get_model_class(model)
+    recipe = dict(getattr(model, "default_region_options", None) or {})
+    if not recipe:
+        return opts
+    accepted = _backend_options(resolve_backend(backend, verbose=False))
+    for k, v in recipe.items():
+        if k not in opts and (accepted is None or k in accepted):
+            opts[k] = v
+    return opts
+
+
 def resolve_backend(backend: str = "auto", verbose: bool = True) -> str:
     """The backend ``"auto"`` stands for: ``"detectron2"`` when detectron2 imports,
     else ``"torchvision"`` (logged, and printed to stderr with ``verbose``)."""
@@ -83,8 +140,8 @@ def resolve_backend(backend: str = "auto", verbose: bool = True) -> str:
     return key
 
 
-def build_region_extractor(backend: str = "auto", verbose: bool = True,
-                           **kwargs: Any) -> RegionExtractor:
+def build_region_extractor(backend: str = "auto", verbose: bool = True, *,
+                           model: Any = None, **kwargs: Any) -> RegionExtractor:
     """Build a region extractor by backend name.
 
     Args:
@@ -92,6 +149,10 @@ def build_region_extractor(backend: str = "auto", verbose: bool = True,
             choice is logged and, with ``verbose``, printed), ``"torchvision"``,
             ``"detectron2"``, ``"precomputed"``, ``"groundtruth"`` or a registered name.
         verbose (bool): print the choice ``"auto"`` made. (default: :obj:`True`)
+        model: the model the regions are for (class, instance or registered name): its
+            region recipe fills the arguments not given (see
+            :func:`model_region_options`; GM-MLIC: ``mode="detections"``). (default:
+            :obj:`None`, the backend's own defaults)
         **kwargs: the backend's arguments (the Faster R-CNN backends share ``weights``,
             ``mode``, ``feature``, ``max_instances``, ``min_size``, ``max_size``,
             ``box_score_thresh``, ``pool``, ``seed``).
@@ -106,4 +167,8 @@ def build_region_extractor(backend: str = "auto", verbose: bool = True,
     key = resolve_backend(backend, verbose=verbose)
     if key not in _BACKENDS:
         raise _BACKENDS.unknown(backend, valid=["auto"] + list_region_backends())
+    if model is not None:
+        kwargs = model_region_options(model, key, kwargs)
+        if kwargs:
+            logger.info("pyg_mlic.detection: %s regions with %s", key, kwargs)
     return _BACKENDS.get(key)(**kwargs)

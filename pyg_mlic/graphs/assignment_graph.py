@@ -32,8 +32,10 @@ Choices where the paper is silent:
   weight, self-loops dropped).
 * :math:`k` of the kNN graph is not given; default :data:`~pyg_mlic.graphs.DEFAULT_K` (5).
 * Boxes may be given in pixels with ``image_size`` ``(H, W)`` or already normalised to
-  :math:`[0, 1]` (``image_size=None``); neighbours are searched on the box centres of the
-  coordinates as given.
+  :math:`[0, 1]` (``image_size=None``); either way neighbours are searched on the centres
+  of the normalised boxes :math:`\hat B` (see :mod:`~pyg_mlic.graphs.instance_graph`), the
+  coordinates :class:`~pyg_mlic.nn.GraphNetworkBlock`'s training path uses, so both give
+  the same :math:`G_o`.
 
 Batching: :func:`assignment_graph_batch` builds all images of a padded batch at once
 (one neighbour search for the whole batch, matching edges from ``arange`` products — no

@@ -12,15 +12,26 @@ pixels, ROI feature :math:`f_i`) is a node; directed edges join every instance t
 for an edge from source :math:`i` to receiver :math:`j` in a :math:`W \times H` image, so
 ``edge_attr`` has 8 columns: the normalised box of the source, then of the receiver.
 
-Neighbourhoods: with centres :math:`c_i = ((x_1 + x_2)/2, (y_1 + y_2)/2)` in pixels,
-:math:`\mathcal{N}_k(j)` holds the :math:`\min(k, M - 1)` instances :math:`i \ne j` with
-the smallest :math:`\lVert c_i - c_j \rVert_2` (ties broken by the lower index), and
+Neighbourhoods: with the centres of the *normalised* boxes,
+:math:`\hat c_i = ((\hat x_1 + \hat x_2)/2, (\hat y_1 + \hat y_2)/2)` (the coordinates
+of Eq. 1, in :math:`[0, 1]^2`), :math:`\mathcal{N}_k(j)` holds the :math:`\min(k, M - 1)`
+instances :math:`i \ne j` with the smallest :math:`\lVert \hat c_i - \hat c_j \rVert_2`
+(ties broken by the lower index), and
 the graph has the edges :math:`i \to j` for :math:`i \in \mathcal{N}_k(j)` — PyG's
 ``knn_graph(flow="source_to_target")`` convention: ``edge_index[1]`` is the centre
 node, which aggregates from its neighbours. No self-loops; an image with
 :math:`M \le k` instances gets the complete directed graph, one with :math:`M \le 1`
 no edge, one with :math:`M = 0` no node. The paper does not state :math:`k`; the default
 here is 5.
+
+One coordinate system: the neighbour search runs on normalised centres everywhere — here,
+in :func:`~pyg_mlic.graphs.assignment_graph_batch` and in the training path of
+:class:`~pyg_mlic.nn.GraphNetworkBlock` (``forward_dense``, which receives the normalised
+boxes of :func:`~pyg_mlic.models.regions.read_regions`) — so the graph of an image does not
+depend on which path built it (tested equal). In a non-square image this differs from a
+search in pixels: a horizontal pixel counts :math:`1/W`, a vertical one :math:`1/H`,
+the frame in which the edge attributes :math:`[\hat B_i, \hat B_j]` are given, and which
+a resize of the image leaves unchanged.
 
 The batch builder runs the neighbour search for all images at once on padded
 ``[B, K]`` tensors (pairwise squared distances and one stable sort; no loop over
@@ -114,7 +125,8 @@ def instance_graph_batch(boxes: Tensor, features: Tensor, image_sizes: Tensor,
 
     Returns:
         torch_geometric.data.Batch: ``B`` graphs with ``x`` :math:`(N, D)`, ``pos``
-        :math:`(N, 2)` box centres (pixels), ``boxes`` :math:`(N, 4)` (pixels),
+        :math:`(N, 2)` normalised box centres :math:`\hat c` (the coordinates the
+        neighbours are searched on), ``boxes`` :math:`(N, 4)` (pixels),
         ``boxes_norm`` :math:`(N, 4)` (:math:`\hat B`), ``edge_index`` :math:`(2, E)`,
         ``edge_attr`` :math:`(E, 8)` = :math:`[\hat B_{src}, \hat B_{dst}]`,
         ``image_size`` :math:`(B, 2)`, optional ``score``/``cls`` :math:`(N)`; ``batch``
@@ -149,8 +161,8 @@ def instance_graph_batch(boxes: Tensor, features: Tensor, image_sizes: Tensor,
     if ((real_boxes[:, 2] < real_boxes[:, 0]) | (real_boxes[:, 3] < real_boxes[:, 1])).any():
         raise ValueError("instance_graph_batch: boxes must be xyxy with x2 >= x1 and y2 >= y1")
 
-    pos = box_centers(boxes)                                           # [B, K, 2]
     bn = normalize_boxes(boxes, image_sizes[:, None, :])              # [B, K, 4]
+    pos = box_centers(bn)                                             # [B, K, 2] in [0, 1]
     b, src, dst = knn_edges_dense(pos, mask, k)
     # compact node numbering: the real rows of all images, in order
     node_id = (torch.cumsum(mask.reshape(-1).long(), 0) - 1).view(bsz, kmax)
@@ -224,12 +236,16 @@ def instance_graph(boxes: Tensor, features: Tensor, image_size: SizeLike,
 
 
 def instance_graphs_from_regions(regions, k: int = DEFAULT_K) -> Batch:
-    """:func:`instance_graph_batch` of a :class:`~pyg_mlic.detection.RegionFeatures` (or
+    r""":func:`instance_graph_batch` of a :class:`~pyg_mlic.detection.RegionFeatures` (or
     a collated batch dict with the ``roi_*`` keys of
-    :class:`~pyg_mlic.detection.RegionDataset`)."""
+    :class:`~pyg_mlic.detection.RegionDataset`). Rows whose box has no area
+    (:math:`x_2 \le x_1` or :math:`y_2 \le y_1`) are not instances: they get no node,
+    like padding."""
     from pyg_mlic.detection.base import RegionFeatures
 
     if not isinstance(regions, RegionFeatures):
         regions = RegionFeatures.from_batch(regions)
+    b = regions.boxes
+    mask = regions.mask & (b[..., 2] > b[..., 0]) & (b[..., 3] > b[..., 1])
     return instance_graph_batch(regions.boxes, regions.features, regions.image_sizes,
-                                regions.mask, k, regions.scores, regions.labels)
+                                mask, k, regions.scores, regions.labels)

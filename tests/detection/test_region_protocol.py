@@ -131,3 +131,30 @@ def test_registry_and_auto_choice(capsys):
     resolve_backend("auto", verbose=False)
     assert capsys.readouterr().err == ""
     assert resolve_backend("torchvision") == "torchvision"
+
+
+def test_model_region_recipe_fills_options_the_backend_takes():
+    """GM-MLIC's recipe asks for the detector's detections (the paper's setting); it only
+    fills options the backend has and never overrides the user's."""
+    from pyg_mlic.detection import model_region_options
+    from pyg_mlic.models.gm_mlic import GMMLIC
+
+    assert model_region_options("gm_mlic", "torchvision") == {"mode": "detections"}
+    assert model_region_options(GMMLIC, "detectron2", {"max_instances": 35}) == \
+        {"mode": "detections", "max_instances": 35}
+    assert model_region_options("gm_mlic", "torchvision", {"mode": "rpn"}) == {"mode": "rpn"}
+    assert model_region_options("gm_mlic", "groundtruth", {"image_size": 48}) == \
+        {"image_size": 48}                                   # no `mode` there
+    assert model_region_options("gm_mlic", "precomputed") == {}
+    assert model_region_options("ia_gcn", "torchvision") == {}     # RPN proposals (IA-GCN)
+    assert model_region_options(None, "torchvision", {"seed": 1}) == {"seed": 1}
+    ex = build_region_extractor("groundtruth", model="gm_mlic", backbone="small_cnn",
+                                image_size=48)
+    assert ex.backend == "groundtruth"
+
+
+@pytest.mark.heavy
+def test_build_with_model_uses_detections():
+    ex = build_region_extractor("torchvision", model="gm_mlic", min_size=256, max_size=320)
+    assert ex.mode == "detections" and ex.config()["mode"] == "detections"
+    assert build_region_extractor("torchvision", min_size=256, max_size=320).mode == "rpn"

@@ -100,9 +100,11 @@ def _gm_mlic(root: Path):
 
 
 def _gm_mlic_regions(root: Path):
-    """GM-MLIC on ground-truth RegionDataset ROIs (precomputed ROI features in the batch):
-    its image encoder's output reaches no loss term, the case that made DDP wait for
-    gradients of an unused output before the loss was computed inside the wrapped module."""
+    """GM-MLIC on ground-truth RegionDataset regions with ``rois="region_boxes"``: RoIAlign
+    on the model's own trainable small_cnn at the cached boxes, so the BatchNorm layers are
+    on the loss's path, and the batch also carries precomputed ROI features the model does
+    not read (the case that made DDP wait for gradients of an unused output before the loss
+    was computed inside the wrapped module)."""
     from pyg_mlic.detection import GroundTruthRegionExtractor, RegionDataset
     from pyg_mlic.engine import seed_everything
     from pyg_mlic.models import build_model
@@ -114,7 +116,7 @@ def _gm_mlic_regions(root: Path):
     seed_everything(3)
     model = build_model("gm_mlic", classes=list(train.classes), input_kind="image",
                         train_labels=train.labels, backbone="small_cnn",
-                        roi_feature_dim=train.roi_feature_dim, encoder_channels=16,
+                        rois="region_boxes", roi_output_size=2, encoder_channels=16,
                         conv_channels=[16, 8], k=3)
     return model, train, val, test
 

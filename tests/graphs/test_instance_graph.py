@@ -31,7 +31,8 @@ def test_three_boxes_k1_by_hand():
     assert g.edge_attr.shape == (3, 8)
     assert torch.allclose(g.edge_attr, expect)
     assert torch.equal(g.x, feats)
-    assert torch.allclose(g.pos, torch.tensor([[5.0, 5.0], [25.0, 5.0], [5.0, 45.0]]))
+    # pos: the normalised centres the neighbours are searched on
+    assert torch.allclose(g.pos, torch.tensor([[0.025, 0.05], [0.125, 0.05], [0.025, 0.45]]))
     assert torch.equal(g.boxes, BOXES)
     assert torch.allclose(g.boxes_norm, torch.tensor(BHAT))
     assert g.image_size.tolist() == [[100, 200]] and g.num_nodes == 3
@@ -49,7 +50,8 @@ def test_three_boxes_k2_is_complete_and_ordered_by_distance():
 
 def test_ties_broken_by_lower_index():
     boxes = torch.tensor([[-1.0, -1, 1, 1], [0.0, -1, 2, 1], [-2.0, -1, 0, 1]])  # centres 0, 1, -1
-    g = instance_graph(boxes + 5, torch.zeros(3, 1), (10, 10), k=1)
+    # (a power-of-two image side: the normalised distances tie exactly in floating point)
+    g = instance_graph(boxes + 5, torch.zeros(3, 1), (8, 8), k=1)
     assert _edges(g) == [(1, 0), (0, 1), (0, 2)]
 
 
@@ -69,10 +71,11 @@ def test_mask_drops_padding_rows():
     assert g.num_nodes == 3 and _edges(g) == [(1, 0), (0, 1), (0, 2)]
 
 
-def _reference_edges(boxes, mask, k):
-    """Brute force: per centre j, the k closest other real i by (squared distance, index),
-    in the compact numbering of the real rows."""
-    c = (boxes[:, :2] + boxes[:, 2:]) / 2
+def _reference_edges(boxes, mask, k, size=(1, 1)):
+    """Brute force: per centre j, the k closest other real i by (squared distance of the
+    normalised centres, index), in the compact numbering of the real rows."""
+    h, w = size
+    c = (boxes[:, :2] + boxes[:, 2:]) / 2 / torch.tensor([float(w), float(h)])
     real = [i for i in range(len(boxes)) if mask[i]]
     compact = {i: n for n, i in enumerate(real)}
     out = []
@@ -98,7 +101,7 @@ def test_batch_matches_brute_force_and_offsets(k):
     assert batch.batch.tolist() == sum(([b] * int(n) for b, n in enumerate(counts)), [])
     for b in range(bsz):
         d = batch.get_example(b)
-        ref = _reference_edges(boxes[b], mask[b], k)
+        ref = _reference_edges(boxes[b], mask[b], k, sizes[b].tolist())
         assert _edges(d) == ref
         assert torch.equal(d.x, feats[b][mask[b]])
         h, w = sizes[b].tolist()
@@ -137,6 +140,13 @@ def test_from_region_features():
     assert _edges(batch.get_example(0)) == [(1, 0), (0, 1), (0, 2)]
     assert batch.cls.tolist() == [3, 1, 2] and torch.allclose(batch.score, r.scores)
     assert batch.image_size.tolist() == [[100, 200], [8, 8]]
+    # a region with no area (a crop left it on the image's edge) is not an instance
+    flat = Regions(torch.cat([BOXES, torch.tensor([[200.0, 5.0, 200.0, 9.0]])]),
+                   torch.randn(4, 4), torch.tensor([0.9, 0.8, 0.7, 0.6]),
+                   torch.tensor([3, 1, 2, 5]), SIZE)
+    g = instance_graphs_from_regions(RegionFeatures.from_regions([flat], 5), k=1)
+    assert g.num_nodes == 3 and g.cls.tolist() == [3, 1, 2]
+    assert _edges(g.get_example(0)) == [(1, 0), (0, 1), (0, 2)]
 
 
 def test_bad_input():
@@ -163,3 +173,63 @@ def test_edge_count_formula_over_sizes():
         g = instance_graph(torch.rand(m, 2).repeat(1, 2) + torch.tensor([0, 0, 1.0, 1.0]),
                            torch.zeros(m, 1), (10, 10), k=k)
         assert g.edge_index.shape[1] == m * min(k, max(m - 1, 0))
+
+
+# ---------------------------------------------------------------- one coordinate system
+# a wide 200 x 20 (W x H) image: A's nearest neighbour is C in pixels (8 px below) but B
+# in normalised coordinates (0.2 of the width to the right; C is 0.4 of the height below)
+WIDE = torch.tensor([[8.0, 8.0, 12.0, 12.0],       # A, centre (10, 10)
+                     [48.0, 8.0, 52.0, 12.0],      # B, centre (50, 10): 40 px, 0.2
+                     [8.0, 16.0, 12.0, 20.0]])     # C, centre (10, 18): 8 px, 0.4
+
+
+def test_neighbours_are_searched_on_normalised_centres():
+    g = instance_graph(WIDE, torch.zeros(3, 1), (20, 200), k=1)
+    assert _edges(g)[0] == (1, 0)                  # A hears from B, not from C
+    pixel = knn_edges_dense(((WIDE[:, :2] + WIDE[:, 2:]) / 2)[None],
+                            torch.ones(1, 3, dtype=torch.bool), 1)
+    assert (int(pixel[1][0]), int(pixel[2][0])) == (2, 0)      # in pixels it would be C
+    # the same graph from boxes that are already normalised (unit image size)
+    gn = instance_graph(WIDE / torch.tensor([200.0, 20, 200, 20]), torch.zeros(3, 1), (1, 1),
+                        k=1)
+    assert torch.equal(gn.edge_index, g.edge_index)
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_the_model_and_the_graph_builders_build_the_same_instance_graph(k):
+    """G_o of the training path (GraphNetworkBlock.forward_dense on the normalised boxes of
+    read_regions), of instance_graph_batch (pixels + image sizes) and of
+    assignment_graph_batch are one graph, in non-square images with padding."""
+    from pyg_mlic.graphs import assignment_graph_batch
+    from pyg_mlic.graphs.assignment_graph import NEAR
+    from pyg_mlic.nn import GraphNetworkBlock
+
+    g = torch.Generator().manual_seed(10 + k)
+    sizes = torch.tensor([[20, 200], [300, 40], [64, 64]])            # (H, W)
+    bsz, kmax = 3, 6
+    wh = sizes.flip(1).float()[:, None, :]                            # (W, H)
+    xy = torch.rand(bsz, kmax, 2, generator=g) * wh * 0.8
+    boxes = torch.cat([xy, xy + torch.rand(bsz, kmax, 2, generator=g) * wh * 0.2], -1)
+    boxes[0, :3] = WIDE                                                # the case above
+    mask = torch.tensor([[1, 1, 1, 1, 0, 1], [1] * 6, [1, 0, 1, 1, 0, 0]]).bool()
+    feats = torch.randn(bsz, kmax, 5, generator=g)
+    ig = instance_graph_batch(boxes, feats, sizes, mask, k=k)
+    slot = mask.nonzero()                                             # node -> (image, row)
+    ref = sorted((int(slot[s, 0]), int(slot[s, 1]), int(slot[d, 1]))
+                 for s, d in ig.edge_index.t().tolist())
+    # the training path: boxes normalised as read_regions does, kNN inside the block
+    nboxes = boxes / torch.stack([sizes[:, 1], sizes[:, 0]] * 2, 1)[:, None, :].float()
+    gnb = GraphNetworkBlock(5, 3, 8, [8], k=k)
+    seen = {}
+    gnb.node_convs[0].register_forward_pre_hook(
+        lambda mod, args: seen.update(near=args[1][NEAR]) and None)
+    gnb.forward_dense(feats, nboxes * mask[..., None], mask, torch.eye(3))
+    src, dst = seen["near"]
+    dense = sorted((int(s) // kmax, int(s) % kmax, int(d) % kmax)
+                   for s, d in zip(src.tolist(), dst.tolist()))
+    assert dense == ref
+    # the assignment graph (pixels + sizes, and already-normalised boxes)
+    for bx, sz in ((boxes, sizes), (nboxes, None)):
+        ag = assignment_graph_batch(feats, bx, torch.eye(3), sz, mask, k=k)
+        assert torch.equal(ag[NEAR].edge_index, ig.edge_index)
+        torch.testing.assert_close(ag[NEAR].edge_attr, ig.edge_attr)

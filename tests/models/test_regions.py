@@ -158,3 +158,102 @@ def test_errors_and_feature_dims(encoder):
         region_feature_dim(fenc, "auto")
     with pytest.raises(ValueError, match="roi_feature_dim"):
         region_feature_dim(encoder, "batch")
+
+
+# ------------------------------------------------------------------ degenerate boxes
+def test_zero_area_boxes_from_a_crop_are_masked_not_fed(scenes, encoder):
+    """A random crop keeps boxes it pushed out of the image as zero-area rows (so that
+    indices stay aligned with box_labels); they are not ROIs: masked before the first
+    max_instances are taken, the next real box takes the slot."""
+    from pyg_mlic.data.transforms import _clip_boxes
+
+    batch = collate([scenes[0], scenes[1]])
+    real = batch["boxes"][0][:2]
+    # what RandomCropResizeTransform does to a box outside its crop: clipped to the
+    # crop's edge (then scaled), no area left, row kept
+    gone = _clip_boxes(torch.tensor([[50.0, 10.0, 60.0, 20.0], [5.0, -9.0, 9.0, -1.0]]),
+                       48, 48)
+    assert ((gone[:, 2] - gone[:, 0]) * (gone[:, 3] - gone[:, 1]) == 0).all()
+    batch["boxes"] = [torch.stack([real[0], gone[0], gone[1], real[1]]), gone[:1]]
+    with torch.no_grad():
+        r = read_regions(encoder, batch, max_instances=2)
+        ref = read_regions(encoder, dict(batch, boxes=[real, torch.zeros(0, 4)]),
+                           max_instances=2)
+    assert r.mask.tolist() == [[True, True], [False, False]]
+    assert r.index.tolist() == [[0, 3], [-1, -1]]          # rows 1, 2 were not regions
+    torch.testing.assert_close(r.features, ref.features)
+    torch.testing.assert_close(r.boxes, ref.boxes)
+    assert (r.features[1] == 0).all()
+    # an image whose only box has no area: no ROI at all (not a zero-area ROI)
+    with torch.no_grad():
+        only = read_regions(encoder, dict(batch, boxes=[gone[:1], gone[1:]]))
+    assert not only.mask.any() and (only.features == 0).all()
+
+
+def test_zero_area_rows_of_precomputed_regions_are_masked(encoder):
+    feats = torch.arange(2 * 4 * 3, dtype=torch.float32).view(2, 4, 3)
+    boxes = torch.tensor([[[0, 0, 10, 10], [5, 5, 5, 9], [2, 2, 8, 8], [0, 0, 0, 0]],
+                          [[3, 3, 3, 3], [1, 1, 4, 4], [0, 0, 0, 0], [0, 0, 0, 0]]]).float()
+    mask = torch.tensor([[True, True, True, False], [True, True, False, False]])
+    batch = {"features": torch.randn(2, 10), "roi_features": feats, "roi_boxes": boxes,
+             "roi_mask": mask, "roi_image_size": torch.tensor([[20, 20], [20, 20]])}
+    r = read_regions(None, batch, source="batch", image_features=False, max_instances=2)
+    assert r.image_features is None
+    assert r.mask.tolist() == [[True, True], [True, False]]
+    assert r.index.tolist() == [[0, 2], [1, -1]]
+    assert torch.equal(r.features[0], feats[0, [0, 2]])
+    assert torch.equal(r.features[1, 0], feats[1, 1]) and (r.features[1, 1] == 0).all()
+    torch.testing.assert_close(r.boxes[0, 1], boxes[0, 2] / 20)
+
+
+# ------------------------------------------------------------------ sources
+def test_precomputed_rois_without_image_features_skip_the_encoder(scenes):
+    from pyg_mlic.detection import GroundTruthRegionExtractor, RegionDataset
+
+    ex = GroundTruthRegionExtractor("small_cnn", image_size=48, max_instances=6)
+    batch = collate([RegionDataset(scenes, ex, cache=False)[i] for i in range(2)])
+    enc = build_encoder("image", backbone="small_cnn")
+    calls = []
+    enc.register_forward_hook(lambda *a: calls.append(1))
+    r = read_regions(enc, batch, source="batch", image_features=False)
+    assert calls == [] and r.image_features is None
+    assert torch.equal(r.features, batch["roi_features"] * batch["roi_mask"][..., None])
+    read_regions(enc, batch, source="batch")
+    assert calls == [1]
+
+
+def test_region_boxes_pool_the_trainable_backbone_at_the_cached_boxes(scenes):
+    """rois='region_boxes': RoIAlign of the RegionDataset's (detector) boxes on the
+    model's own map, mapped from the roi_image_size frame to the network input."""
+    torch.manual_seed(0)
+    enc = build_encoder("image", backbone="small_cnn")
+    batch = collate([scenes[i] for i in range(2)])
+    K = 5
+    stored = torch.tensor([[96, 96], [96, 96]])             # regions of a 2x larger image
+    boxes = torch.zeros(2, K, 4)
+    mask = torch.zeros(2, K, dtype=torch.bool)
+    for i, b in enumerate(batch["boxes"]):
+        n = min(len(b), K)
+        boxes[i, :n], mask[i, :n] = b[:n] * 2, True
+    boxes[0, 1] = torch.tensor([20.0, 20.0, 20.0, 30.0])   # a zero-area cached row
+    batch.update(roi_boxes=boxes, roi_mask=mask, roi_image_size=stored,
+                 roi_features=torch.randn(2, K, 1024))       # not read by this source
+    r = read_regions(enc, batch, source="region_boxes", max_instances=3)
+    keep = [[j for j in range(K) if mask[i, j] and not (i == 0 and j == 1)][:3]
+            for i in range(2)]
+    ref = read_regions(enc, dict(batch, boxes=[boxes[i, keep[i]] / 2 for i in range(2)]),
+                       source="boxes", max_instances=3)
+    assert r.feature_dim == enc.out_channels == 128
+    assert r.index.tolist() == [k + [-1] * (r.max_instances - len(k)) for k in keep]
+    torch.testing.assert_close(r.features, ref.features)
+    torch.testing.assert_close(r.boxes, ref.boxes)
+    r.features.sum().backward()
+    assert all(p.grad is not None for p in enc.backbone.parameters() if p.requires_grad)
+    assert region_feature_dim(enc, "region_boxes", 1024) == 128     # the backbone's D
+    with torch.no_grad():                           # max over the r x r bins >= their mean
+        mx = read_regions(enc, batch, source="region_boxes", max_instances=3, pool="max")
+    assert (mx.features >= r.features.detach() - 1e-6).all() and torch.equal(mx.mask, r.mask)
+    with pytest.raises(ValueError, match="pool"):
+        read_regions(enc, batch, source="region_boxes", pool="sum")
+    with pytest.raises(ValueError, match="region_boxes"):
+        read_regions(enc, {"image": batch["image"]}, source="region_boxes")
