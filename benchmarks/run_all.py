@@ -15,7 +15,10 @@ Sections (``--only NAME ...`` selects some of them):
   (:func:`pyg_mlic.models.demo_rows`: the baseline and each method) trained briefly:
   ``synthetic`` (:func:`pyg_mlic.demo.run_demo`, the demo's settings), ``bccd`` (the
   BCCD blood-cell images, VOC format: train / val / test splits) and ``coco8`` (8 real
-  COCO images: 4 train / 4 test, a smoke test of the image path on real photographs).
+  COCO images: 4 train / 4 test, a smoke test of the image path on real photographs);
+* ``partial_labels`` (bench_partial_labels.py): test mAP of the baseline and each graph
+  method on the synthetic scenes against the fraction of known training labels (10, 30,
+  50, 100 %); its ``tables`` entry is rendered as a table of the report.
 
 The harness contract (see ``benchmarks/_common.py``):
 
@@ -71,6 +74,7 @@ SCRIPTS: Dict[str, str] = {
     "regions": "bench_regions.py",
     "compare_features": "compare_features.py",
     "reproduce": "reproduce.py",
+    "partial_labels": "bench_partial_labels.py",
 }
 #: accuracy tables: every registered demo row on these datasets
 ACCURACY = ("synthetic", "bccd", "coco8")
@@ -535,6 +539,13 @@ def report_blocks(res: Dict[str, Any]) -> List[Tuple[str, Any]]:
             b.append(("p", head))
             if r.get("command"):
                 b.append(("code", r["command"]))
+            for t in (r.get("result") or {}).get("tables") or []:
+                # a script's own tables: {"title", "header": [...], "rows": [[...]]}
+                if isinstance(t, dict) and t.get("header") and isinstance(t.get("rows"), list):
+                    if t.get("title"):
+                        b.append(("p", f"{t['title']}:"))
+                    b.append(("table", ([str(h) for h in t["header"]],
+                                        [[str(c) for c in row] for row in t["rows"]])))
             if r.get("ratios"):
                 b.append(("table", (["figure", "value", "meaning", "candidate", "baseline"],
                                     _ratio_rows(r["ratios"]))))

@@ -45,6 +45,10 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-images", type=int,
                    help="synthetic scenes: training-set size (default: 800)")
     p.add_argument("--no-augment", action="store_true", help="no random crop/flip in training")
+    p.add_argument("--drop-labels", type=float, default=0.0, metavar="FRACTION",
+                   help="partial labels: hide this seeded random fraction (0 <= F < 1) of the "
+                        "training split's known labels; losses and label statistics ignore "
+                        "them, validation and test are untouched (default: 0)")
     p.add_argument("--data-opt", action="append", metavar="KEY=VALUE",
                    help="a transform setting over the model paper's (repeatable): "
                         "train=random_resized_crop|resize_crop|resize, resize=512, crop=448, "
@@ -62,6 +66,16 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-instances", type=int,
                    help="ROIs kept per image by the region backend (default: the backend's)")
     p.add_argument("--region-cache", help="folder of the ROI cache (default: ~/.cache/pyg_mlic)")
+
+
+def _drop_fraction(args) -> float:
+    """``--drop-labels``, checked (one-line error outside [0, 1))."""
+    from pyg_mlic.data.partial import check_drop_fraction
+
+    try:
+        return check_drop_fraction(getattr(args, "drop_labels", 0.0) or 0.0, "--drop-labels")
+    except ValueError as e:
+        raise SystemExit(f"{getattr(args, 'command', 'train')}: {e}") from None
 
 
 def _splits(args, *, model: Optional[str] = None, backbone: Optional[str] = None,
@@ -99,14 +113,17 @@ def _splits(args, *, model: Optional[str] = None, backbone: Optional[str] = None
         from pyg_mlic.models import get_model_class
 
         model_cls = get_model_class(model)
+    drop, regions = _drop_fraction(args), bool(getattr(args, "regions", None))
     splits = build_splits(args.dataset, root=args.root, train_file=args.train_file,
                           test_file=args.test_file, val_file=args.val_file,
                           image_size=args.image_size or 448, val_fraction=args.val_fraction,
                           seed=getattr(args, "seed", 0), num_images=args.num_images,
                           augment=not args.no_augment, model=model_cls, backbone=backbone,
-                          data_config={**overrides, **(data_config or {})}, check=check)
-    if not getattr(args, "regions", None):
+                          data_config={**overrides, **(data_config or {})}, check=check,
+                          drop_labels=0.0 if regions else drop)
+    if not regions:
         return splits
+    from pyg_mlic.data.partial import drop_labels
     from pyg_mlic.detection import RegionDataset, build_region_extractor
 
     opts = _parse_set(args.region_opt)
@@ -114,7 +131,11 @@ def _splits(args, *, model: Optional[str] = None, backbone: Optional[str] = None
         opts["max_instances"] = args.max_instances
     extractor = build_region_extractor(args.regions, model=model_cls, **opts)
     root = {"root": args.region_cache} if args.region_cache else {}
-    return tuple(None if ds is None else RegionDataset(ds, extractor, **root) for ds in splits)
+    train, *rest = (None if ds is None else RegionDataset(ds, extractor, **root)
+                    for ds in splits)
+    # --drop-labels after the wrap (the same entries build_splits would hide): the ROI
+    # cache stays keyed by the images alone, shared with runs on complete labels
+    return (drop_labels(train, drop, seed=getattr(args, "seed", 0)), *rest)
 
 
 # ---------------------------------------------------------------------------- train
@@ -123,7 +144,8 @@ def cmd_train(args) -> int:
     from pyg_mlic.engine.fit import check_fit_options
 
     # a typo in --model / --set is caught here, before any process or data is started
-    check_fit_options(args.model, _parse_set(args.set), label_embeddings=args.label_embeddings)
+    check_fit_options(args.model, _parse_set(args.set), label_embeddings=args.label_embeddings,
+                      label_graph=args.label_graph)
 
     if getattr(args, "nproc", 1) < 1:
         raise SystemExit(f"train: --nproc must be >= 1, got {args.nproc}")
@@ -139,7 +161,7 @@ def cmd_train(args) -> int:
 
 def _train(args) -> int:
     from pyg_mlic.engine import check_fit_options, distributed, fit
-    from pyg_mlic.metrics import format_table
+    from pyg_mlic.metrics import format_long_tail, format_table
 
     options = _parse_set(args.set)
     for key, value in (("backbone", args.backbone), ("backbone_weights", args.backbone_weights)):
@@ -149,9 +171,16 @@ def _train(args) -> int:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, backbone_lr=args.backbone_lr,
         optimizer=args.optimizer, seed=args.seed, select=args.select,
         num_workers=args.num_workers, device=args.device, weight_decay=args.weight_decay,
-        sync_bn=args.sync_bn or None, progress=False if args.no_progress else None).items()
+        sync_bn=args.sync_bn or None, progress=False if args.no_progress else None,
+        amp=args.amp, ema=args.ema, schedule=args.schedule, warmup_epochs=args.warmup_epochs,
+        grad_clip=args.grad_clip).items()
         if v is not None}
-    options, train_options = _data_defaults(args, options, train_options)
+    graph = None
+    if args.label_graph:  # a bad file fails before the dataset is read
+        from pyg_mlic.graphs import LabelGraph
+
+        graph = LabelGraph.load(args.label_graph)
+    options, train_options = _data_defaults(args, options, train_options, graph)
     # every option is checked before the (possibly long) dataset load
     check_fit_options(args.model, options, train_options, args.label_embeddings)
     train, val, test = _splits(args)
@@ -159,26 +188,43 @@ def _train(args) -> int:
                 "test_file": args.test_file, "val_file": args.val_file,
                 "image_size": args.image_size, "num_images": args.num_images,
                 "augment": not args.no_augment, "regions": args.regions,
+                "drop_labels": _drop_fraction(args),
                 "data_defaults": getattr(args, "_data_defaults", None)}
     m = fit(args.model, train, val, test, model_options=options, train_options=train_options,
-            out_dir=args.out, label_embeddings=args.label_embeddings, resume=args.resume,
-            run_info=run_info)
+            out_dir=args.out, label_embeddings=args.label_embeddings, label_graph=graph,
+            resume=args.resume, run_info=run_info)
     if distributed.current().is_main:
         rows = [(args.model, m)]
         if m.get("stage1") and "mAP" in m["stage1"]:
             rows = [(f"{m.get('settings', {}).get('recipe', {}).get('stage1_model', 'asl')} "
                      "(stage 1)", m["stage1"]), (f"{args.model} (stage 2)", m)]
+        cal = m.get("calibrated") or {}
+        if cal.get("thresholds"):  # CP ... OF1 at the per-class thresholds chosen on val
+            rows.append((f"{rows[-1][0]} @calibrated", {
+                **cal["per_class"], "mAP": m["mAP"],
+                "selection_biased": bool(m.get("selection_biased") or cal["selection_biased"])}))
         print(format_table(rows))
+        if cal.get("thresholds"):
+            print(f"@calibrated: per-class thresholds chosen on split {cal['split']!r} "
+                  f"(stored in {cal['checkpoint'] or 'metrics.json only'}); the other rows "
+                  f"use 0.5")
+        elif cal:
+            print(f"thresholds not calibrated: {cal.get('reason')}")
+        long_tail = format_long_tail(rows)
+        if long_tail:
+            print("\n" + long_tail)
         print(f"wrote {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'last.pt'}")
     return 0
 
 
-def _data_defaults(args, options: Dict[str, Any], train_options: Dict[str, Any]):
+def _data_defaults(args, options: Dict[str, Any], train_options: Dict[str, Any],
+                   label_graph: Any = None):
     """``--dataset synthetic``: the demo's small recipe (:data:`pyg_mlic.engine.recipes.SMALL`:
     a small CNN from scratch, 64 px, 800 scenes, 5 epochs of Adam, weights chosen on the
     validation split) as a complete training configuration, so that every model trains in
-    minutes on a CPU; flags the user gives win. Real datasets keep each paper's settings
-    (the model's ``default_train_config`` under the flags)."""
+    minutes on a CPU; flags the user gives win (and a ``--label-graph`` file's embeddings
+    win over the recipe's). Real datasets keep each paper's settings (the model's
+    ``default_train_config`` under the flags)."""
     if args.dataset != "synthetic":
         return options, train_options
     from pyg_mlic.engine import TrainConfig
@@ -195,7 +241,8 @@ def _data_defaults(args, options: Dict[str, Any], train_options: Dict[str, Any])
             applied[key] = value
     from pyg_mlic.engine.fit import uses_two_stage
 
-    if args.label_embeddings is None and not uses_two_stage(args.model):
+    if args.label_embeddings is None and not uses_two_stage(args.model) and \
+            getattr(label_graph, "x", None) is None:
         args.label_embeddings = applied["label_embeddings"] = SMALL["label_embeddings"]
     check_fit_options(args.model, options, train_options, args.label_embeddings)
     applied.update({k: v for k, v in SMALL["train"].items() if k not in train_options})
@@ -204,6 +251,50 @@ def _data_defaults(args, options: Dict[str, Any], train_options: Dict[str, Any])
 
 
 # ---------------------------------------------------------------------------- eval
+def threshold_spec(text: str):
+    """``--threshold`` of ``eval`` / ``predict``: ``calibrated`` (the per-class thresholds
+    stored in the checkpoint, chosen on the validation split after training),
+    ``calibrated-global`` (the one stored global threshold) or a probability in [0, 1)."""
+    from pyg_mlic.engine.checkpoint import THRESHOLD_KINDS
+
+    word = text.strip().lower()
+    if word in THRESHOLD_KINDS:
+        return word
+    try:
+        value = float(word)
+    except ValueError:
+        value = None
+    if value is None or not 0.0 <= value < 1.0:  # NaN fails too
+        raise argparse.ArgumentTypeError(
+            f"expected 'calibrated', 'calibrated-global' or a probability in [0, 1), "
+            f"got {text!r}")
+    return value
+
+
+def resolve_threshold(spec, ckpt: Dict[str, Any], path) -> tuple:
+    """``(threshold, description)`` for :func:`threshold_spec`'s value (``None``: the stored
+    per-class thresholds when the checkpoint has them, else 0.5). ``threshold`` is a float or
+    a per-class list; ``description`` is recorded in the output (``rule``, ``value``,
+    calibration ``split``). A word the checkpoint cannot serve raises CheckpointError."""
+    from pyg_mlic.engine.checkpoint import checkpoint_thresholds
+
+    if spec is None:
+        spec = "calibrated" if isinstance(ckpt.get("thresholds"), dict) else 0.5
+    if isinstance(spec, float):
+        return spec, {"rule": "fixed", "value": spec}
+    thr = checkpoint_thresholds(ckpt, spec, path)
+    return thr, {"rule": spec, "value": thr, "split": ckpt["thresholds"].get("split")}
+
+
+def _describe_threshold(desc: Dict[str, Any]) -> str:
+    if desc["rule"] == "fixed":
+        return f"threshold {desc['value']:g}"
+    what = "per-class" if desc["rule"] == "calibrated" else "global"
+    glob = "" if desc["rule"] == "calibrated" else f" {desc['value']:.4g}"
+    return (f"calibrated {what} threshold{'s' if what == 'per-class' else ''}{glob} "
+            f"(chosen on split {desc.get('split')!r}, stored in the checkpoint)")
+
+
 def cmd_eval(args) -> int:
     from pyg_mlic.engine import evaluate, load_checkpoint, model_from_checkpoint, write_json
     from pyg_mlic.metrics import format_table
@@ -212,6 +303,8 @@ def cmd_eval(args) -> int:
 
     ckpt = load_checkpoint(args.checkpoint)
     model = model_from_checkpoint(ckpt)
+    # checked before the (possibly long) dataset load
+    threshold, described = resolve_threshold(args.threshold, ckpt, args.checkpoint)
     if args.image_size is None:
         args.image_size = int(ckpt.get("run_info", {}).get("image_size") or 448)
     recorded = {} if args.dataset == "features" else checkpoint_data_config(ckpt)
@@ -220,8 +313,10 @@ def cmd_eval(args) -> int:
     from pyg_mlic.errors import check_same_classes
 
     check_same_classes("checkpoint", model.classes, f"dataset {args.dataset}", test.classes)
-    m = evaluate(model, test, batch_size=args.batch_size, progress=True)
+    m = evaluate(model, test, batch_size=args.batch_size, progress=True, threshold=threshold)
+    m["threshold"] = described
     print(format_table([(ckpt["model_name"], m)]))
+    print(f"CP ... OF1 and top-3 at {_describe_threshold(described)}")
     if args.out:
         write_json(Path(args.out), m)
         print(f"wrote {args.out}")
@@ -287,6 +382,10 @@ def cmd_predict(args) -> int:
         raise SystemExit(f"predict: --batch-size must be >= 1, got {args.batch_size}")
     ckpt = load_checkpoint(args.checkpoint)
     model = model_from_checkpoint(ckpt).eval()
+    threshold, described = resolve_threshold(args.threshold, ckpt, args.checkpoint)
+    # one threshold per class: p > thr[c]
+    thr = torch.as_tensor(threshold, dtype=torch.float64).expand(len(model.classes))
+    print(f"predict: labels above the {_describe_threshold(described)}", file=sys.stderr)
     if model.build_kwargs.get("input_kind", "image") != "image":
         raise SystemExit(f"predict: checkpoint {args.checkpoint} was trained on precomputed "
                          "features (input_kind='features'); predict needs an image model")
@@ -312,7 +411,7 @@ def cmd_predict(args) -> int:
             probs_b = torch.sigmoid(model({"image": x}).logits.float())
             for p, im, probs in zip(chunk, pil, probs_b):
                 order = torch.argsort(probs, descending=True)
-                labels = [model.classes[i] for i in order.tolist() if probs[i] > args.threshold]
+                labels = [model.classes[i] for i in order.tolist() if probs[i] > thr[i]]
                 scores = {model.classes[i]: round(float(probs[i]), 6) for i in order.tolist()}
                 results.append({"image": str(p), "labels": labels, "scores": scores})
                 if args.draw:
@@ -359,15 +458,76 @@ def cmd_export(args) -> int:
 
 
 # ---------------------------------------------------------------------------- graph
-def cmd_graph(args) -> int:
+#: ``pyg-mlic graph``'s operator settings when not given (those of LabelGraph.from_labels)
+_GRAPH_DEFAULTS = dict(tau=0.4, p=0.2, scheme="reweighted", convention="paper")
+
+
+def _graph_classes(text: Optional[str]):
+    """``--classes``: ``None``, ``"infer"`` or a comma-separated list of names."""
+    if text is None or text.strip().lower() == "infer":
+        return None if text is None else "infer"
+    names = [c.strip() for c in text.split(",") if c.strip()]
+    if not names:
+        raise SystemExit(f"graph: --classes {text!r} names no class")
+    return names
+
+
+def _graph_training_split(args):
+    """The training split ``pyg-mlic train --dataset ...`` would count, read for its labels
+    only (no image is opened): folder and features read the ``--train-file`` alone."""
+    if args.dataset == "folder":
+        from pyg_mlic.data.folder import FolderDataset
+
+        if not args.train_file:
+            raise SystemExit("graph: --dataset folder needs --train-file LABELS.csv")
+        root = args.root or str(Path(args.train_file).parent)
+        return FolderDataset(root, args.train_file, split=args.split or "train")
+    if args.split:
+        raise SystemExit(f"graph: --split is not used with --dataset {args.dataset} (the "
+                         f"dataset's training split is counted; --dataset voc2007 takes "
+                         f"the image set as --train-file)")
+    if args.dataset == "features":
+        from pyg_mlic.data.features import FeaturesDataset
+
+        if not args.train_file:
+            raise SystemExit("graph: --dataset features needs --train-file FEATURES.npz")
+        return FeaturesDataset(args.train_file, split="train")
+    return _splits(args)[0]
+
+
+def build_label_graph(args):
+    """The :class:`~pyg_mlic.graphs.LabelGraph` ``pyg-mlic graph`` describes: loaded from
+    ``--load`` or built from exactly one label source, counted on the training split only,
+    with ``--embeddings`` attached."""
     import numpy as np
 
     from pyg_mlic.graphs import LabelGraph
 
-    kw = dict(tau=args.tau, p=args.p, scheme=args.scheme, convention=args.convention)
-    if args.labels:
+    sources = [f for f in ("load", "labels", "coco", "voc", "dataset") if getattr(args, f)]
+    if len(sources) != 1:
+        raise SystemExit("graph: give exactly one of --coco INSTANCES.json, --voc ROOT, "
+                         "--labels FILE.npz, --dataset NAME (e.g. folder --train-file "
+                         "LABELS.csv) or --load GRAPH.npz"
+                         + (f" (got {', '.join('--' + s for s in sources)})" if sources else ""))
+    if args.classes is not None and sources[0] not in ("coco", "voc"):
+        raise SystemExit("graph: --classes selects the columns of --coco or --voc labels; "
+                         "other sources carry their class list")
+    given = {k: getattr(args, k) for k in ("tau", "p", "scheme", "convention")
+             if getattr(args, k) is not None}
+    kw = {**_GRAPH_DEFAULTS, **given}
+    classes = _graph_classes(args.classes)
+    if args.load:
+        if given:
+            raise SystemExit(f"graph: {', '.join('--' + k for k in given)} cannot change a "
+                             f"saved graph ({args.load}); rebuild it from its labels")
+        if args.split:
+            raise SystemExit("graph: --split selects the labels to count; a saved graph "
+                             "(--load) has its statistics already")
+        g = LabelGraph.load(args.load)
+        source = g.data.source
+    elif args.labels:
         with np.load(args.labels, allow_pickle=False) as d:
-            Y, classes = d["labels"], [str(c) for c in d["classes"]]
+            Y, names = d["labels"], [str(c) for c in d["classes"]]
             split = "all"
             if not args.split and "split" in d.files:
                 splits = sorted(set(d["split"].tolist()))
@@ -385,15 +545,46 @@ def cmd_graph(args) -> int:
                 Y, split = Y[sel], args.split
         if Y.min() < 0:  # VOC convention: 1 present, 0 difficult, -1 absent
             Y = (Y == 1)
-        g = LabelGraph.from_labels(Y.astype(np.uint8), classes=classes, split=split, **kw)
+        g = LabelGraph.from_labels(Y.astype(np.uint8), classes=names, split=split, **kw)
+        source = f"labels:{args.labels} (split {split})"
     elif args.coco:
-        g = LabelGraph.from_coco(args.coco, **kw)
-    elif args.dataset:
-        train, _, _ = _splits(args)
-        g = LabelGraph.from_labels(train.labels, classes=train.classes, split=train.split, **kw)
+        g = LabelGraph.from_coco(args.coco, classes=classes, split=args.split, **kw)
+        source = f"coco:{args.coco}"
+    elif args.voc:
+        split = args.split or "trainval"
+        g = LabelGraph.from_voc(args.voc, split=split, classes=classes, **kw)
+        source = f"voc:{args.voc} (image set {split}; positives only, difficult excluded)"
     else:
-        raise SystemExit("give --labels FILE.npz, --coco INSTANCES.json or --dataset NAME")
+        train = _graph_training_split(args)
+        g = LabelGraph.from_dataset(train, **kw)
+        where = ", ".join(f"{k}={v}" for k, v in (("root", args.root),
+                                                   ("train_file", args.train_file)) if v)
+        source = f"dataset:{args.dataset}" + (f" ({where})" if where else "") + \
+            f" split {g.split}"
+    if args.embeddings:
+        from pyg_mlic.embeddings import load_label_embeddings
+
+        g = g.with_embeddings(load_label_embeddings(args.embeddings, g.classes),
+                              spec=args.embeddings)
+    g.data.source = source
+    return g
+
+
+def cmd_graph(args) -> int:
+    out = args.out
+    if args.save:
+        print("pyg-mlic graph: --save is deprecated, use --out FILE.npz (it writes the same "
+              ".npz label-graph file; the torch/pickle file is gone)", file=sys.stderr)
+        if out and out != args.save:
+            raise SystemExit("graph: --save is the old name of --out: give one of them")
+        out = args.save
+    if out and not str(out).lower().endswith(".npz"):
+        raise SystemExit(f"graph: --out must name a .npz file (plain arrays, no pickle), got "
+                         f"{out!r}")
+    g = build_label_graph(args)
     print(g)
+    print(f"classes: {g.num_classes}, statistics from split {g.split!r} of "
+          f"{g.data.source}")
     P = g.propagation()
     off = P.clone()
     off.fill_diagonal_(0)
@@ -401,19 +592,17 @@ def cmd_graph(args) -> int:
     print(f"edges (off-diagonal): {int((off != 0).sum())}, mean neighbours: "
           f"{float(deg.float().mean()):.2f}, nodes without neighbours: "
           f"{[g.classes[i] for i in (deg == 0).nonzero().flatten().tolist()][:20]}")
+    if g.x is not None:
+        print(f"embeddings: {getattr(g.data, 'embeddings_spec', None) or 'given'} "
+              f"{list(g.x.shape)}")
     if args.plot:
         from pyg_mlic.viz import plot_label_graph
 
         plot_label_graph(g, args.plot)
         print(f"wrote {args.plot}")
-    if args.save:
-        import torch
-
-        from pyg_mlic.utils.io import atomic_torch_save
-
-        atomic_torch_save(g.data.to_dict() if hasattr(g.data, "to_dict") else g.data,
-                          args.save)
-        print(f"wrote {args.save}")
+    if out:
+        g.save(out)
+        print(f"wrote {out} (use it with: pyg-mlic train ... --label-graph {out})")
     return 0
 
 
@@ -578,12 +767,26 @@ def build_parser() -> argparse.ArgumentParser:
                     "learning rates and epochs) on real datasets; with --dataset synthetic "
                     "they come from the demo's small recipe (small_cnn, 64 px, 800 scenes, "
                     "5 epochs of Adam at 2e-3, weights chosen on the validation split), so "
-                    "that every model trains in minutes on a CPU. Flags you give win.")
+                    "that every model trains in minutes on a CPU; with --dataset features "
+                    "they come from the features recipe (pyg_mlic.engine.recipes.FEATURES: "
+                    "inputs standardised with the training split's mean/std (kept in the "
+                    "checkpoint), dropout 0.2 on the input and 0.5 on the hidden layer, "
+                    "AdamW lr 1e-3 weight decay 1e-2, batch 64, about 4000 steps (20-200 "
+                    "epochs), weights of the best validation epoch; without --val-file / "
+                    "--val-fraction a seeded 15%% of the training file is held out to choose "
+                    "the epoch, then the model is retrained on the whole file for that many "
+                    "epochs). Flags you give win.")
     _add_data_args(p)
     p.add_argument("--model", required=True)
     p.add_argument("--label-embeddings",
                    help="onehot | npz:PATH | glove[:PATH] | minilm | image-features (IML-GCN: "
                         "two-stage recipe, see docs/methods/iml_gcn)")
+    p.add_argument("--label-graph", metavar="FILE.npz",
+                   help="a label graph written by `pyg-mlic graph --out` (its classes must "
+                        "be the dataset's): its statistics and operator replace the ones "
+                        "counted from the training labels, and its embeddings are used when "
+                        "--label-embeddings is not given. Models with a label graph only "
+                        "(ml_gcn, ia_gcn, iml_gcn, gm_mlic)")
     p.add_argument("--backbone", help="backbone name (image datasets)")
     p.add_argument("--backbone-weights", help="local weights file for the backbone")
     p.add_argument("--epochs", type=int)
@@ -594,6 +797,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
     p.add_argument("--select", choices=["last", "best_val"],
                    help="weights for the final evaluation (never selected on test)")
+    p.add_argument("--schedule", choices=["step", "cosine", "onecycle"],
+                   help="learning-rate schedule: step (default: the paper's decays, per "
+                        "epoch), cosine (warm-up then cosine to 0, per batch), onecycle "
+                        "(OneCycleLR with ASL's settings, pct_start=0.2, per batch)")
+    p.add_argument("--warmup-epochs", type=float, metavar="E",
+                   help="linear learning-rate warm-up over E epochs (step / cosine)")
+    p.add_argument("--grad-clip", type=float, metavar="NORM",
+                   help="clip the gradient to this global L2 norm before each step")
+    p.add_argument("--amp", choices=["bf16", "fp16"],
+                   help="mixed precision: autocast the forward pass to bfloat16 (CUDA with "
+                        "bf16 support, or CPU) or float16 (CUDA; with a gradient scaler); "
+                        "loss and metrics stay fp32")
+    p.add_argument("--ema", type=float, metavar="DECAY",
+                   help="keep an exponential moving average of the weights with this decay "
+                        "in (0, 1) (ASL: 0.9997); validation scores raw and EMA weights")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--device")
@@ -616,13 +834,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(image_size=None)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--threshold", type=threshold_spec, default=0.5,
+                   metavar="calibrated|calibrated-global|X",
+                   help="probability threshold of CP ... OF1 and top-3: a number in [0, 1) "
+                        "(default: 0.5, the papers' protocol), 'calibrated' (the per-class "
+                        "thresholds chosen on the validation split after training and stored "
+                        "in the checkpoint) or 'calibrated-global' (the stored global one)")
     p.add_argument("--out", help="write the metrics to this JSON file")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="labels and scores for images")
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--threshold", type=float, default=0.5, help="probability threshold")
+    p.add_argument("--threshold", type=threshold_spec, default=None,
+                   metavar="calibrated|calibrated-global|X",
+                   help="probability threshold of the predicted labels: 'calibrated' (the "
+                        "per-class thresholds chosen on the validation split after training "
+                        "and stored in the checkpoint), 'calibrated-global' (the stored global "
+                        "one) or a number in [0, 1) (default: 'calibrated' when the checkpoint "
+                        "stores thresholds, else 0.5)")
     p.add_argument("--topk", type=int, default=5, help="scores shown per image (table)")
     p.add_argument("--image-size", type=int)
     p.add_argument("--format", choices=["table", "json"], default="table")
@@ -641,21 +871,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, help="example input side (default: training size)")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("graph", help="build, inspect and plot a label graph")
-    p.add_argument("--labels", help=".npz with labels [N,C] and classes (e.g. shared/data/labels)")
-    p.add_argument("--split", help="rows of --labels to count (e.g. train2014); required when "
-                   "the file has a split array (statistics come from the training split)")
-    p.add_argument("--coco", help="COCO instances json")
-    p.add_argument("--dataset", choices=["synthetic", "coco", "voc2007", "nuswide", "features",
-                                         "folder"])
+    p = sub.add_parser(
+        "graph", help="build, inspect, plot and save a label graph (+ label embeddings)",
+        description="Build the ML-GCN label graph from the training split's labels of one "
+                    "source (--coco, --voc, --labels, --dataset) or inspect a saved one "
+                    "(--load); --embeddings adds label embeddings; --out writes both as one "
+                    ".npz (no pickle) that `pyg-mlic train --label-graph FILE` uses. "
+                    "See docs/label_graphs.rst.")
+    grp = p.add_argument_group("label source (exactly one)")
+    grp.add_argument("--coco", metavar="INSTANCES.json",
+                     help="COCO instances json of the training split (e.g. "
+                          "instances_train2014.json)")
+    grp.add_argument("--voc", metavar="ROOT", help="a VOC-format folder (ImageSets/Main + "
+                     "Annotations); counts the image set --split (default: trainval), "
+                     "positives only")
+    grp.add_argument("--labels", metavar="FILE.npz",
+                     help=".npz with labels [N,C] and classes (e.g. shared/data/labels)")
+    grp.add_argument("--dataset", choices=["synthetic", "coco", "voc2007", "nuswide",
+                                           "features", "folder"],
+                     help="the training split `pyg-mlic train --dataset` reads (folder: "
+                          "--train-file LABELS.csv [--root]; features: --train-file; others: "
+                          "--root)")
+    grp.add_argument("--load", metavar="GRAPH.npz", help="a saved label graph (inspect, plot, "
+                     "add --embeddings, re-save)")
+    p.add_argument("--split", help="the training split to count: rows of --labels (e.g. "
+                   "train2014; required when the file has a split array), the --voc image set "
+                   "(default: trainval), the split column of a folder CSV (default: train), "
+                   "the recorded name of a --coco file (default: from its file name)")
+    p.add_argument("--classes", help="--coco / --voc: comma-separated class names fixing the "
+                   "columns (e.g. WBC,RBC,Platelets), or 'infer' (--voc)")
     p.add_argument("--root")
     p.add_argument("--train-file")
-    p.add_argument("--tau", type=float, default=0.4)
-    p.add_argument("--p", type=float, default=0.2)
-    p.add_argument("--scheme", default="reweighted", choices=["reweighted", "binary", "probability"])
-    p.add_argument("--convention", default="paper", choices=["paper", "mlgcn_code"])
+    p.add_argument("--embeddings", metavar="SPEC",
+                   help="label embeddings stored with the graph: glove (shipped GloVe 6B "
+                        "50-d), glove:PATH, minilm[:DIR], onehot, npz:PATH")
+    p.add_argument("--tau", type=float, help="threshold of Eq. 7 (default: 0.4)")
+    p.add_argument("--p", type=float, help="re-weighting of Eq. 8 (default: 0.2)")
+    p.add_argument("--scheme", choices=["reweighted", "binary", "probability"],
+                   help="(default: reweighted)")
+    p.add_argument("--convention", choices=["paper", "mlgcn_code"], help="(default: paper)")
     p.add_argument("--plot", help="write a PNG of the graph")
-    p.add_argument("--save", help="write the graph (torch file of tensors)")
+    p.add_argument("--out", metavar="FILE.npz",
+                   help="write the graph (+ embeddings, classes, split) as .npz")
+    p.add_argument("--save", metavar="FILE.npz", help="deprecated name of --out")
     p.set_defaults(func=cmd_graph, test_file=None, val_file=None, val_fraction=0.0,
                    image_size=448, num_images=None, no_augment=False)
     p = sub.add_parser("extract-features",

@@ -59,6 +59,23 @@ def train_row(model_name: str, cfg: Dict, splits: tuple, tcfg, out: Path,
     return res, res.pop("history", [])
 
 
+def demo_splits(num_images: int, image_size: int, seed: int = 0):
+    """The demo's synthetic-scene splits (cached renders): ``num_images`` training scenes
+    (random crop + flip), a validation split of a quarter (at least 50) and a test split
+    of half (at least 100) as many, ``image_size`` pixels square."""
+    from pyg_mlic.data.synthetic import SyntheticScenes
+    from pyg_mlic.data.transforms import build_transforms
+
+    kw = dict(image_size=image_size, seed=seed, cache=True)
+    train = SyntheticScenes("train", num_images=num_images,
+                            transform=build_transforms(True, image_size, scale=(0.85, 1.0)), **kw)
+    val = SyntheticScenes("val", num_images=max(num_images // 4, 50),
+                          transform=build_transforms(False, image_size), **kw)
+    test = SyntheticScenes("test", num_images=max(num_images // 2, 100),
+                           transform=build_transforms(False, image_size), **kw)
+    return train, val, test
+
+
 def run_demo(out: str = "runs/demo", epochs: Optional[int] = None,
              num_images: Optional[int] = None, image_size: Optional[int] = None,
              models: Optional[Sequence[str]] = None, seed: int = 0,
@@ -67,8 +84,6 @@ def run_demo(out: str = "runs/demo", epochs: Optional[int] = None,
 
     With ``ablations=True`` the ablation tables registered by the models
     (:func:`pyg_mlic.models.registry.register_ablation`) are trained and printed too."""
-    from pyg_mlic.data.synthetic import SyntheticScenes
-    from pyg_mlic.data.transforms import build_transforms
     from pyg_mlic.engine import TrainConfig, model_context, write_json
     from pyg_mlic.metrics import format_table
     from pyg_mlic.models import ablation_tables, demo_rows, get_model_class
@@ -87,13 +102,7 @@ def run_demo(out: str = "runs/demo", epochs: Optional[int] = None,
         rows = {k: v for k, v in rows.items() if k in models}
 
     t_start = time.time()
-    kw = dict(image_size=image_size, seed=seed, cache=True)
-    train = SyntheticScenes("train", num_images=num_images,
-                            transform=build_transforms(True, image_size, scale=(0.85, 1.0)), **kw)
-    val = SyntheticScenes("val", num_images=max(num_images // 4, 50),
-                          transform=build_transforms(False, image_size), **kw)
-    test = SyntheticScenes("test", num_images=max(num_images // 2, 100),
-                           transform=build_transforms(False, image_size), **kw)
+    train, val, test = demo_splits(num_images, image_size, seed)
     print(f"synthetic scenes: {len(train)} train / {len(val)} val / {len(test)} test images, "
           f"{len(train.classes)} classes, {image_size}x{image_size}; "
           f"{len(rows)} models x {epochs} epochs on {torch.get_num_threads()} CPU threads")

@@ -9,7 +9,8 @@ r"""Multi-label classification losses beyond plain binary cross-entropy.
 
 All losses take **logits** (before the sigmoid), work in fp32 whatever the input
 dtype and accept a boolean ``mask`` ``[B, C]`` (``False`` = ignore the entry, e.g. VOC
-"difficult"). ``reduction="mean"`` averages over the unmasked entries exactly like
+"difficult" or a label unknown in the partial-label setting, ``--drop-labels``: the
+entry's target value changes neither the loss nor its gradient). ``reduction="mean"`` averages over the unmasked entries exactly like
 :meth:`pyg_mlic.models.base.MultiLabelModel.classification_loss`; ``"sum"`` adds them.
 
 Reductions are not interchangeable under *coupled* weight decay (``torch.optim.Adam`` /

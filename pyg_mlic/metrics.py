@@ -7,14 +7,21 @@ precisions (mAP), and precision / recall / F1, averaged per class (C*) and
 overall (O*), for two prediction rules: "score above a threshold" and "the
 :math:`k` highest-scoring labels of each image" (top-3 in the papers).
 
-Two functions are public:
+The public functions:
 
 * :func:`average_precision` — per-class AP as a tensor, identical to
   :func:`sklearn.metrics.average_precision_score` applied column by column
   (ties included), fully vectorised (one sort of the score matrix, no Python
   loop over classes).
 * :func:`multilabel_metrics` — everything at once, as a ``dict`` of Python
-  floats, ready for ``json.dump``.
+  floats, ready for ``json.dump``; one threshold for every class (the papers'
+  0.5) or one per class.
+* :func:`calibrate_thresholds` — per-class (F1-optimal) and global (OF1-optimal)
+  probability thresholds chosen on a *validation* split, exactly (every distinct
+  score is tried) and vectorised.
+* :func:`long_tail_map` — mAP of the head / medium / tail classes, grouped by
+  their training-label frequency.
+* :func:`format_table`, :func:`format_long_tail` — the printed tables.
 """
 from __future__ import annotations
 
@@ -27,8 +34,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["average_precision", "multilabel_metrics", "format_table", "METRIC_COLUMNS",
-           "UndefinedAPWarning"]
+__all__ = ["average_precision", "multilabel_metrics", "calibrate_thresholds", "long_tail_map",
+           "format_table", "format_long_tail", "METRIC_COLUMNS", "UndefinedAPWarning"]
 
 ArrayLike = Union[Tensor, np.ndarray, Sequence]
 
@@ -182,19 +189,65 @@ def _threshold_in_dtype(threshold: float, are_logits: bool, dtype: torch.dtype) 
     comparison exact, unlike rounding the Python float to nearest (fp32 ``0.1`` is above
     0.1, so a naive fp32 comparison would miss it).
     """
-    if are_logits:
-        if threshold == 0.0:
-            thr = -math.inf
-        elif threshold == 1.0:
-            thr = math.inf
-        else:
-            thr = math.log(threshold) - math.log1p(-threshold)  # exact 0 at 0.5
-    else:
-        thr = float(threshold)
+    thr = _score_threshold(threshold, are_logits)
     v = torch.tensor(thr, dtype=torch.float64).to(dtype)
     if float(v) > thr:
         v = torch.nextafter(v, torch.tensor(-math.inf, dtype=dtype))
     return v
+
+
+def _score_threshold(threshold: float, are_logits: bool) -> float:
+    """The probability ``threshold`` on the scores' scale, in float64 (see above)."""
+    if not are_logits:
+        return float(threshold)
+    if threshold == 0.0:
+        return -math.inf
+    if threshold == 1.0:
+        return math.inf
+    return math.log(threshold) - math.log1p(-threshold)  # exact 0 at 0.5
+
+
+def _thresholds_in_dtype(thresholds: Tensor, are_logits: bool, dtype: torch.dtype) -> Tensor:
+    """:func:`_threshold_in_dtype` of every entry of a float64 [C] vector of probability
+    thresholds (the same exact round-down, so class c with threshold t compares exactly as
+    a scalar threshold t does)."""
+    thr = torch.tensor([_score_threshold(t, are_logits) for t in thresholds.tolist()],
+                       dtype=torch.float64, device=thresholds.device)
+    v = thr.to(dtype)
+    return torch.where(v.to(torch.float64) > thr,
+                       torch.nextafter(v, torch.full_like(v, -math.inf)), v)
+
+
+def _check_threshold(threshold: Any, fn: str) -> Union[float, Tensor]:
+    """A probability in [0, 1] (Python float) or a vector of them (float64 tensor; its
+    length is checked against C by the caller)."""
+    if isinstance(threshold, Tensor) and threshold.dim() == 0:
+        threshold = threshold.item()
+    elif isinstance(threshold, np.ndarray) and threshold.ndim == 0:
+        threshold = threshold.item()
+    if isinstance(threshold, bool):
+        raise ValueError(f"{fn}: `threshold` must be a probability in [0, 1] or a [C] sequence "
+                         f"of them, got {threshold!r}")
+    if isinstance(threshold, numbers.Real):
+        if not 0.0 <= float(threshold) <= 1.0:  # NaN fails too
+            raise ValueError(f"{fn}: `threshold` must be a probability in [0, 1], "
+                             f"got {threshold!r}")
+        return float(threshold)
+    if isinstance(threshold, (str, bytes)) or not isinstance(
+            threshold, (Tensor, np.ndarray, Sequence)):
+        raise ValueError(f"{fn}: `threshold` must be a probability in [0, 1] or a [C] sequence "
+                         f"of them (one per class), got {type(threshold).__name__}")
+    t = _as_tensor(threshold, "threshold", fn)
+    if t.dim() != 1:
+        raise ValueError(f"{fn}: a per-class `threshold` must have shape [C], got shape "
+                         f"{tuple(t.shape)}")
+    t = t.detach().to("cpu", torch.float64)
+    bad = ~((t >= 0.0) & (t <= 1.0))  # NaN is bad
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise ValueError(f"{fn}: per-class `threshold` values must be probabilities in [0, 1]; "
+                         f"{int(bad.sum())} are not, first class {i} with {float(t[i])!r}")
+    return t
 
 
 # --------------------------------------------------------------------------- #
@@ -277,9 +330,10 @@ def _rank(s: Tensor, tgt: Tensor, mask: Optional[Tensor]) -> _Ranking:
 
 
 def _threshold_counts(r: _Ranking, thr: Tensor) -> Tuple[Tensor, Tensor]:
-    """Per class: (#scores > thr, #positives with score > thr), by binary search in ``r.vals``."""
+    """Per class: (#scores > thr, #positives with score > thr), by binary search in ``r.vals``;
+    ``thr`` is one threshold (0-d) or one per class ([C])."""
     c, n = r.vals.shape
-    first_above = torch.searchsorted(r.vals, thr.reshape(1, 1).expand(c, 1).contiguous(),
+    first_above = torch.searchsorted(r.vals, thr.reshape(-1, 1).expand(c, 1).contiguous(),
                                      right=True).squeeze(1)
     base = torch.arange(c, device=first_above.device) * n
     tp = r.row_start + r.npos - torch.searchsorted(r.pos_flat, base + first_above, right=False)
@@ -363,7 +417,7 @@ def _prf(tp: Tensor, npred: Tensor, npos: Tensor, evaluated: Tensor) -> Tuple[fl
 
 
 def multilabel_metrics(scores: ArrayLike, targets: ArrayLike, mask: Optional[ArrayLike] = None,
-                       threshold: float = 0.5, topk: Optional[int] = 3, *,
+                       threshold: Union[float, ArrayLike] = 0.5, topk: Optional[int] = 3, *,
                        scores_are: str = "auto", topk_requires_threshold: bool = True,
                        class_names: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     r"""mAP, CP, CR, CF1, OP, OR, OF1 and their top-:math:`k` versions.
@@ -398,6 +452,11 @@ def multilabel_metrics(scores: ArrayLike, targets: ArrayLike, mask: Optional[Arr
         \mathrm{OR} = \frac{\sum_c N^{cor}_c}{\sum_c N^{gt}_c}, \quad
         \mathrm{OF1} = \frac{2\,\mathrm{OP}\,\mathrm{OR}}{\mathrm{OP} + \mathrm{OR}},
 
+    **Per-class thresholds.** ``threshold`` may also be a vector :math:`(t_c)_{c=1}^{C}`
+    (e.g. the ``"per_class"`` entry of :func:`calibrate_thresholds`): then
+    :math:`\hat y_{ic} = [p_{ic} > t_c]`, in the threshold rule and in the top-:math:`k`
+    rule's threshold condition alike; the formulas below are unchanged.
+
     i.e. CF1 is the harmonic mean of the averages (as in the papers and the ML-GCN
     code), not the mean of per-class F1 scores. A class with :math:`N^{pre}_c = 0`
     has precision 0, and any F1 whose precision and recall are both 0 is 0.
@@ -430,8 +489,9 @@ def multilabel_metrics(scores: ArrayLike, targets: ArrayLike, mask: Optional[Arr
             (masked entries may hold anything).
         mask (Tensor or ndarray, optional): :math:`(N, C)` bool, ``False`` = ignore
             (e.g. VOC "difficult"). (default: :obj:`None`)
-        threshold (float, optional): probability threshold in :math:`[0, 1]`; applies to
-            probabilities even when logits are given. (default: :obj:`0.5`)
+        threshold (float or sequence, optional): probability threshold in :math:`[0, 1]`;
+            applies to probabilities even when logits are given. A :math:`(C)` sequence /
+            array / tensor gives one threshold per class. (default: :obj:`0.5`)
         topk (int, optional): :math:`k \ge 1` of the top-:math:`k` metrics (the key names
             use it as given, also when :math:`k > C`);
             ``None`` skips them. (default: :obj:`3`)
@@ -466,12 +526,12 @@ def multilabel_metrics(scores: ArrayLike, targets: ArrayLike, mask: Optional[Arr
         >>> sorted(k for k in m if k.endswith("_top2"))
         ['CF1_top2', 'CP_top2', 'CR_top2', 'OF1_top2', 'OP_top2', 'OR_top2']
     """
-    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) \
-            or not 0.0 <= float(threshold) <= 1.0:
-        raise ValueError(f"multilabel_metrics: `threshold` must be a probability in [0, 1], "
-                         f"got {threshold!r}")
+    threshold = _check_threshold(threshold, "multilabel_metrics")
     s, tgt, m, are_logits = _prepare(scores, targets, mask, scores_are, "multilabel_metrics")
     n, c = s.shape
+    if isinstance(threshold, Tensor) and threshold.numel() != c:
+        raise ValueError(f"multilabel_metrics: per-class `threshold` has {threshold.numel()} "
+                         f"values for C={c} classes")
     if topk is not None:
         if isinstance(topk, bool) or not isinstance(topk, (int, np.integer)) \
                 or int(topk) < 1:
@@ -494,7 +554,10 @@ def multilabel_metrics(scores: ArrayLike, targets: ArrayLike, mask: Optional[Arr
     names = ("CP", "CR", "CF1", "OP", "OR", "OF1")
 
     # threshold rule: counted in the sorted columns (no [N, C] prediction matrix needed)
-    thr = _threshold_in_dtype(float(threshold), are_logits, s.dtype).to(s.device)
+    if isinstance(threshold, Tensor):  # [C]: one per class
+        thr = _thresholds_in_dtype(threshold, are_logits, s.dtype).to(s.device)
+    else:
+        thr = _threshold_in_dtype(threshold, are_logits, s.dtype).to(s.device)
     npred, tp = _threshold_counts(r, thr)
     out.update(zip(names, _prf(tp, npred, r.npos, evaluated)))
 
@@ -504,7 +567,7 @@ def multilabel_metrics(scores: ArrayLike, targets: ArrayLike, mask: Optional[Arr
         idx = torch.topk(ranked, min(topk, c), dim=1, sorted=False).indices  # [N, k]
         keep = None if m is None else m.gather(1, idx)
         if topk_requires_threshold:
-            above = s.gather(1, idx) > thr
+            above = s.gather(1, idx) > (thr if thr.dim() == 0 else thr[idx])
             keep = above if keep is None else keep & above
         cls = idx if keep is None else idx[keep]
         hit = tgt.gather(1, idx) != 0
@@ -516,6 +579,253 @@ def multilabel_metrics(scores: ArrayLike, targets: ArrayLike, mask: Optional[Arr
 
     out["AP"] = [float(a) if e else None for a, e in zip(r.ap.tolist(), evaluated.tolist())]
     out["num_classes_evaluated"] = num_eval
+    return out
+
+
+# --------------------------------------------------------------------------- #
+# threshold calibration
+# --------------------------------------------------------------------------- #
+def _f1_optimal(vals: Tensor, hit: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    r"""The F1-optimal probability threshold of every row (see :func:`calibrate_thresholds`).
+
+    ``vals`` float64 [R, L] probabilities sorted ascending per row (ignored entries
+    ``-inf``, which sort first); ``hit`` int64 [R, L] 1 at the positives (0 at ignored
+    entries). Returns ``(threshold, F1 at it, positives)``, each [R].
+
+    Candidates are :math:`t = 0` and every value :math:`u` of the row; for a candidate the
+    predicted entries (:math:`p > t`) are those at positions :math:`\ge e`, :math:`e` =
+    the first position holding a value :math:`> t` (one batched binary search), so
+    :math:`N^{pre} = L - e` and :math:`\mathrm{TP} = N^+ - (\text{positives before } e)`.
+    """
+    r, n = vals.shape
+    npos = hit.sum(1)
+    cum = torch.zeros(r, n + 1, dtype=torch.int64, device=vals.device)
+    torch.cumsum(hit, 1, out=cum[:, 1:])
+    cand = torch.cat([vals.new_zeros(r, 1), vals], 1)  # ascending after the -inf entries
+    end = torch.searchsorted(vals, cand, right=True)  # [R, L + 1]
+    tp = (npos.unsqueeze(1) - cum.gather(1, end)).to(torch.float64)
+    denom = ((n - end) + npos.unsqueeze(1)).to(torch.float64)
+    f1 = torch.where(denom > 0, 2.0 * tp / denom.clamp(min=1.0), torch.zeros_like(tp))
+    f1.masked_fill_(torch.isinf(cand), -1.0)  # an ignored entry is no candidate
+    # argmax returns the first maximum: on the reversed candidates, the largest threshold
+    j = (n - torch.argmax(f1.flip(1), dim=1)).unsqueeze(1)
+    best = f1.gather(1, j).squeeze(1)
+    lo = cand.gather(1, j).squeeze(1)
+    e = end.gather(1, j)
+    hi = torch.where(e.squeeze(1) < n, vals.gather(1, e.clamp(max=n - 1)).squeeze(1),
+                     torch.ones_like(lo))
+    mid = 0.5 * (lo + hi)  # same predictions on this split for every t in [lo, hi)
+    return torch.where(mid < hi, mid, lo), best, npos
+
+
+def calibrate_thresholds(scores: ArrayLike, targets: ArrayLike, mask: Optional[ArrayLike] = None,
+                         *, scores_are: str = "auto") -> Dict[str, Any]:
+    r"""Probability thresholds that maximise F1 on a (validation) split: one per class and
+    one global.
+
+    Choose them on a **validation** split and apply them to the test split
+    (``multilabel_metrics(test_scores, test_targets, threshold=t["per_class"])``); choosing
+    them on the split they are evaluated on makes the numbers optimistic.
+
+    With the prediction rule of :func:`multilabel_metrics`, :math:`\hat y_{ic} = [p_{ic} >
+    t]`, class :math:`c` at threshold :math:`t` has :math:`\mathrm{TP}_c(t)` correct and
+    :math:`N^{pre}_c(t)` predicted labels among its :math:`N^+_c` (unmasked) positives, and
+
+    .. math::
+        \mathrm{F1}_c(t) = \frac{2\,P_c R_c}{P_c + R_c}
+            = \frac{2\,\mathrm{TP}_c(t)}{N^{pre}_c(t) + N^+_c},
+        \qquad
+        \mathrm{OF1}(t) = \frac{2 \sum_c \mathrm{TP}_c(t)}
+            {\sum_c N^{pre}_c(t) + \sum_c N^+_c}
+
+    (precision :math:`P_c = \mathrm{TP}_c / N^{pre}_c`, recall :math:`R_c = \mathrm{TP}_c /
+    N^+_c`; OF1 is the overall F1 of :func:`multilabel_metrics`, the harmonic mean of OP
+    and OR). The predictions change only where :math:`t` crosses a score, so with
+    :math:`u_1 < \dots < u_G` the distinct (unmasked) probabilities of class :math:`c` the
+    search over :math:`\{0, u_1, \dots, u_G\}` is exact:
+
+    .. math::
+        t^*_c = \operatorname*{arg\,max}_{t \in \{0, u_1, \dots, u_G\}} \mathrm{F1}_c(t),
+        \qquad
+        t^*_{\text{global}} = \operatorname*{arg\,max}_{t} \mathrm{OF1}(t)
+
+    (the global search runs over the distinct probabilities of all unmasked entries of all
+    classes, the overall sums over all classes as in :func:`multilabel_metrics`). Every
+    :math:`t` in :math:`[u_g, u_{g+1})` (:math:`u_0 = 0`, :math:`u_{G+1} = 1`) predicts the
+    same labels on this split; the threshold returned is the midpoint
+    :math:`(u_g + u_{g+1}) / 2` of the optimal interval, farthest from the scores it
+    separates. Ties in F1 go to the largest threshold (fewest predicted labels). One sort
+    per class and batched binary searches, :math:`O(NC \log N)`, no Python loop over
+    classes or thresholds.
+
+    The per-class thresholds maximise each class's own F1; they do not in general maximise
+    CF1 (the harmonic mean of the class-averaged precision and recall, not a sum over
+    classes). **Fallback:** a class with no (unmasked) positive in the split (its F1 is 0
+    whatever the threshold), or whose best F1 is 0, gets the global threshold; such classes
+    are listed in ``"fallback_classes"``.
+
+    Probabilities are computed in float64 (``sigmoid`` of the logits); logits above about
+    36.7 all map to probability 1 there and count as tied, as they do for any probability
+    threshold.
+
+    Args:
+        scores (Tensor or ndarray): :math:`(N, C)` logits or probabilities of the split.
+        targets (Tensor or ndarray): :math:`(N, C)` multi-hot, in :math:`\{0, 1\}`.
+        mask (Tensor or ndarray, optional): :math:`(N, C)` bool, ``False`` = ignore the entry
+            (it counts nowhere: no prediction, positive or candidate). (default: :obj:`None`)
+        scores_are (str, optional): ``"logits"``, ``"probabilities"`` or ``"auto"`` (as in
+            :func:`multilabel_metrics`). (default: :obj:`"auto"`)
+
+    Returns:
+        dict: ``"per_class"`` (list of :math:`C` probability thresholds, to pass as
+        ``threshold=`` to :func:`multilabel_metrics`), ``"global"`` (float),
+        ``"per_class_F1"`` (each class's F1 on this split at its threshold; ``None`` for
+        classes without positives), ``"global_OF1"`` (OF1 on this split at the global
+        threshold), ``"fallback_classes"`` (indices), ``"num_samples"``.
+
+    Raises:
+        ValueError: as :func:`multilabel_metrics` for bad input, or when the split holds no
+            (unmasked) positive at all.
+
+    Example:
+        >>> from pyg_mlic.metrics import calibrate_thresholds
+        >>> t = calibrate_thresholds([[0.9], [0.6], [0.4], [0.2]], [[1], [0], [1], [0]])
+        >>> t["per_class"], t["per_class_F1"]  # predict p > 0.3: P = 2/3, R = 1
+        ([0.30000000000000004], [0.8])
+    """
+    fn = "calibrate_thresholds"
+    s, tgt, m, are_logits = _prepare(scores, targets, mask, scores_are, fn)
+    n, c = s.shape
+    p = s.to(torch.float64)
+    if are_logits:
+        p = torch.sigmoid(p)
+    hit = (tgt != 0).to(torch.int64)
+    if int(hit.sum()) == 0:
+        raise ValueError(f"{fn}: no (unmasked) positive label among the N={n} samples; there "
+                         f"is nothing to calibrate on")
+
+    # per class: every column sorted once (ignored entries -inf, first)
+    pt = p.t().contiguous()
+    if m is not None:
+        pt.masked_fill_(~m.t(), -math.inf)
+    vals, order = _sort_rows(pt)
+    thr_c, f1_c, npos_c = _f1_optimal(vals, hit.t().gather(1, order))
+    del vals, order, pt
+
+    # global: the unmasked entries of all classes pooled
+    flat, flat_hit = (p.reshape(-1), hit.reshape(-1)) if m is None else (p[m], hit[m])
+    gvals, gorder = _sort_rows(flat.unsqueeze(0))
+    thr_g, of1_g, _ = _f1_optimal(gvals, flat_hit.unsqueeze(0).gather(1, gorder))
+    g = float(thr_g[0])
+
+    fallback = (npos_c == 0) | (f1_c <= 0)
+    per_class = torch.where(fallback, torch.full_like(thr_c, g), thr_c)
+    return {
+        "per_class": per_class.tolist(),
+        "global": g,
+        "per_class_F1": [float(f) if k > 0 else None
+                         for f, k in zip(f1_c.tolist(), npos_c.tolist())],
+        "global_OF1": float(of1_g[0]),
+        "fallback_classes": fallback.nonzero().flatten().tolist(),
+        "num_samples": n,
+    }
+
+
+# --------------------------------------------------------------------------- #
+# long tail
+# --------------------------------------------------------------------------- #
+#: the class groups of :func:`long_tail_map`, most frequent first
+LONG_TAIL_GROUPS = ("head", "medium", "tail")
+
+
+def long_tail_map(ap_per_class: ArrayLike, train_counts: ArrayLike,
+                  bounds: Optional[Sequence[float]] = None) -> Dict[str, Any]:
+    r"""mAP of the head, medium and tail classes, grouped by training-label frequency.
+
+    With :math:`n_c` the number of *training* images holding label :math:`c` (unmasked
+    positives) and bounds :math:`b_1 \le b_2`,
+
+    .. math::
+        \text{tail} = \{c : n_c < b_1\}, \quad
+        \text{medium} = \{c : b_1 \le n_c < b_2\}, \quad
+        \text{head} = \{c : n_c \ge b_2\},
+
+    and each group's mAP is the mean AP of its classes with a defined AP. By default
+    :math:`b_1, b_2` are the terciles of the :math:`n_c` (the :math:`1/3` and :math:`2/3`
+    quantiles, :func:`numpy.quantile` with linear interpolation): with :math:`3k` distinct
+    counts each group holds :math:`k` classes. Classes with equal counts always share a
+    group, so ties can leave a group smaller (or empty: its mAP is then ``None``).
+
+    Args:
+        ap_per_class (sequence): :math:`(C)` per-class AP (the ``"AP"`` list of
+            :func:`multilabel_metrics`); ``None`` / NaN = undefined (no positive in the
+            evaluated split): such classes are left out of the means and counted in
+            ``"num_undefined"``.
+        train_counts (sequence): :math:`(C)` positives per class in the training split.
+        bounds (pair of float, optional): :math:`(b_1, b_2)` in training-count units
+            instead of the terciles. (default: :obj:`None`)
+
+    Returns:
+        dict: ``"head"``, ``"medium"``, ``"tail"`` (float mAP in :math:`[0, 1]` or
+        ``None`` when the group has no class with a defined AP), ``"bounds"``
+        (:math:`[b_1, b_2]`), ``"rule"`` (``"terciles"`` or ``"given"``),
+        ``"num_classes"`` (classes with a defined AP per group), ``"num_undefined"``
+        (classes left out per group).
+
+    Example:
+        >>> from pyg_mlic.metrics import long_tail_map
+        >>> lt = long_tail_map([1.0, 0.5, 0.5, 0.25, 0.25, None], [60, 50, 30, 20, 5, 1])
+        >>> [round(b, 2) for b in lt["bounds"]]  # terciles of the training counts
+        [15.0, 36.67]
+        >>> lt["head"], lt["medium"], lt["tail"], lt["num_undefined"]["tail"]
+        (0.75, 0.375, 0.25, 1)
+    """
+    fn = "long_tail_map"
+    try:
+        ap = np.array([np.nan if a is None else float(a) for a in
+                       (ap_per_class.tolist() if hasattr(ap_per_class, "tolist")
+                        else ap_per_class)], dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{fn}: `ap_per_class` must be a [C] sequence of numbers or None: "
+                         f"{e}") from None
+    counts = np.asarray(train_counts.cpu().numpy() if isinstance(train_counts, Tensor)
+                        else train_counts)
+    if counts.ndim != 1 or not (np.issubdtype(counts.dtype, np.number)
+                                or counts.dtype == np.bool_):
+        raise ValueError(f"{fn}: `train_counts` must be a [C] vector of numbers, got shape "
+                         f"{counts.shape} dtype {counts.dtype}")
+    counts = counts.astype(np.float64)
+    if counts.shape != ap.shape:
+        raise ValueError(f"{fn}: {ap.size} APs but {counts.size} training counts; both must "
+                         f"have one entry per class")
+    if ap.size == 0:
+        raise ValueError(f"{fn}: no classes")
+    if not np.isfinite(counts).all() or (counts < 0).any():
+        raise ValueError(f"{fn}: `train_counts` must be finite and >= 0")
+    if bounds is None:
+        lo, hi = (float(b) for b in np.quantile(counts, [1.0 / 3.0, 2.0 / 3.0]))
+        rule = "terciles"
+    else:
+        try:
+            lo, hi = (float(b) for b in bounds)
+        except (TypeError, ValueError):
+            raise ValueError(f"{fn}: `bounds` must be two numbers (b1, b2) with b1 <= b2 "
+                             f"(tail: n < b1, head: n >= b2), got {bounds!r}") from None
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+            raise ValueError(f"{fn}: `bounds` must be two finite numbers with b1 <= b2, "
+                             f"got {bounds!r}")
+        rule = "given"
+    groups = {"head": counts >= hi, "medium": (counts >= lo) & (counts < hi),
+              "tail": counts < lo}
+    defined = ~np.isnan(ap)
+    out: Dict[str, Any] = {}
+    for name in LONG_TAIL_GROUPS:
+        sel = groups[name] & defined
+        out[name] = float(ap[sel].mean()) if sel.any() else None
+    out["bounds"] = [lo, hi]
+    out["rule"] = rule
+    out["num_classes"] = {k: int((groups[k] & defined).sum()) for k in LONG_TAIL_GROUPS}
+    out["num_undefined"] = {k: int((groups[k] & ~defined).sum()) for k in LONG_TAIL_GROUPS}
     return out
 
 
@@ -545,4 +855,30 @@ def format_table(rows: Sequence, topk: int = 3) -> str:
     if biased:
         lines.append("* SELECTION-BIASED: evaluated on the validation split that chose the "
                      "weights (no test split was given)")
+    return "\n".join(lines)
+
+
+
+def format_long_tail(rows: Sequence) -> str:
+    """The long-tail table (mAP in %): ``rows`` is ``[(name, metrics), ...]`` with the
+    ``"long_tail"`` entry of the engine's metrics (:func:`long_tail_map`); rows without it
+    are skipped (``""`` when none has it). Each row names its bounds and class counts."""
+    rows = [(n, m["long_tail"]) for n, m in rows if isinstance(m.get("long_tail"), dict)]
+    if not rows:
+        return ""
+    width = max([len("Method")] + [len(str(n)) for n, _ in rows]) + 2
+
+    def cell(v: Optional[float]) -> str:
+        return f"{100 * v:8.1f}" if v is not None else "       -"
+
+    head = (f"{'Method':<{width}}" + "".join(f"{g:>8}" for g in LONG_TAIL_GROUPS) +
+            "  mAP by training-label frequency n (classes with an AP)")
+    lines = [head, "-" * len(head)]
+    for name, lt in rows:
+        b1, b2 = lt["bounds"]
+        k, u = lt["num_classes"], lt.get("num_undefined", {})
+        groups = ", ".join(f"{g} {k[g]}" + (f" (+{u[g]} without AP)" if u.get(g) else "")
+                           for g in LONG_TAIL_GROUPS)
+        lines.append(f"{str(name):<{width}}" + "".join(cell(lt[g]) for g in LONG_TAIL_GROUPS) +
+                     f"  tail: n < {b1:.4g} <= medium < {b2:.4g} <= head ({lt['rule']}); {groups}")
     return "\n".join(lines)

@@ -38,7 +38,12 @@ def test_train_eval_on_features_files(tmp_path):
     assert 0.7 < m["mAP"] <= 1.0
     for k in ["CP", "CR", "CF1", "OP", "OR", "OF1", "CP_top3", "OF1_top3"]:
         assert 0.0 <= m[k] <= 1.0
-    assert m["settings"]["dataset"] == "features" and m["settings"]["train_config"]["epochs"] == 5
+    assert m["settings"]["dataset"] == "features"
+    # no validation file: the features recipe chose the epoch (of the 5 given) on held-out
+    # training rows, then retrained on all of them for that many epochs
+    refit = m["settings"]["features_recipe"]["refit"]
+    assert m["settings"]["train_config"]["epochs"] == refit["epochs"] <= 5
+    assert len(refit["held_out_history"]) == 5
     e = run_cli("eval", "--checkpoint", out / "last.pt", "--dataset", "features",
                 "--train-file", tr, "--test-file", te, "--out", tmp_path / "e.json")
     assert json.loads((tmp_path / "e.json").read_text())["mAP"] == pytest.approx(m["mAP"])
@@ -225,3 +230,151 @@ def test_info_parameter_counts(capsys):
                  "--num-classes", "5"]) == 0
     table = capsys.readouterr().out
     assert "baseline" in table and "small_cnn" in table and "head" in table
+
+
+# ---------------------------------------------------------------------------- graph files
+def _bccd_csv(data_dir, path):
+    """The BCCD VOC annotations as a folder-format CSV (names layout + split column):
+    positives only, difficult objects excluded, as the VOC reader counts them."""
+    import xml.etree.ElementTree as ET
+
+    root = data_dir / "images" / "bccd"
+    lines = ["image,labels,split"]
+    for split, name in (("trainval", "train"), ("test", "test")):
+        for i in (root / "ImageSets" / "Main" / f"{split}.txt").read_text().split():
+            names = set()
+            for obj in ET.parse(root / "Annotations" / f"{i}.xml").getroot().iter("object"):
+                diff = obj.find("difficult")
+                if diff is None or int(diff.text) == 0:
+                    names.add(obj.find("name").text.strip())
+            lines.append(f"JPEGImages/{i}.jpg,{';'.join(sorted(names))},{name}")
+    path.write_text("\n".join(lines) + "\n")
+    return root, path
+
+
+def test_graph_command_writes_npz_from_coco_voc_and_folder(data_dir, tmp_path, capsys):
+    np = pytest.importorskip("numpy")
+    from pyg_mlic.cli import main
+    from pyg_mlic.graphs import LabelGraph
+
+    # COCO instances json (real coco8) + the shipped GloVe vectors
+    ann = data_dir / "images" / "coco8" / "instances_train.json"
+    out = tmp_path / "coco8.npz"
+    assert main(["graph", "--coco", str(ann), "--embeddings", "glove", "--tau", "0.3",
+                 "--out", str(out)]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    g = LabelGraph.load(out)
+    ref = LabelGraph.from_coco(ann, tau=0.3)
+    assert g.classes == ref.classes and g.split == "train" and g.tau == 0.3
+    assert torch_equal(g.counts, ref.counts) and torch_equal(g.propagation(), ref.propagation())
+    assert g.x.shape[0] == 80 and g.data.embeddings_spec == "glove"
+    assert g.data.source == f"coco:{ann}"
+    with np.load(out, allow_pickle=False) as z:
+        assert str(z["split"]) == "train" and z["vectors"].shape == tuple(g.x.shape)
+
+    # a VOC folder (real BCCD) and the same labels as a folder CSV give the same graph
+    root, csv = _bccd_csv(data_dir, tmp_path / "bccd.csv")
+    assert main(["graph", "--voc", str(root), "--split", "trainval", "--classes",
+                 "Platelets,RBC,WBC", "--embeddings", "onehot", "--out",
+                 str(tmp_path / "voc.npz")]) == 0
+    assert main(["graph", "--dataset", "folder", "--root", str(root), "--train-file", str(csv),
+                 "--out", str(tmp_path / "folder.npz")]) == 0
+    v, f = LabelGraph.load(tmp_path / "voc.npz"), LabelGraph.load(tmp_path / "folder.npz")
+    assert v.classes == f.classes == ["Platelets", "RBC", "WBC"]
+    assert (v.split, f.split) == ("trainval", "train")
+    assert torch_equal(v.counts, f.counts) and torch_equal(v.nums, f.nums)
+    assert int(f.nums.max()) > 0 and f.x is None and v.x.shape == (3, 3)
+    # the CSV's test rows are not counted: all rows = trainval + test
+    from pyg_mlic.data.folder import read_label_csv
+
+    test_only = LabelGraph.from_voc(root, split="test", classes=["Platelets", "RBC", "WBC"])
+    all_rows = read_label_csv(csv)[1].sum(0).astype(np.int64)
+    assert int(test_only.nums.sum()) > 0
+    assert all_rows.tolist() == (f.nums + test_only.nums).tolist()
+
+    # --load inspects a saved graph and can add embeddings; --save is the deprecated alias
+    capsys.readouterr()
+    emb = data_dir / "embeddings" / "glove300_voc.npz"
+    assert main(["graph", "--labels", str(data_dir / "labels" / "voc2007.npz"), "--split",
+                 "trainval", "--save", str(tmp_path / "voc07.npz")]) == 0
+    assert "--save is deprecated" in capsys.readouterr().err
+    assert main(["graph", "--load", str(tmp_path / "voc07.npz"), "--embeddings", f"npz:{emb}",
+                 "--out", str(tmp_path / "voc07e.npz")]) == 0
+    a, b = LabelGraph.load(tmp_path / "voc07.npz"), LabelGraph.load(tmp_path / "voc07e.npz")
+    assert torch_equal(a.propagation(), b.propagation()) and a.x is None
+    assert b.x.shape == (20, 300) and b.split == "trainval"
+    assert b.data.source == a.data.source
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return torch.equal(a, b)
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--coco", "A.json", "--voc", "B"], "give exactly one of"),
+    (["--load", "G.npz", "--tau", "0.3"], "--tau cannot change a saved graph"),
+    (["--voc", "R", "--out", "g.pt"], r"--out must name a \.npz file"),
+    (["--dataset", "folder"], "--dataset folder needs --train-file"),
+    (["--labels", "L.npz", "--classes", "a,b"], "--classes selects the columns"),
+])
+def test_graph_command_usage_errors(argv, match, capsys):
+    from pyg_mlic.cli import main
+
+    assert main(["graph", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("pyg-mlic: error: graph:")
+    assert __import__("re").search(match, err)
+
+
+def test_train_with_label_graph_file_uses_its_graph(tmp_path, capsys):
+    """`pyg-mlic train --label-graph`: the model propagates over the file's operator with
+    the file's embeddings, metrics.json records the file; models without a label graph and
+    files for other classes are refused in one line."""
+    import numpy as np
+    import torch
+
+    from pyg_mlic.cli import main
+    from pyg_mlic.data.synthetic import SyntheticScenes
+    from pyg_mlic.engine import load_checkpoint, model_from_checkpoint
+    from pyg_mlic.graphs import LabelGraph
+
+    classes = list(SyntheticScenes("train", num_images=8, image_size=16).classes)
+    rng = np.random.default_rng(0)
+    Y = (rng.random((50, len(classes))) < 0.3).astype(np.uint8)
+    E = rng.normal(size=(len(classes), 5)).astype(np.float32)
+    g = LabelGraph.from_labels(Y, classes=classes, split="mine", tau=0.25, p=0.3)
+    path = g.with_embeddings(E, spec="random").save(tmp_path / "g.npz", source="test")
+    out = tmp_path / "run"
+    tiny = ["--dataset", "synthetic", "--num-images", "32", "--image-size", "32", "--epochs",
+            "1", "--no-progress", "--set", "gcn_hidden=[16]"]
+    assert main(["train", *tiny, "--model", "ml_gcn", "--label-graph", str(path),
+                 "--out", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    rec = m["settings"]["label_graph"]
+    assert rec["path"] == str(path) and rec["split"] == "mine" and rec["tau"] == 0.25
+    assert rec["content_hash"] == g.with_embeddings(E).content_hash()
+    assert len(rec["sha256"]) == 64 and m["settings"]["label_embeddings"] == \
+        "label graph (random)"
+    net = model_from_checkpoint(load_checkpoint(out / "last.pt"))
+    P = torch.zeros(len(classes), len(classes))
+    P.index_put_((net.edge_index[1], net.edge_index[0]), net.edge_weight, accumulate=True)
+    with np.load(path, allow_pickle=False) as z:
+        assert torch.equal(P, torch.from_numpy(z["propagation"]))
+    assert torch.equal(net.label_embeddings, torch.from_numpy(E))
+    capsys.readouterr()
+
+    assert main(["train", *tiny[:-3], "--model", "baseline", "--label-graph", str(path),
+                 "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert "baseline takes no label graph" in err and err.count("\n") == 1
+    other = LabelGraph.from_labels(Y, classes=classes[::-1]).save(tmp_path / "rev.npz")
+    assert main(["train", *tiny, "--model", "ml_gcn", "--label-graph", str(other),
+                 "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert f"first difference at position 0: {classes[-1]!r} vs {classes[0]!r}" in err
+    torch.save(g.data.to_dict(), tmp_path / "old.pt")
+    assert main(["train", *tiny, "--model", "ml_gcn", "--label-graph",
+                 str(tmp_path / "old.pt"), "--out", str(tmp_path / "d")]) == 2
+    assert "never unpickled" in capsys.readouterr().err

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from sklearn.metrics import average_precision_score
 
 from pyg_mlic import metrics
-from pyg_mlic.metrics import UndefinedAPWarning, average_precision, multilabel_metrics
+from pyg_mlic.metrics import (UndefinedAPWarning, average_precision, calibrate_thresholds,
+                              format_long_tail, long_tail_map, multilabel_metrics)
 
 NAMES = ("CP", "CR", "CF1", "OP", "OR", "OF1")
 
@@ -35,19 +36,21 @@ def sklearn_ap(scores: np.ndarray, targets: np.ndarray, mask: np.ndarray | None 
     return out
 
 
-def reference_metrics(prob: np.ndarray, y: np.ndarray, mask: np.ndarray, threshold: float,
+def reference_metrics(prob: np.ndarray, y: np.ndarray, mask: np.ndarray, threshold,
                       k: int, topk_requires_threshold: bool = True) -> dict:
     """Brute force, one image and one class at a time (scores must be tie-free for top-k);
-    top-k with the papers' rule (also above the threshold) unless told otherwise."""
+    top-k with the papers' rule (also above the threshold) unless told otherwise;
+    ``threshold`` one float or one per class."""
     n, c = prob.shape
+    thr = np.broadcast_to(np.asarray(threshold, dtype=np.float64), (c,))
     pred_t = np.zeros((n, c), bool)
     pred_k = np.zeros((n, c), bool)
     for i in range(n):
         for j in range(c):
-            pred_t[i, j] = mask[i, j] and prob[i, j] > threshold
+            pred_t[i, j] = mask[i, j] and prob[i, j] > thr[j]
         unmasked = [j for j in range(c) if mask[i, j]]
         for j in sorted(unmasked, key=lambda j: -prob[i, j])[:k]:
-            pred_k[i, j] = prob[i, j] > threshold if topk_requires_threshold else True
+            pred_k[i, j] = prob[i, j] > thr[j] if topk_requires_threshold else True
     pos = (y == 1) & mask
     evaluated = pos.sum(0) > 0
     out = {}
@@ -465,3 +468,226 @@ def test_property_ranges_and_class_permutation(problem, threshold, rnd):
         assert mp[key] == pytest.approx(m[key], abs=1e-12)
     ref = sklearn_ap(s, y, mask)
     assert m["AP"] == pytest.approx(ref, abs=1e-6)
+
+
+# --------------------------------------------------------------------------- #
+# per-class thresholds and threshold calibration
+# --------------------------------------------------------------------------- #
+# Three classes, four images. Class 0: +,-,+,- at 0.9, 0.6, 0.4, 0.2; class 1: +,+,-,- at
+# 0.8, 0.7, 0.3, 0.1; class 2 has no positive.
+CAL_P = np.array([[0.9, 0.8, 0.5],
+                  [0.6, 0.7, 0.35],
+                  [0.4, 0.3, 0.05],
+                  [0.2, 0.1, 0.15]])
+CAL_Y = np.array([[1, 1, 0],
+                  [0, 1, 0],
+                  [1, 0, 0],
+                  [0, 0, 0]])
+
+
+def brute_force_f1(p: np.ndarray, y: np.ndarray, t: float) -> float:
+    pred = p > t
+    tp, npred, npos = int((pred & (y == 1)).sum()), int(pred.sum()), int((y == 1).sum())
+    return 2 * tp / (npred + npos) if npred + npos else 0.0
+
+
+def test_calibration_picks_the_f1_optimal_threshold_by_hand():
+    """Class 0, F1 = 2 TP / (N_pre + N_pos) for p > t: t in [0, 0.2) predicts 4 (TP 2) ->
+    4/6; [0.2, 0.4): 3 (TP 2) -> 4/5 = 0.8, the best; [0.4, 0.6): 2 (TP 1) -> 1/2;
+    [0.6, 0.9): 1 (TP 1) -> 2/3. The midpoint of [0.2, 0.4) is returned: 0.3.
+    Class 1: [0.3, 0.7) predicts exactly the two positives (F1 = 1) -> 0.5.
+    Global (all 12 entries pooled, 4 positives): descending 0.9+ 0.8+ 0.7+ 0.6- 0.5- 0.4+
+    ...; the top 3 give OF1 = 6/7, top 6 give 8/10, the rest less -> [0.6, 0.7) -> 0.65.
+    Class 2 has no positive: it falls back to the global threshold."""
+    t = calibrate_thresholds(CAL_P, CAL_Y)
+    assert t["per_class"] == pytest.approx([0.3, 0.5, 0.65], abs=1e-15)
+    assert t["global"] == pytest.approx(0.65, abs=1e-15)
+    assert t["per_class_F1"] == pytest.approx([0.8, 1.0, None])
+    assert t["global_OF1"] == pytest.approx(6 / 7)
+    assert t["fallback_classes"] == [2] and t["num_samples"] == 4
+    # the same from logits (the thresholds stay probabilities)
+    logits = np.log(CAL_P) - np.log1p(-CAL_P)
+    tl = calibrate_thresholds(logits, CAL_Y, scores_are="logits")
+    assert tl["per_class"] == pytest.approx(t["per_class"], abs=1e-12)
+    assert tl["global"] == pytest.approx(t["global"], abs=1e-12)
+    # exact search: no threshold on a fine grid beats the chosen ones
+    grid = np.linspace(0, 1, 2001)
+    for c in range(2):
+        best = max(brute_force_f1(CAL_P[:, c], CAL_Y[:, c], g) for g in grid)
+        assert brute_force_f1(CAL_P[:, c], CAL_Y[:, c], t["per_class"][c]) == pytest.approx(best)
+    best = max(brute_force_f1(CAL_P, CAL_Y, g) for g in grid)
+    assert brute_force_f1(CAL_P, CAL_Y, t["global"]) == pytest.approx(best) == 6 / 7
+
+
+def test_ties_go_to_the_largest_threshold():
+    """p = 0.9+, 0.7-, 0.5-, 0.3+ (2 positives), F1 = 2 TP / (N_pre + 2): top 1 -> 2/3,
+    top 2 -> 1/2, top 3 -> 2/5, all -> 4/6 = 2/3. Top 1 (t in [0.7, 0.9)) and all
+    (t in [0, 0.3)) tie: the largest threshold wins, 0.8, not 0.15. Without the negative
+    at 0.5 the best is unique: all three predicted (4/5), t in [0, 0.3) -> 0.15."""
+    t = calibrate_thresholds(np.array([[0.9], [0.7], [0.5], [0.3]]),
+                             np.array([[1], [0], [0], [1]]))
+    assert t["per_class"] == pytest.approx([0.8]) and t["per_class_F1"] == pytest.approx([2 / 3])
+    t = calibrate_thresholds(np.array([[0.9], [0.7], [0.3]]), np.array([[1], [0], [1]]))
+    assert t["per_class"] == pytest.approx([0.15]) and t["per_class_F1"] == pytest.approx([0.8])
+
+
+def test_per_class_thresholds_change_cp_cr_by_hand():
+    """At (0.3, 0.5, 0.65): class 0 predicts {0.9, 0.6, 0.4} (TP 2 of 2: P 2/3, R 1),
+    class 1 {0.8, 0.7} (P 1, R 1), class 2 nothing (no positive: out of CP/CR, in OP).
+    CP = (2/3 + 1) / 2 = 5/6, CR = 1, OP = 4/5, OR = 1. At 0.5 everywhere: class 0 predicts
+    {0.9, 0.6} (P 1/2, R 1/2), class 1 {0.8, 0.7}: CP = CR = OP = OR = 3/4."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedAPWarning)
+        t = calibrate_thresholds(CAL_P, CAL_Y)
+        cal = multilabel_metrics(CAL_P, CAL_Y, threshold=t["per_class"], topk=None)
+        half = multilabel_metrics(CAL_P, CAL_Y, threshold=0.5, topk=None)
+        # a vector of equal thresholds is the scalar threshold (as list, array, tensor)
+        for vec in ([0.5] * 3, np.full(3, 0.5), torch.full((3,), 0.5)):
+            assert multilabel_metrics(CAL_P, CAL_Y, threshold=vec) == \
+                multilabel_metrics(CAL_P, CAL_Y, threshold=0.5)
+    assert (cal["CP"], cal["CR"], cal["OP"], cal["OR"]) == pytest.approx((5 / 6, 1, 4 / 5, 1))
+    assert cal["CF1"] == pytest.approx(2 * (5 / 6) / (5 / 6 + 1))
+    assert (half["CP"], half["CR"], half["OP"], half["OR"]) == pytest.approx((.75, .75, .75, .75))
+    assert cal["mAP"] == half["mAP"]  # threshold-free
+
+
+def test_per_class_thresholds_against_brute_force(sort_backend):
+    """Threshold rule and the top-k rule's threshold condition use each class's own
+    threshold, masked entries count nowhere; logits compare exactly as probabilities."""
+    rng = np.random.default_rng(21)
+    n, c = 80, 6
+    y = (rng.random((n, c)) < 0.3).astype(np.uint8)
+    prob = rng.random((n, c))
+    mask = rng.random((n, c)) < 0.85
+    thr = rng.random(c)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedAPWarning)
+        for rule in (True, False):
+            m = multilabel_metrics(prob, y, mask, threshold=thr, topk=3,
+                                   topk_requires_threshold=rule)
+            assert_metrics_close(m, reference_metrics(prob, y, mask, thr, 3,
+                                                      topk_requires_threshold=rule))
+        logits = torch.tensor(np.log(prob) - np.log1p(-prob), dtype=torch.float32)
+        ml = multilabel_metrics(logits, y, mask, threshold=torch.tensor(thr), scores_are="logits")
+        mp = multilabel_metrics(torch.sigmoid(logits.double()), y, mask, threshold=thr,
+                                scores_are="probabilities")
+    for key in NAMES:
+        assert ml[key] == pytest.approx(mp[key], abs=1e-12), key
+
+
+def test_calibration_is_exact_on_random_data_with_ties(sort_backend):
+    """On data with many ties: every class reaches the brute-force best F1 over all
+    candidate thresholds, the global threshold the best OF1, and multilabel_metrics at
+    the global threshold reports exactly that OF1."""
+    rng = np.random.default_rng(5)
+    n, c = 120, 5
+    prob = np.round(rng.random((n, c)), 1)  # 11 levels: ties everywhere, exact 0 and 1
+    y = (rng.random((n, c)) < prob * 0.8).astype(np.uint8)
+    y[:, 4] = 0  # a class without positive
+    mask = rng.random((n, c)) < 0.9
+    t = calibrate_thresholds(prob, y, mask, scores_are="probabilities")
+    cands = np.concatenate([[0.0], np.unique(prob)])
+    for j in range(4):
+        keep = mask[:, j]
+        best = max(brute_force_f1(prob[keep, j], y[keep, j], u) for u in cands)
+        got = brute_force_f1(prob[keep, j], y[keep, j], t["per_class"][j])
+        assert got == pytest.approx(best, abs=1e-12) and t["per_class_F1"][j] == pytest.approx(got)
+        assert prob[keep, j].min() <= t["per_class"][j] or best == 0
+    pooled_p, pooled_y = prob[mask], y[mask]
+    best = max(brute_force_f1(pooled_p, pooled_y, u) for u in cands)
+    assert brute_force_f1(pooled_p, pooled_y, t["global"]) == pytest.approx(best, abs=1e-12)
+    assert t["global_OF1"] == pytest.approx(best, abs=1e-12)
+    assert 4 in t["fallback_classes"] and t["per_class"][4] == t["global"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedAPWarning)
+        m = multilabel_metrics(prob, y, mask, threshold=t["global"], topk=None)
+    assert m["OF1"] == pytest.approx(best, abs=1e-12)
+    # a returned threshold lies strictly between scores: never on a tie level
+    assert not np.isin(np.round(t["per_class"], 12), np.unique(prob)).any()
+
+
+def test_calibration_respects_the_mask():
+    """Masking class 0's positive at 0.4 leaves +,-,- at 0.9, 0.6, 0.2: only {0.9} is worth
+    predicting (F1 = 1), t in [0.6, 0.9) -> 0.75. Masked entries' scores and targets can
+    be anything: the result does not change."""
+    mask = np.ones_like(CAL_Y, dtype=bool)
+    mask[2, 0] = False
+    t = calibrate_thresholds(CAL_P, CAL_Y, mask)
+    assert t["per_class"][0] == pytest.approx(0.75) and t["per_class_F1"][0] == 1.0
+    assert t["per_class"][1] == pytest.approx(0.5)
+    rng = np.random.default_rng(3)
+    p = rng.random((50, 4))
+    y = (rng.random((50, 4)) < 0.4).astype(np.uint8)
+    m = rng.random((50, 4)) < 0.7
+    p2, y2 = p.copy(), y.copy()
+    p2[~m] = rng.random(int((~m).sum()))
+    y2[~m] = 1 - y2[~m]
+    assert calibrate_thresholds(p, y, m) == calibrate_thresholds(p2, y2, m)
+    assert calibrate_thresholds(p, y) != calibrate_thresholds(p, y, m)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(threshold=[0.5, 0.5, 0.5]), r"3 values for C=2"),
+    (dict(threshold=[0.5, 1.5]), r"first class 1 with 1.5"),
+    (dict(threshold=[0.5, float("nan")]), "probabilities in"),
+    (dict(threshold=[[0.5, 0.5]]), r"shape \[C\]"),
+    (dict(threshold="0.5"), "probability in"),
+    (dict(threshold=float("nan")), "probability in"),
+])
+def test_bad_per_class_threshold_raises(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        multilabel_metrics(GOOD_S, GOOD_Y, **kwargs)
+
+
+def test_calibration_bad_input_raises():
+    with pytest.raises(ValueError, match="no \\(unmasked\\) positive"):
+        calibrate_thresholds(GOOD_S, np.zeros_like(GOOD_Y))
+    with pytest.raises(ValueError, match="no \\(unmasked\\) positive"):
+        calibrate_thresholds(GOOD_S, GOOD_Y, mask=GOOD_Y == 0)
+    with pytest.raises(ValueError, match="outside"):
+        calibrate_thresholds(GOOD_S * 3, GOOD_Y, scores_are="probabilities")
+    with pytest.raises(ValueError, match="non-finite"):
+        calibrate_thresholds(np.array([[np.nan, 0.2], [0.1, 0.3]]), GOOD_Y)
+
+
+# --------------------------------------------------------------------------- #
+# long tail
+# --------------------------------------------------------------------------- #
+def test_long_tail_terciles_by_hand():
+    """Nine classes with training counts 1..9 (shuffled): terciles 11/3 and 19/3 put
+    counts 1-3 in the tail, 4-6 in medium, 7-9 in the head. Class with count 5 has no AP:
+    left out of medium's mean and counted."""
+    counts = np.array([9, 1, 5, 2, 8, 4, 3, 7, 6])
+    ap = [0.9, 0.1, None, 0.2, 0.8, 0.4, 0.3, 0.7, 0.6]  # AP = count / 10 by construction
+    lt = long_tail_map(ap, counts)
+    assert lt["bounds"] == pytest.approx([11 / 3, 19 / 3])
+    assert lt["head"] == pytest.approx(0.8) and lt["tail"] == pytest.approx(0.2)
+    assert lt["medium"] == pytest.approx(0.5)  # (0.4 + 0.6) / 2, class 5 left out
+    assert lt["num_classes"] == {"head": 3, "medium": 2, "tail": 3}
+    assert lt["num_undefined"] == {"head": 0, "medium": 1, "tail": 0}
+    assert lt["rule"] == "terciles"
+    # given bounds: tail n < 2, medium 2 <= n < 9, head n >= 9
+    g = long_tail_map(torch.tensor([np.nan if a is None else a for a in ap]), counts,
+                      bounds=(2, 9))
+    assert (g["head"], g["tail"]) == pytest.approx((0.9, 0.1))
+    assert g["medium"] == pytest.approx(np.mean([0.2, 0.3, 0.4, 0.6, 0.7, 0.8]))
+    assert g["num_classes"] == {"head": 1, "medium": 6, "tail": 1} and g["rule"] == "given"
+    # equal counts share a group: all in the head, the other groups empty (None, not NaN)
+    same = long_tail_map([0.5, 0.7], [4, 4])
+    assert same["head"] == pytest.approx(0.6) and same["medium"] is None and same["tail"] is None
+    table = format_long_tail([("model", {"long_tail": lt}), ("no long tail", {})])
+    assert "80.0" in table and "50.0" in table and "20.0" in table
+    assert "(+1 without AP)" in table and "no long tail" not in table
+    assert format_long_tail([("x", {})]) == ""
+
+
+@pytest.mark.parametrize("args, match", [
+    (([0.5, 0.5], [1, 2, 3]), "2 APs but 3 training counts"),
+    (([0.5], [-1]), ">= 0"),
+    (([0.5, 0.4], [1, 2], (5, 2)), "b1 <= b2"),
+    (([0.5, 0.4], [1, 2], (5,)), "two numbers"),
+    (([0.5, "x"], [1, 2]), "numbers or None"),
+])
+def test_long_tail_bad_input_raises(args, match):
+    with pytest.raises(ValueError, match=match):
+        long_tail_map(*args)

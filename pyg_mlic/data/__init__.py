@@ -7,7 +7,8 @@
 - :class:`FolderDataset` — a folder of images + CSV;
 - :class:`SyntheticScenes` — procedural scenes of the embedded default.
 
-:func:`build_splits` builds the (train, val, test) splits of any of them by name.
+:func:`build_splits` builds the (train, val, test) splits of any of them by name;
+:func:`drop_labels` hides a seeded fraction of a training split's labels (partial labels).
 """
 from pyg_mlic.data._image_io import VerifyReport, load_image, verify_images
 from pyg_mlic.data.base import MultiLabelDataset, SubsetDataset, collate, holdout_split
@@ -16,6 +17,7 @@ from pyg_mlic.data.factory import DATASETS, build_splits
 from pyg_mlic.data.features import FeaturesDataset, load_features, save_features
 from pyg_mlic.data.folder import FolderDataset, read_label_csv
 from pyg_mlic.data.nuswide import NUSWIDEDataset, nuswide_labels
+from pyg_mlic.data.partial import drop_labels
 from pyg_mlic.data.synthetic import SCENES, SyntheticScenes
 from pyg_mlic.data.synthetic import CLASSES as SYNTHETIC_CLASSES
 from pyg_mlic.data.transforms import RandomCropResizeTransform, ResizeTransform, build_transforms
@@ -26,6 +28,7 @@ __all__ = [
     "coco_labels", "VOCDataset", "voc_labels", "VOC_CLASSES", "VOCAnnotation", "parse_voc_xml",
     "NUSWIDEDataset", "nuswide_labels", "FeaturesDataset", "load_features", "save_features",
     "FolderDataset", "read_label_csv", "SyntheticScenes", "SCENES", "SYNTHETIC_CLASSES", "build_splits", "DATASETS",
+    "drop_labels",
     "build_transforms", "ResizeTransform", "RandomCropResizeTransform", "load_image",
     "verify_images", "VerifyReport",
 ]

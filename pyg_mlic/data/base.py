@@ -148,7 +148,9 @@ def check_splits(train_set, val_set=None, test_set=None) -> None:
 class SubsetDataset(MultiLabelDataset):
     """A subset of a :class:`MultiLabelDataset` that keeps the protocol
     (``classes``, ``labels``, ``label_mask``, ``input_kind``); ``index`` in the
-    samples is the position in the subset."""
+    samples is the position in the subset, and their ``mask`` is this subset's
+    ``label_mask`` row (the base dataset's unless replaced, e.g. by
+    :func:`pyg_mlic.data.partial.drop_labels`)."""
 
     def __init__(self, dataset: MultiLabelDataset, indices: Sequence[int], split: str):
         idx = np.asarray(indices, dtype=np.int64)
@@ -161,6 +163,8 @@ class SubsetDataset(MultiLabelDataset):
     def __getitem__(self, i: int) -> Sample:
         s = dict(self.dataset[int(self.indices[i])])
         s["index"] = int(i)
+        if self.label_mask is not None:
+            s["mask"] = torch.from_numpy(self.label_mask[int(i)].copy())
         return s
 
 

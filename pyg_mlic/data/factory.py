@@ -4,7 +4,9 @@ This is what ``pyg-mlic train --dataset NAME`` calls. Validation: datasets with 
 validation split of their own use it (synthetic scenes); otherwise
 ``val_fraction > 0`` holds out a seeded fraction of the training split, and
 ``val_fraction = 0`` trains on all of it (then the engine must evaluate the last
-epoch: the test split is never used for selection).
+epoch: the test split is never used for selection). Partial labels
+(``drop_labels=``, ``pyg-mlic train --drop-labels F``) hide a seeded fraction of the
+training split's labels only (:mod:`pyg_mlic.data.partial`).
 
 Transforms (:func:`resolve_data_config`): the normalisation comes from the backbone the
 model uses (:func:`pyg_mlic.backbones.data_config`: TResNet takes :math:`[0, 1]` inputs,
@@ -225,7 +227,7 @@ def build_splits(name: str, *, root: Optional[str] = None, train_file: Optional[
                  num_images: Optional[int] = None, augment: bool = True,
                  model: Any = None, backbone: Optional[str] = None,
                  data_config: Optional[Mapping[str, Any]] = None,
-                 check: bool = True) -> Splits:
+                 check: bool = True, drop_labels: float = 0.0) -> Splits:
     """Return ``(train, val, test)`` for dataset ``name`` (one of :data:`DATASETS`).
 
     The transforms follow :func:`resolve_data_config` (the backbone's normalisation,
@@ -252,7 +254,15 @@ def build_splits(name: str, *, root: Optional[str] = None, train_file: Optional[
         check: refuse splits with different classes, input kinds or feature sizes
             (:func:`~pyg_mlic.data.base.check_splits`); ``False`` for a caller that reads
             one split only and checks it itself (``pyg-mlic eval``).
+        drop_labels (float): partial labels: hide this fraction ``0 <= f < 1`` of the
+            *training* split's known label entries, seeded by ``seed``
+            (:func:`pyg_mlic.data.partial.drop_labels`; the returned training split
+            records it in ``partial_labels``); validation and test labels are untouched.
+            (default: ``0``, none)
     """
+    from pyg_mlic.data.partial import check_drop_fraction
+
+    drop = check_drop_fraction(drop_labels, "drop_labels")
     cfg = None
     if name != "features":
         cfg = resolve_data_config(name, model=model, backbone=backbone, image_size=image_size,
@@ -269,7 +279,7 @@ def build_splits(name: str, *, root: Optional[str] = None, train_file: Optional[
         train = SyntheticScenes("train", num_images=num_images, transform=train_tf, **kw)
         val = SyntheticScenes("val", num_images=n_val, transform=test_tf, **kw)
         test = SyntheticScenes("test", num_images=n_test, transform=test_tf, **kw)
-        return _record(cfg, train, val, test)
+        return _record(cfg, _drop(train, drop, seed), val, test)
     if name == "coco":
         from pyg_mlic.data.coco import COCODataset
 
@@ -322,7 +332,17 @@ def build_splits(name: str, *, root: Optional[str] = None, train_file: Optional[
                                    val_transform=test_tf if cfg is not None else None)
     if check:  # classes, input kind, feature size: caught at load
         check_splits(train, val, test)
-    return _record(cfg, train, val, test)
+    return _record(cfg, _drop(train, drop, seed), val, test)
+
+
+def _drop(train: MultiLabelDataset, fraction: float, seed: int) -> MultiLabelDataset:
+    """The training split with ``fraction`` of its known labels hidden (after the
+    validation hold-out, so validation labels are never touched)."""
+    if fraction == 0.0:
+        return train
+    from pyg_mlic.data.partial import drop_labels
+
+    return drop_labels(train, fraction, seed=seed)
 
 
 def _record(cfg: Optional[Dict[str, Any]], *splits) -> Splits:

@@ -35,7 +35,7 @@ from pyg_mlic.utils.io import atomic_np_savez
 PathLike = Union[str, os.PathLike]
 ArrayLike = Union[np.ndarray, torch.Tensor, Sequence]
 
-__all__ = ["FeaturesDataset", "save_features", "load_features"]
+__all__ = ["FeaturesDataset", "save_features", "load_features", "training_features"]
 
 _REQUIRED = ("features", "labels", "classes")
 _OPTIONAL = ("mask", "split", "image")
@@ -265,3 +265,26 @@ class FeaturesDataset(MultiLabelDataset):
         return (f"FeaturesDataset(split={self.split!r}, num_samples={len(self)}, "
                 f"feature_dim={self.feature_dim}, num_classes={self.num_classes}, "
                 f"path={str(self.path)!r})")
+
+
+def training_features(dataset) -> np.ndarray:
+    """The feature matrix ``[N, D]`` (float32) of a features dataset, in its order: a
+    :class:`FeaturesDataset`, a :class:`~pyg_mlic.data.base.SubsetDataset` of one (e.g. the
+    training part of :func:`~pyg_mlic.data.base.holdout_split`), or any dataset whose
+    samples carry ``"features"`` (read sample by sample).
+
+    Raises:
+        DatasetError: the dataset is not of ``input_kind="features"`` or is empty.
+    """
+    if getattr(dataset, "input_kind", None) != "features":
+        raise DatasetError(f"training_features: {type(dataset).__name__} is not a features "
+                           f"dataset (input_kind={getattr(dataset, 'input_kind', None)!r})")
+    if len(dataset) == 0:
+        raise DatasetError("training_features: empty dataset")
+    if isinstance(getattr(dataset, "features", None), np.ndarray):
+        return dataset.features
+    base, idx = getattr(dataset, "dataset", None), getattr(dataset, "indices", None)
+    if base is not None and idx is not None and getattr(base, "input_kind", None) == "features":
+        return training_features(base)[np.asarray(idx)]
+    return np.stack([np.asarray(dataset[i]["features"], dtype=np.float32)
+                     for i in range(len(dataset))])

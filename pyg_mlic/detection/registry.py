@@ -92,8 +92,9 @@ def model_region_options(model: Any, backend: str = "auto",
     restricted to the options ``backend`` takes, under the given ``options`` (which win).
 
     Args:
-        model: a model class, a built model or a registered model name (``None``: no
-            recipe).
+        model: a model class or a built model (``None``: no recipe); a registered name
+            is resolved by the caller (:func:`pyg_mlic.models.get_model_class`), since the
+            detection layer does not import the models.
         backend (str): the backend name (``"auto"`` is resolved silently).
         options (dict): the user's backend arguments (e.g. ``--region-opt``).
     """
@@ -101,9 +102,10 @@ def model_region_options(model: Any, backend: str = "auto",
     if model is None:
         return opts
     if isinstance(model, str):
-        from pyg_mlic.models import get_model_class
-
-        model = get_model_class(model)
+        # the detection layer sits below the models (models read regions): it takes the
+        # model's class, resolved by the caller, not a registry name
+        raise TypeError(f"model_region_options: pass the model class or a built model, not "
+                        f"the name {model!r} (e.g. pyg_mlic.models.get_model_class({model!r}))")
     recipe = dict(getattr(model, "default_region_options", None) or {})
     if not recipe:
         return opts
@@ -149,7 +151,7 @@ def build_region_extractor(backend: str = "auto", verbose: bool = True, *,
             choice is logged and, with ``verbose``, printed), ``"torchvision"``,
             ``"detectron2"``, ``"precomputed"``, ``"groundtruth"`` or a registered name.
         verbose (bool): print the choice ``"auto"`` made. (default: :obj:`True`)
-        model: the model the regions are for (class, instance or registered name): its
+        model: the model the regions are for (class or instance, not a name): its
             region recipe fills the arguments not given (see
             :func:`model_region_options`; GM-MLIC: ``mode="detections"``). (default:
             :obj:`None`, the backend's own defaults)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 
@@ -88,6 +88,80 @@ def load_checkpoint(path: PathLike, *, expect_model: Optional[str] = None,
         raise CheckpointError(f"{path}: class list differs: " + class_mismatch_message(
             "checkpoint", ckpt["classes"], "expected", list(expect_classes)))
     return ckpt
+
+
+#: keys :func:`update_checkpoint` refuses to change (what makes the file a model)
+_CORE_KEYS = ("format", "library_version", "model_name", "classes", "build_kwargs", "state_dict")
+
+
+def update_checkpoint(path: PathLike, entries: Dict[str, Any]) -> None:
+    """Add (or replace) ``entries`` in the checkpoint at ``path``, atomically.
+
+    The file is loaded and validated as by :func:`load_checkpoint`, the entries are
+    merged in (converted as in :func:`save_checkpoint`) and the whole checkpoint is
+    written to a temporary file and moved into place: a crash leaves the old file.
+    Used for what is known only after training, e.g. the calibrated ``thresholds``.
+
+    Raises:
+        ValueError: an entry would replace the model itself (``state_dict``,
+            ``model_name``, ``classes``, ``build_kwargs``, ``format``, ``library_version``).
+        FileNotFoundError, CheckpointError: as :func:`load_checkpoint`.
+    """
+    core = sorted(set(entries) & set(_CORE_KEYS))
+    if core:
+        raise ValueError(f"update_checkpoint: {core} define the model and cannot be replaced; "
+                         f"write a new checkpoint with save_checkpoint instead")
+    ckpt = load_checkpoint(path)
+    ckpt.update(_plain(dict(entries)))
+    atomic_torch_save(ckpt, path)
+
+
+#: the ``--threshold`` words of ``pyg-mlic eval`` / ``predict`` that read the checkpoint
+THRESHOLD_KINDS = ("calibrated", "calibrated-global")
+
+
+def checkpoint_thresholds(ckpt: Dict[str, Any], kind: str = "calibrated",
+                          path: Optional[PathLike] = None) -> Union[float, List[float]]:
+    """The calibrated thresholds stored in a loaded checkpoint (see
+    :meth:`pyg_mlic.engine.Trainer.final_evaluation`).
+
+    Args:
+        ckpt: a checkpoint dict from :func:`load_checkpoint`.
+        kind: ``"calibrated"`` (one probability threshold per class, a list) or
+            ``"calibrated-global"`` (the one global threshold, a float).
+        path: the file, for the error message.
+
+    Raises:
+        CheckpointError: the checkpoint holds no thresholds (trained without a validation
+            split, or before calibration existed), or malformed ones.
+    """
+    where = path if path is not None else "checkpoint"
+    if kind not in THRESHOLD_KINDS:
+        raise ValueError(f"checkpoint_thresholds: kind must be one of {THRESHOLD_KINDS}, "
+                         f"got {kind!r}")
+    t = ckpt.get("thresholds")
+    if not isinstance(t, dict):
+        if (ckpt.get("train_config") or {}).get("select") == "best_val" and \
+                "best_val_map" in ckpt:
+            raise CheckpointError(
+                f"{where}: no calibrated thresholds stored here: this run chose its weights "
+                f"on the validation split (select='best_val'), and the thresholds are stored "
+                f"with those weights, in best.pt next to this file; use that checkpoint, or "
+                f"--threshold 0.5 or a number")
+        raise CheckpointError(
+            f"{where}: no calibrated thresholds stored (they are chosen on the validation split "
+            f"after training; this run had no validation split, or the weights are not the "
+            f"ones the final evaluation used); use --threshold 0.5 or a number, or retrain "
+            f"with a validation split (e.g. --val-fraction 0.1)")
+    c = len(ckpt["classes"])
+    per_class, glob = t.get("per_class"), t.get("global")
+    ok = (isinstance(per_class, (list, tuple)) and len(per_class) == c
+          and isinstance(glob, (int, float))
+          and all(isinstance(v, (int, float)) and 0.0 <= v <= 1.0 for v in [*per_class, glob]))
+    if not ok:
+        raise CheckpointError(f"{where}: malformed 'thresholds' entry (need 'per_class': {c} "
+                              f"probabilities and 'global': one)")
+    return [float(v) for v in per_class] if kind == "calibrated" else float(glob)
 
 
 def model_from_checkpoint(path_or_ckpt, **expect):

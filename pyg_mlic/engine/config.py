@@ -26,9 +26,33 @@ class TrainConfig:
             (ignored when ``lr_milestones`` is given).
         lr_milestones: epochs at which the learning rates are multiplied by ``lr_gamma``.
         lr_gamma: decay factor.
-        grad_clip: max gradient norm (``None`` = no clipping).
+        grad_clip: clip the gradient to this global L2 norm before each step
+            (:func:`torch.nn.utils.clip_grad_norm_`; with ``amp="fp16"`` the unscaled
+            gradient is clipped). ``None`` = no clipping.
+        schedule: learning-rate schedule (see :mod:`pyg_mlic.engine.schedules`):
+            ``"step"`` (default: ``lr_step`` / ``lr_milestones`` / ``lr_gamma``, per epoch),
+            ``"cosine"`` (linear warm-up, then cosine to 0, per batch) or ``"onecycle"``
+            (:class:`~torch.optim.lr_scheduler.OneCycleLR` with ASL's settings: ``max_lr``
+            = the group learning rates, ``pct_start=0.2``, per batch).
+        warmup_epochs: linear warm-up length in epochs (may be fractional; counted in
+            batches) for ``"step"`` and ``"cosine"``; must be 0 for ``"onecycle"`` (it has
+            its own warm-up) and below ``epochs``.
+        amp: mixed precision (see :mod:`pyg_mlic.engine.amp`): ``None`` (fp32),
+            ``"bf16"`` (autocast to bfloat16; CUDA with bf16 support, or CPU) or
+            ``"fp16"`` (autocast to float16 with a :class:`torch.amp.GradScaler`; CUDA, or
+            CPU for testing). The loss and every metric are computed in fp32; a step the
+            scaler skips for an fp16 overflow is not a divergence (the run stops when the
+            loss is not finite, or after more than
+            :data:`~pyg_mlic.engine.amp.MAX_CONSECUTIVE_SKIPS` consecutive skips).
+        ema: decay (in (0, 1)) of an exponential moving average of the weights
+            updated after every optimiser step (:class:`~pyg_mlic.engine.ema.ModelEma`;
+            ASL uses 0.9997), ``None`` = none. Each validation evaluates the raw and the
+            EMA weights (``val_mAP`` and ``val_mAP_ema`` in the history); ``"best_val"``
+            chooses the best of both over all epochs, ``"last"`` evaluates the final EMA
+            weights; ``metrics.json`` records which (``selection.weights``).
         select: which weights the final (test) evaluation uses: ``"last"`` (the last
-            epoch) or ``"best_val"`` (the epoch with the best *validation* mAP; needs a
+            epoch; its EMA weights when ``ema`` is set) or ``"best_val"`` (the epoch — and,
+            with ``ema``, the raw or EMA weights — with the best *validation* mAP; needs a
             validation split). The test split is never used for selection.
         num_workers: DataLoader workers.
         seed: seed of every random generator the engine uses.
@@ -72,6 +96,10 @@ class TrainConfig:
     progress: bool = True
     find_unused_parameters: Optional[bool] = None
     sync_bn: bool = False
+    schedule: str = "step"
+    warmup_epochs: float = 0
+    amp: Optional[str] = None
+    ema: Optional[float] = None
     extra: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -85,6 +113,28 @@ class TrainConfig:
             raise ValueError(f"optimizer must be 'sgd', 'adam' or 'adamw', got {self.optimizer!r}")
         if self.select not in ("last", "best_val"):
             raise ValueError(f"select must be 'last' or 'best_val', got {self.select!r}")
+        from pyg_mlic.engine.amp import AMP_DTYPES
+        from pyg_mlic.engine.ema import check_ema_decay
+        from pyg_mlic.engine.schedules import SCHEDULES
+
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(map(repr, SCHEDULES))}, got "
+                             f"{self.schedule!r}")
+        w = self.warmup_epochs
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < self.epochs:
+            raise ValueError(f"warmup_epochs must be a number in [0, epochs={self.epochs}), "
+                             f"got {w!r}")
+        if self.schedule == "onecycle" and w:
+            raise ValueError("schedule='onecycle' has its own warm-up (the first 20% of the "
+                             f"steps, pct_start=0.2): leave warmup_epochs at 0, got {w!r}")
+        if self.amp is not None and self.amp not in AMP_DTYPES:
+            raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {self.amp!r}")
+        if self.ema is not None:
+            check_ema_decay(self.ema)
+        if self.grad_clip is not None and (isinstance(self.grad_clip, bool) or
+                                           not self.grad_clip > 0):
+            raise ValueError(f"grad_clip must be a positive gradient norm or None, got "
+                             f"{self.grad_clip!r}")
 
     @classmethod
     def fields(cls) -> List[str]:

@@ -21,6 +21,11 @@ What it does, in order:
 3. builds the model context from the *training* split (:func:`model_context`: classes,
    training labels for the label graph, feature size, label embeddings);
 4. merges the model's paper defaults (``default_train_config``) under ``train_options``;
+   on precomputed features (``input_kind="features"``) the features recipe
+   (:data:`pyg_mlic.engine.recipes.FEATURES`: AdamW, dropout, enough steps, weights of the
+   best validation epoch; without a validation split the epoch is chosen on a seeded 15 %
+   of the training split held out, then the model is retrained on all of it) replaces them, and the encoder's input standardisation is set from
+   the training split (:func:`~pyg_mlic.engine.context.fit_input_statistics`);
 5. dispatches the recipe: the plain engine (:class:`Trainer`), or IML-GCN's two-stage
    recipe (:func:`pyg_mlic.engine.two_stage.run_two_stage`) for models marked
    ``two_stage`` or ``label_embeddings="image-features"``;
@@ -30,12 +35,13 @@ What it does, in order:
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, Dict, Mapping, Optional, Union
 
 from pyg_mlic.data.base import check_splits
 from pyg_mlic.engine.config import TrainConfig
-from pyg_mlic.engine.context import CONTEXT_KEYS, model_context
+from pyg_mlic.engine.context import CONTEXT_KEYS, fit_input_statistics, model_context
 from pyg_mlic.errors import OptionError, check_options
 
 __all__ = ["fit", "check_fit_options", "TWO_STAGE_KEYS", "uses_two_stage"]
@@ -65,13 +71,15 @@ def _train_config(model_cls, train_options: Union[None, TrainConfig, Mapping[str
 
 def check_fit_options(model: str, model_options: Optional[Mapping[str, Any]] = None,
                       train_options: Union[None, TrainConfig, Mapping[str, Any]] = None,
-                      label_embeddings: Any = None) -> TrainConfig:
+                      label_embeddings: Any = None, label_graph: Any = None) -> TrainConfig:
     """Check, without touching any data, what :func:`fit` would check first: the model
-    name, every model / recipe option and every training option. Returns the resolved
+    name, every model / recipe option and every training option, and that the model takes
+    a label graph when ``label_graph`` is given. Returns the resolved
     :class:`TrainConfig` (the model's paper defaults under ``train_options``).
 
     Raises:
-        OptionError: an unknown option, naming it, a close match and the valid ones.
+        OptionError: an unknown option, naming it, a close match and the valid ones; a
+            ``label_graph`` for a model without one (baseline, asl, a_gcn).
         ValueError: an unknown model name or an invalid training value.
     """
     from pyg_mlic.models import get_model_class
@@ -82,14 +90,52 @@ def check_fit_options(model: str, model_options: Optional[Mapping[str, Any]] = N
     if uses_two_stage(model, label_embeddings):
         valid |= set(TWO_STAGE_KEYS)
     check_options(model, [k for k in dict(model_options or {}) if k not in CONTEXT_KEYS], valid)
+    if label_graph is not None and "label_graph" not in valid:
+        from pyg_mlic.models import list_models
+
+        takers = [m for m in list_models() if "label_graph" in model_option_names(m)]
+        hint = (" (its label embeddings can come from the file: label_embeddings='npz:FILE',"
+                " --label-embeddings npz:FILE)" if "label_embeddings" in valid else "")
+        raise OptionError(f"{model} takes no label graph (label_graph= / --label-graph); "
+                          f"the models with one: {', '.join(takers)}{hint}")
     return _train_config(model_cls, train_options, model)
+
+
+def _fit_label_graph(label_graph: Any, train_set, options: Mapping[str, Any]):
+    """``fit``'s ``label_graph``: a :class:`~pyg_mlic.graphs.LabelGraph` (a file is loaded
+    with :meth:`~pyg_mlic.graphs.LabelGraph.load`) whose classes are the training split's,
+    and which no ``tau`` / ``p`` / ``scheme`` / ``convention`` option contradicts."""
+    from pyg_mlic.errors import check_same_classes
+    from pyg_mlic.graphs import LabelGraph
+
+    if "label_graph" in options:
+        raise OptionError("fit: a label graph is given twice (label_graph= and "
+                          "model_options['label_graph'])")
+    if isinstance(label_graph, (str, os.PathLike)):
+        graph = LabelGraph.load(label_graph)
+    elif isinstance(label_graph, LabelGraph):
+        graph = label_graph
+    else:
+        raise TypeError(f"fit: label_graph must be a label-graph .npz (pyg-mlic graph --out, "
+                        f"LabelGraph.save) or a LabelGraph, got {type(label_graph).__name__}")
+    where = (getattr(graph, "file_info", None) or {}).get("path") or "given"
+    check_same_classes(f"label graph {where}", graph.classes, "training split",
+                       train_set.classes)
+    clash = {k: options[k] for k in ("tau", "p", "scheme", "convention")
+             if k in options and options[k] != getattr(graph, k)}
+    if clash:
+        raise OptionError(f"fit: {', '.join(f'{k}={v!r}' for k, v in clash.items())} "
+                          f"contradicts the label graph {where} (built with "
+                          f"{', '.join(f'{k}={getattr(graph, k)!r}' for k in clash)}): rebuild "
+                          f"it with those settings (pyg-mlic graph) or drop the option")
+    return graph
 
 
 def fit(model: Any, train_set, val_set=None, test_set=None, *,
         model_options: Optional[Mapping[str, Any]] = None,
         train_options: Union[None, TrainConfig, Mapping[str, Any]] = None,
         out_dir: Optional[Union[str, os.PathLike]] = None,
-        label_embeddings: Any = None, resume: bool = False,
+        label_embeddings: Any = None, label_graph: Any = None, resume: bool = False,
         run_info: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """Train ``model`` on ``train_set`` and evaluate it; the library's one training path.
 
@@ -114,6 +160,15 @@ def fit(model: Any, train_set, val_set=None, test_set=None, *,
             class name has one, else one-hot with a warning
             (:func:`~pyg_mlic.embeddings.default_label_embeddings`; recorded in
             ``metrics.json`` as ``label_embeddings`` / ``label_embeddings_default``).
+            With a ``label_graph`` that holds embeddings, ``None`` means the file's.
+        label_graph: a label-graph ``.npz`` (``pyg-mlic graph --out``,
+            :meth:`~pyg_mlic.graphs.LabelGraph.save`) or a
+            :class:`~pyg_mlic.graphs.LabelGraph`, for the models that take one (ml_gcn,
+            ia_gcn, iml_gcn, gm_mlic): its statistics and operator replace those counted
+            from ``train_set``'s labels. Its classes must be the training split's (same
+            order). Recorded in ``metrics.json`` as ``settings.label_graph`` (path,
+            ``sha256`` of the file, content hash, split, settings). IML-GCN's two-stage
+            recipe keeps its image-feature embeddings unless told otherwise.
         resume (bool): continue the stopped run in ``out_dir``.
         run_info (dict): extra settings recorded in ``metrics.json`` and the checkpoint.
 
@@ -135,12 +190,21 @@ def fit(model: Any, train_set, val_set=None, test_set=None, *,
     check_splits(train_set, val_set, test_set)
     options = dict(model_options or {})
     info: Dict[str, Any] = dict(run_info or {})
+    # partial labels (pyg_mlic.data.partial.drop_labels): what was hidden, with its seed
+    info.setdefault("partial_labels", getattr(train_set, "partial_labels", None))
     if isinstance(model, MultiLabelModel):
         if options:
             raise OptionError("fit: model_options are for a model given by name; this model "
                               f"is built already (got {sorted(options)})")
-        tcfg = _train_config(type(model), train_options, model.model_name)
+        if label_graph is not None:
+            raise OptionError("fit: label_graph is for a model given by name; build this "
+                              "model with label_graph= instead")
+        tcfg, train_set, val_set, _ = _features_recipe(type(model), train_set, val_set,
+                                                       train_options, model.model_name, info)
         seed_everything(tcfg.seed)
+        # a resumed run reads its statistics from the checkpoint
+        info["input_standardization"] = fit_input_statistics(model, train_set,
+                                                             apply=not resume)
         trainer = Trainer(model, train_set, val_set, test_set, tcfg, out_dir=out_dir,
                           run_info=info)
         metrics = trainer.fit(resume=resume)
@@ -149,11 +213,42 @@ def fit(model: Any, train_set, val_set=None, test_set=None, *,
     if not isinstance(model, str):
         raise TypeError(f"fit: model must be a registered name or a MultiLabelModel, got "
                         f"{type(model).__name__}")
-    tcfg = check_fit_options(model, options, train_options, label_embeddings)
+    tcfg = check_fit_options(model, options, train_options, label_embeddings, label_graph)
     from pyg_mlic.models.registry import model_option_names
 
     two_stage = uses_two_stage(model, label_embeddings)
     recipe = {k: options.pop(k) for k in TWO_STAGE_KEYS if k in options} if two_stage else {}
+    if not two_stage:  # precomputed features: the features recipe, not the paper's images one
+        from pyg_mlic.models import get_model_class
+
+        tcfg, train_set, val_set, refit_set = _features_recipe(
+            get_model_class(model), train_set, val_set, train_options, model, info)
+        if getattr(train_set, "input_kind", None) == "features":
+            from pyg_mlic.engine.recipes import FEATURES_MODEL
+
+            takes = set(model_option_names(model))
+            added = {k: v for k, v in FEATURES_MODEL.items() if k in takes and k not in options}
+            # the run records the user's model options; the recipe's additions apart
+            info.setdefault("model_options", {k: v for k, v in options.items()
+                                              if not isinstance(v, torch.Tensor)})
+            options.update(added)
+            info["features_model_options"] = added
+    else:
+        refit_set = None
+    graph = None if label_graph is None else _fit_label_graph(label_graph, train_set, options)
+    if graph is not None:
+        info["label_graph"] = graph.describe()
+        if label_embeddings is None and graph.x is not None:
+            if two_stage:
+                import warnings
+
+                warnings.warn(f"{model}: the label embeddings are built from stage-1 image "
+                              f"features (its recipe); the label graph's own embeddings are "
+                              f"not used (label_embeddings='npz:FILE' uses them)", UserWarning,
+                              stacklevel=2)
+            else:
+                label_embeddings = graph.x
+                info["label_embeddings"] = f"label graph ({info['label_graph']['embeddings']})"
     seed = tcfg.seed
     emb_is_spec = isinstance(label_embeddings, str)
     info.setdefault("label_embeddings", label_embeddings if emb_is_spec or label_embeddings
@@ -187,7 +282,8 @@ def fit(model: Any, train_set, val_set=None, test_set=None, *,
                                   if isinstance(train_options, TrainConfig)
                                   else dict(train_overrides=dict(train_options or {})))
         return run_two_stage(train_set, val_set, test_set, out_dir=out_dir, model=model,
-                             model_options={**model_context(train_set), **options},
+                             model_options={**model_context(train_set), **options,
+                                            **({} if graph is None else {"label_graph": graph})},
                              label_embeddings=embeddings, resume=resume, run_info=info,
                              seed=seed, **stages, **recipe)
     if label_embeddings is None and "label_embeddings" in model_option_names(model):
@@ -205,14 +301,74 @@ def fit(model: Any, train_set, val_set=None, test_set=None, *,
             warnings.warn(f"{model}: no label embeddings given and {why}: using one-hot "
                           f"vectors (pass label_embeddings= / --label-embeddings to choose)",
                           UserWarning, stacklevel=2)
-    seed_everything(seed)  # the model's initialisation is part of the seeded run
     spec = label_embeddings if emb_is_spec else None
-    ctx = model_context(train_set, label_embeddings=spec)
-    if label_embeddings is not None and not emb_is_spec:
-        ctx["label_embeddings"] = label_embeddings
-    net = build_model(model, **{**ctx, **options})
+
+    def _build(split, statistics: bool = True):
+        seed_everything(seed)  # the model's initialisation is part of the seeded run
+        ctx = model_context(split, label_embeddings=spec)
+        if label_embeddings is not None and not emb_is_spec:
+            ctx["label_embeddings"] = label_embeddings
+        if graph is not None:
+            ctx["label_graph"] = graph
+        built = build_model(model, **{**ctx, **options})
+        # a resumed run reads its statistics from the checkpoint
+        info["input_standardization"] = fit_input_statistics(built, split, apply=statistics)
+        return built
+
+    if refit_set is not None:
+        # features recipe without a validation split: choose the epoch on the held-out
+        # rows (in memory, nothing written), then retrain on every training row for that
+        # many epochs (the last epoch's weights)
+        sel = Trainer(_build(train_set), train_set, val_set, val_set, tcfg, out_dir=None,
+                      run_info=dict(info))
+        chosen = sel.fit()["selection"]
+        epochs = max(1, int(chosen["epoch"]) + 1)
+        info["features_recipe"]["refit"] = {
+            "epochs": epochs, "held_out_best_mAP": chosen["best_val_mAP"],
+            "held_out_history": [{k: v for k, v in r.items() if k in ("epoch", "val_mAP")}
+                                 for r in sel.history]}
+        tcfg = dataclasses.replace(tcfg, epochs=epochs, select="last")
+        train_set, val_set = refit_set, None
+    net = _build(train_set, statistics=not resume)
     trainer = Trainer(net, train_set, val_set, test_set, tcfg, out_dir=out_dir, run_info=info)
     metrics = trainer.fit(resume=resume)
     metrics["history"] = list(trainer.history)
     return metrics
+
+
+def _features_recipe(model_cls, train_set, val_set,
+                     train_options: Union[None, TrainConfig, Mapping[str, Any]], owner: str,
+                     info: Dict[str, Any]):
+    """``(TrainConfig, train_set, val_set, refit_set)`` of a run on precomputed features:
+    the features recipe (:data:`pyg_mlic.engine.recipes.FEATURES`) key by key under the
+    user's ``train_options``, in place of the model's paper (image) defaults; without a
+    validation split and with ``select="best_val"``, a seeded
+    :data:`~pyg_mlic.engine.recipes.FEATURES_VAL_FRACTION` of the training split is held
+    out to choose the epoch, and ``refit_set`` (the whole training split, else ``None``)
+    is what the model is then retrained on for that many epochs. A complete
+    :class:`TrainConfig` is used as is, and so are image datasets. What was applied is
+    recorded in ``info["features_recipe"]``."""
+    if getattr(train_set, "input_kind", None) != "features" or \
+            isinstance(train_options, TrainConfig):
+        return _train_config(model_cls, train_options, owner), train_set, val_set, None
+    from pyg_mlic.data.base import holdout_split
+    from pyg_mlic.engine.recipes import FEATURES_VAL_FRACTION, features_train_options
+
+    user = {k: v for k, v in dict(train_options or {}).items() if v is not None}
+    check_options(f"{owner} training", user, TrainConfig.fields(), kind="training option")
+    resolved = features_train_options(len(train_set), user)
+    applied = {k: v for k, v in resolved.items() if k not in user}
+    tcfg = TrainConfig(**resolved)
+    held_out, full = None, train_set
+    if val_set is None and tcfg.select == "best_val":
+        n_val = int(round(len(train_set) * FEATURES_VAL_FRACTION))
+        if n_val >= 1 and len(train_set) - n_val >= 1:
+            train_set, val_set = holdout_split(train_set, FEATURES_VAL_FRACTION, seed=tcfg.seed)
+            held_out = {"fraction": FEATURES_VAL_FRACTION, "seed": tcfg.seed,
+                        "num_val": len(val_set), "num_train": len(train_set)}
+        elif "select" not in user:  # too few rows to hold any out: the last epoch
+            tcfg = TrainConfig(**{**resolved, "select": "last"})
+            applied["select"] = "last"
+    info["features_recipe"] = {"applied": applied, "val_holdout": held_out}
+    return tcfg, train_set, val_set, full if held_out is not None else None
 

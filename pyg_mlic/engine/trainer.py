@@ -4,7 +4,10 @@ One :class:`Trainer` trains any :class:`~pyg_mlic.models.MultiLabelModel` on any
 dataset of the :mod:`pyg_mlic.data` protocol:
 
 - optimiser groups: backbone parameters at ``backbone_lr``, the rest at ``lr``;
-- step (``lr_step``) or milestone (``lr_milestones``) schedule;
+- step (``lr_step``) or milestone (``lr_milestones``) schedule, or cosine / one-cycle
+  with warm-up (:mod:`pyg_mlic.engine.schedules`); gradient clipping (``grad_clip``);
+- mixed precision (``amp``, :mod:`pyg_mlic.engine.amp`) and an EMA of the weights
+  (``ema``, :mod:`pyg_mlic.engine.ema`; validation scores both, ``select`` picks);
 - evaluation on the validation split every ``eval_every`` epochs;
 - the final evaluation on the test split uses the weights chosen by ``select``
   (``"last"`` or ``"best_val"``) — never the test split itself;
@@ -56,7 +59,7 @@ def seed_everything(seed: int) -> None:
 #: continued run differ from an uninterrupted one); epochs, device, workers, progress may.
 _RESUME_MUST_MATCH = ("batch_size", "optimizer", "lr", "backbone_lr", "momentum", "weight_decay",
                       "lr_step", "lr_milestones", "lr_gamma", "grad_clip", "select", "seed",
-                      "eval_every", "extra")
+                      "eval_every", "extra", "schedule", "warmup_epochs", "amp", "ema")
 
 #: test hook: seconds to sleep after every training step (fault-injection tests kill a
 #: run in the middle of an epoch); unset in normal use
@@ -69,9 +72,15 @@ from pyg_mlic.utils.io import atomic_write_json as write_json  # noqa: E402
 
 @torch.no_grad()
 def predict(model, loader: DataLoader, device: Optional[torch.device] = None,
-            progress: bool = False, desc: str = "eval") -> Dict[str, torch.Tensor]:
+            progress: bool = False, desc: str = "eval",
+            amp: Optional[str] = None) -> Dict[str, torch.Tensor]:
     """Run ``model`` over ``loader``; returns fp32 ``logits``, ``target``, ``mask`` and
-    ``features`` (when the model exposes them), concatenated in dataset order."""
+    ``features`` (when the model exposes them), concatenated in dataset order.
+
+    ``amp`` (``"bf16"`` / ``"fp16"``): run the forward pass under autocast (only the
+    forward: the outputs are cast to fp32 before anything is computed on them)."""
+    from pyg_mlic.engine.amp import autocast
+
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -82,7 +91,8 @@ def predict(model, loader: DataLoader, device: Optional[torch.device] = None,
     try:
         for batch in it:
             batch = _to_device(batch, device)
-            out = model(batch)
+            with autocast(torch.device(device), amp):
+                out = model(batch)
             logits.append(out.logits.float().cpu())
             targets.append(batch["target"].cpu())
             masks.append(batch["mask"].cpu())
@@ -97,8 +107,10 @@ def predict(model, loader: DataLoader, device: Optional[torch.device] = None,
 
 
 def evaluate(model, dataset_or_loader, *, batch_size: int = 64, device=None,
-             progress: bool = False, num_workers: int = 0, **metric_kwargs) -> Dict[str, Any]:
-    """:func:`~pyg_mlic.metrics.multilabel_metrics` of ``model`` on a dataset or loader.
+             progress: bool = False, num_workers: int = 0, amp: Optional[str] = None,
+             **metric_kwargs) -> Dict[str, Any]:
+    """:func:`~pyg_mlic.metrics.multilabel_metrics` of ``model`` on a dataset or loader
+    (``amp``: the forward pass under autocast, see :func:`predict`; metrics on fp32 logits).
 
     Inside an initialised process group with more than one rank, pass a *dataset*:
     each rank predicts its shard and the metrics are computed on the gathered union
@@ -107,16 +119,17 @@ def evaluate(model, dataset_or_loader, *, batch_size: int = 64, device=None,
     from pyg_mlic.metrics import multilabel_metrics
 
     if isinstance(dataset_or_loader, DataLoader):
-        p = predict(model, dataset_or_loader, device=device, progress=progress)
+        p = predict(model, dataset_or_loader, device=device, progress=progress, amp=amp)
     else:
         p = predict_dataset(model, dataset_or_loader, batch_size=batch_size, device=device,
-                            progress=progress, num_workers=num_workers)
+                            progress=progress, num_workers=num_workers, amp=amp)
     return multilabel_metrics(p["logits"], p["target"], mask=p["mask"], scores_are="logits",
                               **metric_kwargs)
 
 
 def predict_dataset(model, dataset: Dataset, *, batch_size: int = 64, device=None,
-                    progress: bool = False, num_workers: int = 0) -> Dict[str, torch.Tensor]:
+                    progress: bool = False, num_workers: int = 0,
+                    amp: Optional[str] = None) -> Dict[str, torch.Tensor]:
     r""":func:`predict` over a whole dataset, split over the ranks of a process group.
 
     In one process this is ``predict(model, make_loader(dataset, ...))``. With
@@ -131,23 +144,36 @@ def predict_dataset(model, dataset: Dataset, *, batch_size: int = 64, device=Non
     if not info.enabled:
         return predict(model, make_loader(dataset, batch_size, train=False,
                                           num_workers=num_workers),
-                       device=device, progress=progress)
+                       device=device, progress=progress, amp=amp)
     loader = make_loader(dataset, max(1, batch_size // info.world_size), train=False,
                          num_workers=num_workers, world_size=info.world_size, rank=info.rank)
-    p = predict(model, loader, device=device, progress=progress and info.is_main)
+    p = predict(model, loader, device=device, progress=progress and info.is_main, amp=amp)
     return D.gather_predictions(p, list(loader.sampler), len(dataset))
 
 
 class _TrainStep(torch.nn.Module):
     """``batch -> (loss, parts)``: a model's forward and loss as one module (what DDP wraps,
-    so that only the loss is an output of the wrapped module)."""
+    so that only the loss is an output of the wrapped module). With ``amp`` the forward
+    runs under autocast and the loss in fp32, on the logits and auxiliary terms cast up
+    (see :mod:`pyg_mlic.engine.amp`)."""
 
-    def __init__(self, model) -> None:
+    def __init__(self, model, amp: Optional[str] = None, device_type: str = "cpu") -> None:
         super().__init__()
         self.model = model
+        self.amp, self.device_type = amp, device_type
 
     def forward(self, batch: Dict[str, Any]):
-        out = self.model(batch)
+        if self.amp is None:
+            out = self.model(batch)
+            return self.model.loss(out, batch)
+        import dataclasses
+
+        from pyg_mlic.engine.amp import autocast
+
+        with autocast(torch.device(self.device_type), self.amp):
+            out = self.model(batch)
+        out = dataclasses.replace(out, logits=out.logits.float(), aux_losses={
+            k: v.float() for k, v in out.aux_losses.items()})
         return self.model.loss(out, batch)
 
 
@@ -200,7 +226,12 @@ class Trainer:
                 self.device = torch.device("cuda", self.dist.local_rank)
 
     # ------------------------------------------------------------------ set-up
-    def _build_optim(self):
+    def _build_optim(self, steps_per_epoch: Optional[int] = None):
+        """The optimiser (backbone / head groups) and the learning-rate schedule
+        (:func:`~pyg_mlic.engine.schedules.build_scheduler`; ``steps_per_epoch`` is
+        needed by the per-batch schedules). Sets ``self.schedule_per_step``."""
+        from pyg_mlic.engine.schedules import build_scheduler
+
         c = self.config
         backbone, head = self.model.parameter_groups()
         groups = [{"params": head, "lr": c.lr, "name": "head"}]
@@ -213,27 +244,40 @@ class Trainer:
             opt = torch.optim.Adam(groups, lr=c.lr, weight_decay=c.weight_decay)
         else:
             opt = torch.optim.AdamW(groups, lr=c.lr, weight_decay=c.weight_decay)
-        if c.lr_milestones:
-            sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(c.lr_milestones), c.lr_gamma)
-        elif c.lr_step:
-            sched = torch.optim.lr_scheduler.StepLR(opt, c.lr_step, c.lr_gamma)
-        else:
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0)
+        sched, self.schedule_per_step = build_scheduler(opt, c, steps_per_epoch)
         return opt, sched
 
     def _ckpt_path(self, name: str) -> Optional[Path]:
         return self.out_dir / name if self.out_dir is not None else None
 
-    def _save(self, name: str, epoch: int) -> None:
+    def _save(self, name: str, epoch: int, weights: Optional[str] = None) -> None:
+        """Write checkpoint ``name``. Its ``state_dict`` holds the weights that are
+        evaluated / deployed from it (``weights``: ``"raw"`` or ``"ema"``; default: the
+        EMA weights when ``ema`` is on, as ``select="last"`` evaluates them); with an EMA
+        the trained weights, needed to continue training, are in ``raw_state_dict``."""
         path = self._ckpt_path(name)
         if path is None:
             return
+        ema = getattr(self, "ema", None)
+        weights = weights or ("ema" if ema is not None else "raw")
         if self.dist.is_main:
-            save_checkpoint(path, model=self.model, extra={
+            extra = {
                 "epoch": epoch, "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "history": self.history,
                 "best_val_map": self.best[0], "best_epoch": self.best[1],
-                "train_config": self.config.to_dict(), "run_info": self.run_info})
+                "train_config": self.config.to_dict(), "run_info": self.run_info,
+                "weights": weights, "best_weights": getattr(self, "best_weights", "raw")}
+            if ema is not None:  # each set of weights once: as state_dict or beside it
+                extra["ema"] = {"decay": ema.decay, "updates": ema.updates}
+                if weights == "ema":
+                    extra["raw_state_dict"] = self.model.state_dict()
+                else:
+                    extra["ema"]["module"] = ema.module.state_dict()
+            if getattr(self, "scaler", None) is not None:
+                extra["grad_scaler"] = {"state": self.scaler.state_dict(),
+                                        "consecutive_skips": self._amp_skips}
+            save_checkpoint(path, model=ema.module if weights == "ema" else self.model,
+                            extra=extra)
         from pyg_mlic.engine.distributed import barrier
 
         barrier()  # no rank reads a checkpoint before rank 0 has written it
@@ -244,8 +288,8 @@ class Trainer:
             raise FileNotFoundError(f"--resume: no checkpoint at {path}")
         ckpt = load_checkpoint(path, expect_model=self.model.model_name,
                                expect_classes=self.model.classes)
-        try:
-            self.model.load_state_dict(ckpt["state_dict"])
+        try:  # with an EMA, state_dict holds the average and raw_state_dict the trained weights
+            self.model.load_state_dict(ckpt.get("raw_state_dict", ckpt["state_dict"]))
         except RuntimeError as e:
             raise CheckpointError(f"{path}: weights do not fit this model: "
                                   f"{str(e)[:300]}") from None
@@ -253,20 +297,44 @@ class Trainer:
         now = self.config.to_dict()
         changed = {k: (saved[k], now[k]) for k in _RESUME_MUST_MATCH
                    if k in saved and k in now and saved[k] != now[k]}
+        if self.schedule_per_step and self.config.schedule != "step" and "epochs" in saved \
+                and saved["epochs"] != now["epochs"]:
+            # the cosine / one-cycle schedule spans the whole run: another length is
+            # another schedule from the first step on
+            changed["epochs"] = (saved["epochs"], now["epochs"])
         if changed:
             raise CheckpointError(
                 f"{path}: --resume with different training settings would not continue the "
                 f"same run: " + ", ".join(f"{k} was {a!r}, now {b!r}"
                                           for k, (a, b) in changed.items()) +
                 "; use the original settings (only epochs, device, workers and progress "
-                "may change) or a new --out folder")
+                "may change; epochs not with schedule 'cosine' / 'onecycle', which span the "
+                "run) or a new --out folder")
         if "optimizer" not in ckpt or "epoch" not in ckpt:
             raise CheckpointError(f"{path}: a model-only checkpoint (no optimizer state / "
                                   f"epoch) cannot be resumed")
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.ema is not None:
+            saved_ema = ckpt.get("ema")
+            if not isinstance(saved_ema, dict):
+                raise CheckpointError(f"{path}: no EMA state in the checkpoint; resume without "
+                                      f"ema or start a new --out folder")
+            module = saved_ema.get("module", ckpt["state_dict"] if ckpt.get("weights") == "ema"
+                                   else None)
+            if module is None:
+                raise CheckpointError(f"{path}: the checkpoint's EMA entry has no weights")
+            self.ema.load_state_dict({**saved_ema, "module": module})
+        if self.scaler is not None:
+            saved_scaler = ckpt.get("grad_scaler")
+            if not isinstance(saved_scaler, dict):
+                raise CheckpointError(f"{path}: no fp16 gradient-scaler state in the "
+                                      f"checkpoint; resume with the original amp setting")
+            self.scaler.load_state_dict(saved_scaler["state"])
+            self._amp_skips = int(saved_scaler.get("consecutive_skips", 0))
         self.history = list(ckpt.get("history", []))
         self.best = (float(ckpt.get("best_val_map", -math.inf)), int(ckpt.get("best_epoch", -1)))
+        self.best_weights = str(ckpt.get("best_weights", "raw"))
         self.start_epoch = int(ckpt["epoch"]) + 1
 
     # ------------------------------------------------------------------ loop
@@ -284,13 +352,25 @@ class Trainer:
             # on CUDA, D.DistributedBatchNorm on the CPU (gloo); without sync_bn each
             # rank's BatchNorm layers see the per-rank batch
             self.model = D.convert_sync_batchnorm(self.model, device=self.device)
-        self.optimizer, self.scheduler = self._build_optim()
+        from pyg_mlic.engine.amp import check_amp, grad_scaler
+        from pyg_mlic.engine.ema import ModelEma
+
+        check_amp(c.amp, self.device)
+        # built before the schedule: the per-batch schedules need the epoch's length
+        loader = make_loader(self.train_set, c.batch_size // ws, train=True, seed=c.seed,
+                             num_workers=c.num_workers, world_size=ws, rank=rank)
+        self.optimizer, self.scheduler = self._build_optim(len(loader))
+        self.scaler = grad_scaler(c.amp, self.device)  # fp16 only
+        self._amp_skips = 0  # consecutive steps the fp16 scaler skipped
+        # EMA of the unwrapped model's weights (after any sync-BN conversion: same names)
+        self.ema = ModelEma(self.model, c.ema) if c.ema is not None else None
+        self.best_weights = "raw"  # which weights hold the best validation mAP so far
         if resume:
             self._resume()
         # forward + loss in one module: under DDP only the loss leaves the wrapped module,
         # so outputs the loss does not use (ModelOutput.extras) are not taken for outputs
         # DDP must wait for gradients of
-        self.train_model = _TrainStep(self.model)
+        self.train_model = _TrainStep(self.model, c.amp, self.device.type)
         if ws > 1:
             # the label statistics, embeddings and initial weights are computed on every
             # rank from the same files and seed: make sure they agree before training
@@ -299,8 +379,6 @@ class Trainer:
                                                c.to_dict()))
             D.check_ranks_agree("the model (weights, buffers, label graph)", D.state_digest(
                 self.model.state_dict(), self.model.build_kwargs))
-        loader = make_loader(self.train_set, c.batch_size // ws, train=True, seed=c.seed,
-                             num_workers=c.num_workers, world_size=ws, rank=rank)
         if ws > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -312,7 +390,8 @@ class Trainer:
                 find_unused = D.all_reduce_sum({"n": float(len(unused))})["n"] > 0
             self.find_unused_parameters = bool(find_unused)
             self.train_model = DDP(
-                _TrainStep(self.model), device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                _TrainStep(self.model, c.amp, self.device.type),
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=bool(find_unused))
         t0 = time.time()
         for epoch in range(self.start_epoch, c.epochs):
@@ -327,22 +406,52 @@ class Trainer:
                 # forward only: after the last step of the epoch they differ between ranks,
                 # so evaluation and the checkpoint would use rank-specific statistics
                 D.broadcast_state(self.model, buffers_only=True)
-            self.scheduler.step()
+                if self.ema is not None:  # the EMA averaged each rank's own statistics
+                    D.broadcast_state(self.ema.module, buffers_only=True)
+            if not self.schedule_per_step:
+                self.scheduler.step()
             if self.val_set is not None and ((epoch + 1) % c.eval_every == 0
                                              or epoch + 1 == c.epochs):
+                # the forward under autocast (amp), the metrics on fp32 logits
                 vm = evaluate(self.model, self.val_set, batch_size=c.batch_size,
-                              device=self.device, num_workers=c.num_workers)
+                              device=self.device, num_workers=c.num_workers, amp=c.amp)
                 record["val_mAP"] = vm["mAP"]
                 record["val_CF1"], record["val_OF1"] = vm["CF1"], vm["OF1"]
-                if vm["mAP"] > self.best[0]:
-                    self.best = (vm["mAP"], epoch)
-                    if c.select == "best_val":
-                        self._save("best.pt", epoch)
+                candidates = [(vm["mAP"], "raw")]
+                if self.ema is not None:
+                    ve = evaluate(self.ema.module, self.val_set, batch_size=c.batch_size,
+                                  device=self.device, num_workers=c.num_workers, amp=c.amp)
+                    record["val_mAP_ema"] = ve["mAP"]
+                    record["val_CF1_ema"], record["val_OF1_ema"] = ve["CF1"], ve["OF1"]
+                    candidates.append((ve["mAP"], "ema"))
+                improved = None  # the best of raw and EMA over all epochs (raw wins ties)
+                for value, which in candidates:
+                    if value > self.best[0]:
+                        self.best, self.best_weights, improved = (value, epoch), which, which
+                if improved is not None and c.select == "best_val":
+                    self._save("best.pt", epoch, weights=improved)
+                    if self.out_dir is None:  # no folder: keep the chosen weights in memory
+                        chosen = self.ema.module if improved == "ema" else self.model
+                        self._best_state = {k: v.detach().clone() for k, v in
+                                            chosen.state_dict().items()}
             self.history.append(record)
             self._save("last.pt", epoch)
             if self.out_dir is not None and self.dist.is_main:
                 write_json(self.out_dir / "history.json", self.history)
         train_time = time.time() - t0
+        # which weights the final evaluation uses: best.pt's (raw or EMA, chosen on the
+        # validation split) for select="best_val"; the last epoch's EMA weights (when ema
+        # is on) for select="last" -- loaded into the model, as best.pt's are
+        best_kept = c.select == "best_val" and self.best[1] >= 0 and (
+            getattr(self, "_best_state", None) is not None
+            or (self._ckpt_path("best.pt") is not None and self._ckpt_path("best.pt").exists()))
+        if best_kept:
+            self.final_weights = self.best_weights
+        elif self.ema is not None:
+            self.ema.copy_to(self.model)
+            self.final_weights = "ema"
+        else:
+            self.final_weights = "raw"
         return self.final_evaluation(train_time)
 
     def _probe_unused_parameters(self, loader: DataLoader) -> List[str]:
@@ -382,8 +491,14 @@ class Trainer:
     def _train_epoch(self, loader: DataLoader, epoch: int) -> Dict[str, float]:
         from pyg_mlic.engine import distributed as D
 
+        import warnings
+
+        from pyg_mlic.engine.amp import MAX_CONSECUTIVE_SKIPS
+
         c = self.config
-        model = getattr(self, "train_model", None) or _TrainStep(self.model)
+        model = getattr(self, "train_model", None) or _TrainStep(self.model, c.amp,
+                                                                 self.device.type)
+        scaler, ema = getattr(self, "scaler", None), getattr(self, "ema", None)
         self.model.train()
         sums: Dict[str, float] = {}
         n = 0
@@ -405,7 +520,11 @@ class Trainer:
                         f"DDP said: {str(e)[:400]}") from e
                 raise
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # DDP averages the gradients over the ranks here
+            if scaler is not None:  # fp16: scaled loss; the guard and clipping see the
+                scaler.scale(loss).backward()  # true (unscaled) gradient below
+                scaler.unscale_(self.optimizer)
+            else:
+                loss.backward()  # DDP averages the gradients over the ranks here
             # the divergence guard: one host-device synchronisation per step, for the loss
             # and the gradient norm together; nothing is stepped with a bad gradient
             grads = [p.grad for p in self.model.parameters() if p.grad is not None]
@@ -415,12 +534,32 @@ class Trainer:
                 gnorm = (torch.linalg.vector_norm(torch.stack(
                     [torch.linalg.vector_norm(g.detach(), 2.0) for g in grads]), 2.0)
                     if grads else loss.new_zeros(()))
-            ok = bool(torch.isfinite(loss.detach()) & torch.isfinite(gnorm))
+            loss_ok, grad_ok = torch.stack([torch.isfinite(loss.detach()),
+                                            torch.isfinite(gnorm.detach()).to(loss.device)]
+                                           ).tolist()
             if self.dist.enabled:  # all ranks stop together instead of hanging in all-reduce
-                ok = D.all_reduce_sum({"bad": 0.0 if ok else 1.0})["bad"] == 0.0
-            if not ok:
+                bad = D.all_reduce_sum({"loss": float(not loss_ok), "grad": float(not grad_ok)})
+                loss_ok, grad_ok = bad["loss"] == 0.0, bad["grad"] == 0.0
+            if not loss_ok or (not grad_ok and scaler is None):
                 self._diverged(epoch, step, loss, gnorm, parts)
-            self.optimizer.step()
+            if scaler is not None:
+                # a non-finite fp16 gradient: the scaler skips the step and lowers the scale;
+                # only a long run of skips is a divergence (see pyg_mlic.engine.amp)
+                self._amp_skips = 0 if grad_ok else self._amp_skips + 1
+                if self._amp_skips > MAX_CONSECUTIVE_SKIPS:
+                    self._diverged(epoch, step, loss, gnorm, parts, detail=(
+                        f"{self._amp_skips} consecutive fp16 steps skipped by the gradient "
+                        f"scaler (scale now {scaler.get_scale():.3g})"))
+                scaler.step(self.optimizer)
+                scaler.update()
+            else:
+                self.optimizer.step()
+            if grad_ok and ema is not None:  # after every step taken
+                ema.update(self.model)
+            if getattr(self, "schedule_per_step", False):
+                with warnings.catch_warnings():  # a first step skipped by the fp16 scaler
+                    warnings.filterwarnings("ignore", message=r"Detected call of `lr_sched")
+                    self.scheduler.step()
             bs = len(batch["target"])
             n += bs
             for k, v in parts.items():  # tensors: summed on the device, read once an epoch
@@ -436,12 +575,15 @@ class Trainer:
             sums = tot
         return {f"train_{k}": v / max(n, 1) for k, v in sums.items()}
 
-    def _diverged(self, epoch: int, step: int, loss, gnorm, parts: Dict[str, float]) -> None:
+    def _diverged(self, epoch: int, step: int, loss, gnorm, parts: Dict[str, float],
+                  detail: str = "") -> None:
         """Stop a run whose loss or gradient is not finite, saying where and what to try;
         the last checkpoint written (end of the previous epoch) is left as it is."""
         from pyg_mlic.errors import DivergenceError
 
         what = "loss" if not bool(torch.isfinite(loss.detach())) else "gradient"
+        if detail:
+            what = f"{what} ({detail})"
         lrs = ", ".join(f"{g.get('name', i)} {g['lr']:.3g}"
                         for i, g in enumerate(self.optimizer.param_groups))
         last = self._ckpt_path("last.pt")
@@ -456,7 +598,25 @@ class Trainer:
             f"gradient clipping (TrainConfig grad_clip), or check the inputs")
 
     def final_evaluation(self, train_time: float = float("nan")) -> Dict[str, Any]:
-        """Evaluate the selected weights on the test split and write ``metrics.json``."""
+        """Evaluate the selected weights on the test split and write ``metrics.json``.
+
+        Besides the :func:`~pyg_mlic.metrics.multilabel_metrics` dict at threshold 0.5 (the
+        papers' protocol, top level), ``metrics.json`` holds
+
+        - ``long_tail``: :func:`~pyg_mlic.metrics.long_tail_map` of the test APs, classes
+          grouped by their *training*-split positive counts (terciles);
+        - ``calibrated``: thresholds chosen on the **validation** split with the evaluated
+          weights (:func:`~pyg_mlic.metrics.calibrate_thresholds`; per class to maximise
+          each class's F1, one global to maximise OF1), CP/CR/CF1/OP/OR/OF1 (and top-3) of
+          the test split at the per-class (``per_class``) and at the global (``global``)
+          thresholds. The thresholds are added to the checkpoint the evaluated weights
+          came from (``best.pt`` or ``last.pt``, key ``thresholds``), which
+          ``pyg-mlic eval/predict --threshold calibrated`` read. Without a validation split
+          nothing is calibrated (``calibrated.thresholds = null`` and a ``reason``); the
+          test split is never used.
+        """
+        from pyg_mlic.metrics import long_tail_map, multilabel_metrics
+
         c = self.config
         rule = c.select
         if rule == "best_val" and self._ckpt_path("best.pt") is not None \
@@ -464,14 +624,20 @@ class Trainer:
             ckpt = load_checkpoint(self._ckpt_path("best.pt"))
             self.model.load_state_dict(ckpt["state_dict"])
             chosen = int(ckpt["epoch"])
+        elif rule == "best_val" and getattr(self, "_best_state", None) is not None:
+            self.model.load_state_dict(self._best_state)
+            chosen = int(self.best[1])
         else:
             chosen = c.epochs - 1
         test = self.test_set if self.test_set is not None else self.val_set
         if test is None:
             raise ValueError("nothing to evaluate: give a test or validation split")
         t0 = time.time()
-        m = evaluate(self.model, test, batch_size=c.batch_size, device=self.device,
-                     progress=c.progress and self.dist.is_main, num_workers=c.num_workers)
+        test_pred = predict_dataset(self.model, test, batch_size=c.batch_size, device=self.device,
+                                    progress=c.progress and self.dist.is_main,
+                                    num_workers=c.num_workers)
+        m = multilabel_metrics(test_pred["logits"], test_pred["target"], mask=test_pred["mask"],
+                               scores_are="logits")
         m["eval_time_s"] = time.time() - t0
         m["train_time_s"] = train_time
         # no test split: the final number comes from the validation split; when that split
@@ -482,6 +648,7 @@ class Trainer:
         m["selection"] = {"rule": rule, "epoch": chosen,
                           "best_val_mAP": None if self.best[1] < 0 else self.best[0],
                           "evaluated_split": getattr(test, "split", "?")}
+        m["selection"]["weights"] = getattr(self, "final_weights", "raw")  # EMA or raw: fit
         m["protocol"] = {"threshold": 0.5, "topk": 3, "topk_rule":
                          "a top-3 label counts only if its probability is also > 0.5 "
                          "(ML-GCN's released evaluation, as the papers report)"}
@@ -498,6 +665,11 @@ class Trainer:
             __version__, "num_train": len(self.train_set),
             "num_test": len(test), "classes": list(self.model.classes),
             "world_size": self.dist.world_size, **self.run_info}
+        # mAP of head / medium / tail classes (terciles of the training-label counts), and
+        # thresholds calibrated on the validation split (never the test split), stored in
+        # the checkpoint the evaluated weights came from
+        m["long_tail"] = long_tail_map(m["AP"], _train_label_counts(self.train_set))
+        m["calibrated"] = _calibrate_on_validation(self, test, test_pred, chosen)
         if self.out_dir is not None and self.dist.is_main:
             write_json(self.out_dir / "metrics.json", m)
         return m
@@ -531,3 +703,69 @@ def _jsonable(d: Dict[str, Any]) -> Dict[str, Any]:
         else:
             out[k] = v
     return out
+
+
+def _train_label_counts(dataset: Dataset) -> np.ndarray:
+    """Unmasked positives per class of a (training) dataset, int64 ``[C]``."""
+    pos = np.asarray(dataset.labels) == 1
+    mask = getattr(dataset, "label_mask", None)
+    if mask is not None:
+        pos &= np.asarray(mask, dtype=bool)
+    return pos.sum(0).astype(np.int64)
+
+
+def _calibrate_on_validation(trainer: "Trainer", test: Dataset,
+                             test_pred: Dict[str, torch.Tensor], epoch: int) -> Dict[str, Any]:
+    """The ``calibrated`` block of ``metrics.json`` (see :meth:`Trainer.final_evaluation`).
+
+    Thresholds come from the model's current (evaluated) weights on ``trainer.val_set``
+    only; ``test_pred`` (the final evaluation's predictions) is reused when there is no test
+    split (then the evaluated split is the calibration split: ``selection_biased``).
+    """
+    import warnings
+
+    from pyg_mlic.engine.checkpoint import update_checkpoint
+    from pyg_mlic.engine.distributed import barrier
+    from pyg_mlic.metrics import UndefinedAPWarning, calibrate_thresholds, multilabel_metrics
+
+    val = trainer.val_set
+    if val is None:
+        return {"thresholds": None, "reason": "no validation split: thresholds are calibrated "
+                "on the validation split only, never on the test split"}
+    c = trainer.config
+    val_pred = test_pred if val is test else predict_dataset(
+        trainer.model, val, batch_size=c.batch_size, device=trainer.device,
+        num_workers=c.num_workers)
+    t = calibrate_thresholds(val_pred["logits"], val_pred["target"], mask=val_pred["mask"],
+                             scores_are="logits")
+    val_split = getattr(val, "split", "?")
+    block: Dict[str, Any] = {
+        "split": val_split, "evaluated_split": getattr(test, "split", "?"), "epoch": epoch,
+        "rule": "per class: the probability threshold maximising the class's F1 on the "
+                "validation split (classes without a positive there: the global one); "
+                "global: the one threshold maximising OF1 (predict label c when p > t)",
+        "thresholds": t,
+        # calibrated on the split it is evaluated on (no test split): optimistic numbers
+        "selection_biased": val is test}
+    drop = ("mAP", "AP", "num_classes_evaluated")  # threshold-free: as at the top level
+    with warnings.catch_warnings():  # classes without positives: said by the 0.5 evaluation
+        warnings.simplefilter("ignore", UndefinedAPWarning)
+        for key in ("per_class", "global"):
+            mm = multilabel_metrics(test_pred["logits"], test_pred["target"],
+                                    mask=test_pred["mask"], threshold=t[key],
+                                    scores_are="logits")
+            block[key] = {k: v for k, v in mm.items() if k not in drop}
+    # the checkpoint whose weights were evaluated (best.pt under select="best_val")
+    name = "best.pt" if c.select == "best_val" and trainer._ckpt_path("best.pt") is not None \
+        and trainer._ckpt_path("best.pt").exists() else "last.pt"
+    path = trainer._ckpt_path(name)
+    block["checkpoint"] = None
+    if path is not None and path.exists():
+        if trainer.dist.is_main:
+            update_checkpoint(path, {"thresholds": {
+                "per_class": t["per_class"], "global": t["global"], "split": val_split,
+                "epoch": epoch, "num_samples": t["num_samples"],
+                "fallback_classes": t["fallback_classes"], "rule": block["rule"]}})
+        block["checkpoint"] = name
+    barrier()  # no rank reads the checkpoint before rank 0 has rewritten it
+    return block

@@ -6,6 +6,12 @@ r"""The two-stage IML-GCN recipe (Singh et al., Sec. "Image feature embeddings")
     embed     mean GAP feature per label (+ PCA)          OUT/embeddings/ (cache, resumable)
     stage 2   iml_gcn, encoder initialised from stage 1   OUT/{last.pt, metrics.json}
 
+Partial labels (a training ``label_mask`` with unknown entries: VOC *difficult*,
+``--drop-labels``): both stages' losses ignore the unknown entries, stage 2's label graph
+counts only pairs of known entries (``train_label_mask``), and the embedding of a label
+averages the images *known* to hold it (Eq. 5 over known positives only, see
+:mod:`pyg_mlic.embeddings.image_features`).
+
 Progress is recorded in ``OUT/stages.json`` (written atomically after each stage), so a
 run stopped anywhere restarts at the right place with ``resume=True``: a finished stage 1
 is loaded from ``stage1/final.pt`` (not retrained), an unfinished one continues from its
@@ -103,7 +109,8 @@ def run_two_stage(train_set, val_set=None, test_set=None, *,
             stage 1 under ``stage1/``).
         model (str): the stage-2 model. (default: :obj:`"iml_gcn"`)
         model_options (dict): build options shared by both stages (``input_kind``,
-            ``in_features``, ``backbone``, ``backbone_weights``, ``train_labels`` ...;
+            ``in_features``, ``backbone``, ``backbone_weights``, ``train_labels``,
+            ``train_label_mask`` ...;
             e.g. :func:`pyg_mlic.engine.model_context`) plus the stage-2 model's own
             (``tau``, ``gcn_hidden``, ``asl_*`` ...). Both stages must build the same
             encoder, so encoder options go here.
@@ -152,6 +159,7 @@ def run_two_stage(train_set, val_set=None, test_set=None, *,
     opts = dict(model_options or {})
     opts.setdefault("classes", list(train_set.classes))
     opts.setdefault("train_labels", train_set.labels)
+    opts.setdefault("train_label_mask", getattr(train_set, "label_mask", None))
     opts.setdefault("input_kind", getattr(train_set, "input_kind", "image"))
     if opts["input_kind"] == "features":
         opts.setdefault("in_features", int(train_set.feature_dim))
@@ -187,7 +195,7 @@ def run_two_stage(train_set, val_set=None, test_set=None, *,
         common = {k: v for k, v in opts.items()
                   if k in ("classes", "input_kind", "in_features", "backbone",
                            "backbone_weights", "pool", "encoder_hidden", "encoder_out",
-                           "train_labels")}
+                           "train_labels", "train_label_mask")}
         seed_everything(seed)
         stage1 = build_model(stage1_model, **{**common, **dict(stage1_options or {})})
         cfg1 = _config(s1_cls, stage1_config, overrides)

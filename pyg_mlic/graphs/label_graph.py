@@ -11,7 +11,9 @@ Pipeline:
 1. :func:`cooccurrence` counts label pairs in a multi-hot matrix
    :math:`\mathbf{Y} \in \{0,1\}^{N \times C}` (training split only):
    :math:`\mathbf{M} = \mathbf{Y}^\top \mathbf{Y}` with a zero diagonal, and
-   :math:`N_i = (\mathbf{Y}^\top \mathbf{Y})_{ii}`.
+   :math:`N_i = (\mathbf{Y}^\top \mathbf{Y})_{ii}`. With partially known labels
+   (a known-mask :math:`\mathbf{K}`, ``mask=``) only pairs of known entries count and
+   the denominators become per pair, :math:`N_{i|j}` (see :func:`cooccurrence`).
 2. :func:`conditional_probability` gives :math:`P_{ij} = P(L_j \mid L_i)` (Eq. 6).
 3. :func:`propagation_matrix` turns it into the dense operator
    :math:`\mathbf{P}` a GCN layer applies as :math:`\mathbf{H}' = \mathbf{P}\mathbf{H}\mathbf{W}`
@@ -158,7 +160,11 @@ def _check_choice(value: Any, name: str, valid: Sequence[str]) -> str:
 
 
 def _check_counts(counts: Any, nums: Any) -> Tuple[Tensor, Tensor]:
-    """Validate precomputed co-occurrence statistics; return CPU int64 tensors."""
+    """Validate precomputed co-occurrence statistics; return CPU int64 tensors.
+
+    ``nums`` is the vector :math:`N_i` ``[C]`` or, for partially known labels, the
+    matrix of per-pair denominators :math:`N_{i|j}` ``[C, C]`` (see :func:`cooccurrence`).
+    """
     out = []
     for a, name in ((counts, "counts"), (nums, "nums")):
         t, _ = _to_tensor(a, name)
@@ -173,9 +179,10 @@ def _check_counts(counts: Any, nums: Any) -> Tuple[Tensor, Tensor]:
     M, n = out
     if M.dim() != 2 or M.shape[0] != M.shape[1]:
         raise ValueError(f"counts must be a square [C, C] matrix, got shape {tuple(M.shape)}")
-    if n.dim() != 1 or n.shape[0] != M.shape[0]:
+    if not ((n.dim() == 1 and n.shape[0] == M.shape[0]) or n.shape == M.shape):
         raise ValueError(f"nums must be a vector [C] with C = {M.shape[0]} (the size of "
-                         f"counts), got shape {tuple(n.shape)}")
+                         f"counts), or the per-pair denominators [C, C] of partially known "
+                         f"labels, got shape {tuple(n.shape)}")
     if M.shape[0] == 0:
         raise ValueError("counts is empty: there must be at least one label")
     if bool((M < 0).any()) or bool((n < 0).any()):
@@ -186,12 +193,37 @@ def _check_counts(counts: Any, nums: Any) -> Tuple[Tensor, Tensor]:
     if not torch.equal(M, M.T):
         raise ValueError("counts must be symmetric (M_ij = M_ji = images holding both "
                          "L_i and L_j)")
+    if n.dim() == 2:
+        return M, _check_pair_nums(M, n)
     over = M > n[:, None]
     if bool(over.any()):
         i, j = (int(v) for v in over.nonzero()[0])
         raise ValueError(f"counts[{i}, {j}] = {int(M[i, j])} exceeds nums[{i}] = {int(n[i])}: "
                          f"two labels cannot co-occur in more images than either occurs in")
     return M, n
+
+
+def _check_pair_nums(M: Tensor, n: Tensor) -> Tensor:
+    r"""Checks of the per-pair denominators :math:`N_{i|j}` ``[C, C]`` (partial labels):
+    :math:`M_{ij} \leq N_{i|j} \leq N_{i|i} = N_i`."""
+    over = M > n
+    if bool(over.any()):
+        i, j = (int(v) for v in over.nonzero()[0])
+        raise ValueError(f"counts[{i}, {j}] = {int(M[i, j])} exceeds nums[{i}, {j}] = "
+                         f"{int(n[i, j])}: two labels cannot co-occur in more images than "
+                         f"hold L_{i} with L_{j} known")
+    over = n > n.diagonal()[:, None]
+    if bool(over.any()):
+        i, j = (int(v) for v in over.nonzero()[0])
+        raise ValueError(f"nums[{i}, {j}] = {int(n[i, j])} exceeds nums[{i}, {i}] = "
+                         f"{int(n[i, i])}: the images holding L_{i} with L_{j} known are a "
+                         f"subset of the images holding L_{i}")
+    return n
+
+
+def _label_counts(n: Tensor) -> Tensor:
+    """:math:`N_i` ``[C]`` from ``nums`` in either form (the diagonal of :math:`N_{i|j}`)."""
+    return n if n.dim() == 1 else n.diagonal()
 
 
 def _check_classes(classes: Optional[Sequence[str]], C: int) -> List[str]:
@@ -282,7 +314,45 @@ def _cooccurrence_tensor(Yt: Tensor) -> Tuple[Tensor, Tensor]:
     return G, nums
 
 
-def cooccurrence(Y: ArrayLike) -> Tuple[Union[np.ndarray, Tensor], Union[np.ndarray, Tensor]]:
+def _check_mask(mask: Any, Yt: Tensor) -> Tensor:
+    """Validate a known-label mask for the labels ``Yt``; return it as a bool tensor on
+    ``Yt.device`` (True = known)."""
+    Kt, _ = _to_tensor(mask, "mask")
+    if tuple(Kt.shape) != tuple(Yt.shape):
+        raise ValueError(f"mask must have the shape of the labels {tuple(Yt.shape)} "
+                         f"(True = known, False = unknown), got {tuple(Kt.shape)}")
+    if Kt.dtype != torch.bool:
+        if Kt.is_complex():
+            raise TypeError(f"mask must be boolean, got complex dtype {Kt.dtype}")
+        bad = (Kt != 0) & (Kt != 1)
+        if bool(bad.any()):
+            r, c = (int(v) for v in bad.nonzero()[0])
+            raise ValueError(f"mask must be boolean (or 0/1), found {Kt[r, c].item()!r} at "
+                             f"[{r}, {c}]")
+        Kt = Kt != 0
+    return Kt.to(Yt.device)
+
+
+def _cooccurrence_masked(Yt: Tensor, Kt: Tensor) -> Tuple[Tensor, Tensor]:
+    r"""Statistics of validated labels with a known-mask: int64 ``(counts, nums)`` with
+    ``nums`` the per-pair denominators :math:`N_{i|j}` ``[C, C]``, on ``Yt.device``.
+
+    With :math:`\tilde{\mathbf{Y}} = \mathbf{Y} \odot \mathbf{K}` (the known positives),
+    one product :math:`\tilde{\mathbf{Y}}^\top [\tilde{\mathbf{Y}} \,|\, \mathbf{K}]`
+    gives both :math:`\mathbf{M}` (left block, diagonal cleared) and :math:`N_{i|j}`
+    (right block); exact in float32 below :math:`2^{24}` images, float64 above."""
+    N, C = Yt.shape
+    dtype = torch.float32 if N < _FLOAT32_EXACT_LIMIT else torch.float64
+    K = Kt.to(dtype)
+    Yk = Yt.to(dtype) * K
+    G = torch.mm(Yk.t(), torch.cat([Yk, K], dim=1)).to(torch.int64)
+    counts = G[:, :C].contiguous()
+    counts.fill_diagonal_(0)
+    return counts, G[:, C:].contiguous()
+
+
+def cooccurrence(Y: ArrayLike, mask: Optional[ArrayLike] = None
+                 ) -> Tuple[Union[np.ndarray, Tensor], Union[np.ndarray, Tensor]]:
     r"""Label co-occurrence statistics of a multi-hot matrix (ML-GCN Sec. 3.4).
 
     .. math::
@@ -301,23 +371,60 @@ def cooccurrence(Y: ArrayLike) -> Tuple[Union[np.ndarray, Tensor], Union[np.ndar
 
     Pass the **training** split only: statistics from test images leak labels.
 
+    **Partially known labels** (``mask``, a known-mask :math:`\mathbf{K} \in
+    \{0, 1\}^{N \times C}`, False = unknown: a VOC *difficult* object, a label hidden by
+    ``--drop-labels``). An image tells whether :math:`L_j` co-occurs with :math:`L_i`
+    only when both entries are known, so only such pairs are counted:
+
+    .. math::
+        M_{ij} = \sum_{n} Y_{ni} K_{ni}\, Y_{nj} K_{nj} \quad (i \neq j), \qquad
+        N_{i|j} = \sum_{n} Y_{ni} K_{ni}\, K_{nj},
+
+    :math:`N_{i|j}` being the number of images known to hold :math:`L_i` whose
+    :math:`L_j` is known. Eq. 6 then reads
+    :math:`P(L_j \mid L_i) = M_{ij} / N_{i|j}`: among the images known to hold
+    :math:`L_i`, those where :math:`L_j` was observed are a sample of all of them
+    whenever entries are hidden independently of their values (missing completely at
+    random, as ``--drop-labels`` hides them), so the ratio estimates the same
+    probability as with full labels. (Dividing the known co-occurrences by
+    :math:`N_i = \sum_n Y_{ni} K_{ni}` instead would shrink every :math:`P(L_j \mid
+    L_i)` by the fraction of known :math:`L_j` entries.) The denominators now depend on
+    the pair, so ``nums`` is returned as the matrix :math:`N_{i|j}` ``[C, C]``; its
+    diagonal :math:`N_{i|i} = \sum_n Y_{ni} K_{ni}` is the number of images known to
+    hold :math:`L_i`. Every function taking ``(counts, nums)``
+    (:func:`conditional_probability`, :func:`propagation_matrix`,
+    :meth:`LabelGraph.from_counts`) accepts both forms. With every entry known
+    (:math:`\mathbf{K} = \mathbf{1}`) every column of :math:`N_{i|j}` is :math:`N_i`
+    and :math:`\mathbf{M}`, Eq. 6 and the operator are exactly those without a mask.
+    The masked statistics come from one float product
+    :math:`(\mathbf{Y}\odot\mathbf{K})^\top[\mathbf{Y}\odot\mathbf{K} \,|\,
+    \mathbf{K}]` (exact, as above); ``mask=None`` keeps the fast paths.
+
     Args:
         Y (numpy.ndarray or torch.Tensor): multi-hot labels ``[N, C]`` with values in
             :math:`\{0, 1\}` (bool, any integer or floating dtype). VOC-style labels
             (1 present, 0 difficult, -1 absent) are rejected: the caller decides
-            about *difficult* (the ML-GCN release counts positives only, ``Y == 1``).
+            about *difficult* (the ML-GCN release counts positives only, ``Y == 1``; or
+            pass ``Y == 1`` with ``mask=Y != 0`` to leave *difficult* entries unknown).
+        mask (numpy.ndarray or torch.Tensor, optional): known-mask ``[N, C]``, bool (or
+            0/1), True = known; ``None``: every entry is known. (default: ``None``)
 
     Returns:
         (counts, nums): ``counts`` int64 ``[C, C]`` (symmetric, zero diagonal) and
-        ``nums`` int64 ``[C]``; numpy arrays if ``Y`` is not a tensor, else tensors on
+        ``nums`` int64 ``[C]`` (:math:`N_i`), or ``[C, C]`` (:math:`N_{i|j}`) when a
+        ``mask`` is given; numpy arrays if ``Y`` is not a tensor, else tensors on
         ``Y.device``.
 
     Raises:
-        ValueError: ``Y`` is not 2-D, or holds values other than 0 and 1 (including NaN).
-        TypeError: ``Y`` is not numeric.
+        ValueError: ``Y`` is not 2-D, or holds values other than 0 and 1 (including NaN);
+            ``mask`` has another shape or values other than 0 and 1.
+        TypeError: ``Y`` or ``mask`` is not numeric.
     """
     Yt, was_numpy = _check_labels(Y)
-    counts, nums = _cooccurrence_tensor(Yt)
+    if mask is None:
+        counts, nums = _cooccurrence_tensor(Yt)
+    else:
+        counts, nums = _cooccurrence_masked(Yt, _check_mask(mask, Yt))
     if was_numpy:
         return counts.cpu().numpy(), nums.cpu().numpy()
     return counts, nums
@@ -332,11 +439,15 @@ def conditional_probability(counts: ArrayLike, nums: ArrayLike) -> Tensor:
 
     so row :math:`i` holds the probability of every other label given :math:`L_i`.
     A label never seen in the statistics (:math:`N_i = 0`) has an all-zero row
-    instead of :math:`0/0`. The matrix is asymmetric and has a zero diagonal.
+    instead of :math:`0/0`. The matrix is asymmetric and has a zero diagonal. With
+    partially known labels ``nums`` is the matrix :math:`N_{i|j}` of
+    :func:`cooccurrence` and :math:`P_{ij} = M_{ij} / N_{i|j}` (0 where
+    :math:`N_{i|j} = 0`, i.e. where :math:`L_j` is never known beside :math:`L_i`).
 
     Args:
         counts: co-occurrence counts :math:`\mathbf{M}` ``[C, C]`` (zero diagonal).
-        nums: per-label image counts :math:`\mathbf{N}` ``[C]``.
+        nums: per-label image counts :math:`\mathbf{N}` ``[C]``, or the per-pair
+            denominators :math:`N_{i|j}` ``[C, C]`` of partially known labels.
 
     Returns:
         torch.Tensor: float64 ``[C, C]``.
@@ -346,8 +457,8 @@ def conditional_probability(counts: ArrayLike, nums: ArrayLike) -> Tensor:
 
 
 def _conditional_probability(M: Tensor, n: Tensor) -> Tensor:
-    denom = n.to(torch.float64).clamp_min(1.0)[:, None]   # N_i = 0 ⇒ M_i· = 0 ⇒ row 0
-    return M.to(torch.float64) / denom
+    denom = n.to(torch.float64).clamp_min(1.0)   # N_i = 0 ⇒ M_i· = 0 ⇒ row 0 (N_i|j alike)
+    return M.to(torch.float64) / (denom[:, None] if n.dim() == 1 else denom)
 
 
 def propagation_matrix(counts: ArrayLike, nums: ArrayLike, tau: float = 0.4, p: float = 0.2,
@@ -428,7 +539,8 @@ def propagation_matrix(counts: ArrayLike, nums: ArrayLike, tau: float = 0.4, p: 
 
     Args:
         counts: co-occurrence counts ``[C, C]`` (see :func:`cooccurrence`).
-        nums: per-label image counts ``[C]``.
+        nums: per-label image counts ``[C]``, or the per-pair denominators
+            :math:`N_{i|j}` ``[C, C]`` of partially known labels.
         tau (float): threshold :math:`\tau \in [0, 1]` of Eq. 7. (default: ``0.4``)
         p (float): re-weighting :math:`p \in [0, 1]` of Eq. 8 (used by ``"reweighted"``
             only). (default: ``0.2``)
@@ -452,7 +564,7 @@ def _propagation(M: Tensor, n: Tensor, tau: float, p: float, scheme: str,
     C = M.shape[0]
     P = _conditional_probability(M, n)
     eye = torch.eye(C, dtype=torch.float64)
-    seen = (n > 0).to(torch.float64)[:, None]          # rows of never-seen labels → 0
+    seen = (_label_counts(n) > 0).to(torch.float64)[:, None]  # never-seen labels → 0
     if convention == "paper":
         if scheme == "probability":
             A = P
@@ -527,9 +639,11 @@ class LabelGraph:
       weights as given: no added self-loops, no renormalisation);
     - ``num_nodes`` = :math:`C`;
     - ``classes`` (list of str), ``counts`` int64 ``[C, C]`` (:math:`\mathbf{M}`),
-      ``nums`` int64 ``[C]`` (:math:`\mathbf{N}`), ``split`` (the split the statistics
-      came from), ``tau``, ``p``, ``scheme``, ``convention``. (No attribute name
-      contains ``"index"`` except ``edge_index``, so PyG batching offsets nothing else.)
+      ``nums`` int64 ``[C]`` (:math:`\mathbf{N}`; ``[C, C]``, the per-pair
+      :math:`N_{i|j}`, for statistics of partially known labels, see
+      :func:`cooccurrence`), ``split`` (the split the statistics came from), ``tau``,
+      ``p``, ``scheme``, ``convention``. (No attribute name contains ``"index"`` except
+      ``edge_index``, so PyG batching offsets nothing else.)
 
     Args:
         data (torch_geometric.data.Data): a graph holding the attributes above.
@@ -589,7 +703,9 @@ class LabelGraph:
         Args:
             counts: co-occurrence counts ``[C, C]``: non-negative integers, symmetric,
                 zero diagonal, :math:`M_{ij} \leq N_i`.
-            nums: per-label image counts ``[C]``.
+            nums: per-label image counts ``[C]``, or the per-pair denominators
+                :math:`N_{i|j}` ``[C, C]`` of partially known labels (see
+                :func:`cooccurrence`).
             embeddings: optional label embeddings ``[C, d]`` stored as ``data.x``
                 (float32, must be finite).
             tau, p, scheme, convention: see :func:`propagation_matrix`.
@@ -607,11 +723,14 @@ class LabelGraph:
     def from_labels(cls, Y: ArrayLike, embeddings: Optional[ArrayLike] = None, tau: float = 0.4,
                     p: float = 0.2, scheme: str = "reweighted", convention: str = "paper",
                     classes: Optional[Sequence[str]] = None,
-                    split: str = "train") -> "LabelGraph":
+                    split: str = "train", mask: Optional[ArrayLike] = None) -> "LabelGraph":
         r"""Build the graph from a multi-hot training label matrix.
 
         Counts :math:`\mathbf{M}` and :math:`\mathbf{N}` with :func:`cooccurrence`, then
-        builds the operator of :func:`propagation_matrix`.
+        builds the operator of :func:`propagation_matrix`. With a known-mask ``mask``
+        only pairs of known entries are counted and Eq. 6 divides by the per-pair
+        :math:`N_{i|j}` (stored as ``nums`` ``[C, C]``; see :func:`cooccurrence`); with
+        every entry known the operator is exactly the one without a mask.
 
         Args:
             Y: multi-hot labels ``[N, C]`` in :math:`\{0, 1\}` (numpy or torch) of the
@@ -622,13 +741,19 @@ class LabelGraph:
             tau, p, scheme, convention: see :func:`propagation_matrix`.
             classes: label names (default ``"0" … "C-1"``).
             split (str): name of the split ``Y`` comes from (recorded). (default ``"train"``)
+            mask: optional known-mask ``[N, C]`` (bool or 0/1; False = unknown, e.g. VOC
+                *difficult* or a label hidden by ``--drop-labels``). (default ``None``:
+                every entry is known)
         """
         tau = _check_unit_interval(tau, "tau")
         p = _check_unit_interval(p, "p")
         scheme = _check_choice(scheme, "scheme", SCHEMES)
         convention = _check_choice(convention, "convention", CONVENTIONS)
         Yt, _ = _check_labels(Y)
-        M, n = _cooccurrence_tensor(Yt)
+        if mask is None:
+            M, n = _cooccurrence_tensor(Yt)
+        else:
+            M, n = _cooccurrence_masked(Yt, _check_mask(mask, Yt))
         return cls._build(M.cpu(), n.cpu(), embeddings, tau, p, scheme, convention, classes,
                           split)
 
@@ -697,13 +822,15 @@ class LabelGraph:
                      convention: str = "paper") -> "LabelGraph":
         r"""Build the graph from a :class:`~pyg_mlic.data.base.MultiLabelDataset`.
 
-        Uses its ``labels`` (``uint8 [N, C]``, 1 = present), ``classes`` and ``split``;
+        Uses its ``labels`` (``uint8 [N, C]``, 1 = present), ``label_mask`` (unknown
+        entries are not counted, see :func:`cooccurrence`), ``classes`` and ``split``;
         pass the *training* dataset.
         """
         return cls.from_labels(dataset.labels, embeddings=embeddings, tau=tau, p=p,
                                scheme=scheme, convention=convention,
                                classes=list(dataset.classes),
-                               split=str(getattr(dataset, "split", "train")))
+                               split=str(getattr(dataset, "split", "train")),
+                               mask=getattr(dataset, "label_mask", None))
 
     @classmethod
     def from_data(cls, data: Any, check: bool = True) -> "LabelGraph":
@@ -769,7 +896,8 @@ class LabelGraph:
 
     @property
     def nums(self) -> Tensor:
-        """Per-label image counts :math:`\\mathbf{N}` int64 ``[C]``."""
+        """Per-label image counts :math:`\\mathbf{N}` int64 ``[C]``, or the per-pair
+        :math:`N_{i|j}` ``[C, C]`` of partially known labels (see :func:`cooccurrence`)."""
         return self.data.nums
 
     @property
@@ -809,7 +937,8 @@ class LabelGraph:
 
     def conditional_probability(self, dtype: torch.dtype = torch.float32) -> Tensor:
         r"""Dense :math:`P_{ij} = M_{ij}/N_i = P(L_j \mid L_i)` of Eq. 6 (zero rows where
-        :math:`N_i = 0`), ``[C, C]`` on the device of ``counts``."""
+        :math:`N_i = 0`; :math:`M_{ij}/N_{i|j}` for partially known labels), ``[C, C]`` on
+        the device of ``counts``."""
         return _conditional_probability(self.data.counts.cpu(), self.data.nums.cpu()).to(
             dtype=dtype, device=self.data.counts.device)
 
@@ -825,3 +954,273 @@ class LabelGraph:
                 f"num_edges={self.num_edges}, scheme={self.scheme!r}, "
                 f"convention={self.convention!r}, tau={self.tau:g}, p={self.p:g}, "
                 f"split={self.split!r}, x={x})")
+
+    # ---------------------------------------------------------------- file format
+    #: value of the ``format`` key that marks a label-graph ``.npz`` (see :meth:`save`)
+    FILE_FORMAT = "pyg_mlic.label_graph"
+    #: version of the file layout :meth:`save` writes; :meth:`load` reads it and older ones
+    FILE_VERSION = 1
+    #: keys every label-graph file holds
+    FILE_KEYS = ("format", "format_version", "classes", "counts", "nums", "tau", "p", "scheme",
+                 "convention", "split")
+
+    def with_embeddings(self, embeddings: ArrayLike, spec: Optional[str] = None) -> "LabelGraph":
+        """A copy of this graph with label embeddings ``[C, d]`` as ``x`` (rows in the
+        order of :attr:`classes`), e.g. ``g.with_embeddings(load_label_embeddings("glove",
+        g.classes), spec="glove")``; ``spec`` (where they came from) is recorded as
+        ``data.embeddings_spec`` and written by :meth:`save`."""
+        data = self.data.clone()
+        data.x = _check_embeddings(embeddings, self.num_classes)
+        if spec is not None:
+            data.embeddings_spec = str(spec)
+        graph = type(self).__new__(type(self))
+        graph.data = data
+        return graph
+
+    def content_hash(self) -> str:
+        """SHA-256 (hex) of what defines the graph — classes, :math:`\\mathbf{M}`,
+        :math:`\\mathbf{N}`, ``tau``, ``p``, ``scheme``, ``convention``, ``split`` and the
+        embeddings — independent of how or when a file holding it was written (the bytes
+        of two saves of one graph differ: zip entries carry a time stamp)."""
+        import hashlib
+
+        h = hashlib.sha256()
+
+        def put(tag: str, payload: bytes) -> None:
+            h.update(f"{tag}:{len(payload)}:".encode())
+            h.update(payload)
+
+        put("classes", "\n".join(self.classes).encode("utf-8"))
+        for name in ("counts", "nums"):
+            t = getattr(self.data, name).detach().cpu().to(torch.int64).contiguous()
+            put(name, repr(tuple(t.shape)).encode() + t.numpy().tobytes())
+        put("settings", repr((self.tau, self.p, self.scheme, self.convention,
+                              self.split)).encode())
+        if self.data.x is not None:
+            x = self.data.x.detach().cpu().to(torch.float32).contiguous()
+            put("x", repr(tuple(x.shape)).encode() + x.numpy().tobytes())
+        return h.hexdigest()
+
+    def describe(self) -> dict:
+        """JSON-ready record of the graph (what ``metrics.json`` stores as
+        ``settings.label_graph``): ``path`` and ``sha256`` of the file it was loaded from
+        (``None`` for a graph built in memory), :meth:`content_hash`, ``split``,
+        ``source``, ``num_classes``, ``tau``, ``p``, ``scheme``, ``convention``,
+        ``embeddings`` (their spec, or ``None``) and ``embedding_dim``."""
+        info = dict(getattr(self, "file_info", None) or {"path": None, "sha256": None})
+        x = self.data.x
+        info.update(content_hash=self.content_hash(), split=self.split,
+                    source=getattr(self.data, "source", None), num_classes=self.num_classes,
+                    tau=self.tau, p=self.p, scheme=self.scheme, convention=self.convention,
+                    embeddings=(getattr(self.data, "embeddings_spec", None) or "given")
+                    if x is not None else None,
+                    embedding_dim=None if x is None else int(x.shape[1]))
+        return info
+
+    def save(self, path: Union[str, os.PathLike], *, source: Optional[str] = None,
+             embeddings_spec: Optional[str] = None, compress: bool = False) -> Path:
+        r"""Write the graph to a ``.npz`` file that :meth:`load` (and
+        ``np.load(path, allow_pickle=False)``, from any language with an npz reader)
+        reads back: plain arrays and strings, no pickle. Written atomically.
+
+        Keys (format version :attr:`FILE_VERSION`):
+
+        ====================  ===================================================
+        ``format``            ``"pyg_mlic.label_graph"``
+        ``format_version``    int, the layout version (1)
+        ``pyg_mlic_version``  the version that wrote the file
+        ``classes``           str ``[C]``: label names, node order
+        ``counts``            int64 ``[C, C]``: :math:`\mathbf{M}` (zero diagonal)
+        ``nums``              int64 ``[C]``: :math:`\mathbf{N}` (or ``[C, C]``
+                              per-pair denominators of partially known labels)
+        ``tau``, ``p``        float64: Eq. 7 threshold, Eq. 8 re-weighting
+        ``scheme``            str: ``reweighted`` / ``binary`` / ``probability``
+        ``convention``        str: ``paper`` / ``mlgcn_code``
+        ``split``             str: the split the statistics came from
+        ``source``            str: where the labels came from (free text)
+        ``propagation``       float32 ``[C, C]``: the operator :math:`\mathbf{P}`
+                              (:meth:`propagation`; checked on load)
+        ``vectors``           float32 ``[C, d]``: label embeddings (optional)
+        ``embeddings_spec``   str: where they came from (with ``vectors``)
+        ====================  ===================================================
+
+        ``classes`` + ``vectors`` is also the layout of the ``npz:PATH`` label-embedding
+        spec, so ``label_embeddings="npz:FILE"`` reads a graph file's embeddings.
+
+        Args:
+            path: destination; must end in ``.npz``.
+            source (str, optional): description of the labels' origin (default: the
+                graph's ``data.source``, set by :meth:`load`, else empty).
+            embeddings_spec (str, optional): origin of the embeddings (default:
+                ``data.embeddings_spec``).
+            compress (bool): ``np.savez_compressed``. (default: :obj:`False`)
+
+        Returns:
+            pathlib.Path: ``path``.
+        """
+        from pyg_mlic.utils.io import atomic_np_savez
+        from pyg_mlic.version import __version__
+
+        path = Path(path)
+        if path.suffix.lower() != ".npz":
+            raise ValueError(f"label graph files are .npz (plain arrays, no pickle): got "
+                             f"{str(path)!r}; name it e.g. {path.with_suffix('.npz').name!r}")
+        d = self.data
+        source = getattr(d, "source", None) if source is None else source
+        arrays = {
+            "format": np.array(self.FILE_FORMAT),
+            "format_version": np.array(self.FILE_VERSION, dtype=np.int64),
+            "pyg_mlic_version": np.array(str(__version__)),
+            "classes": np.array(self.classes, dtype=np.str_),
+            "counts": d.counts.detach().cpu().to(torch.int64).numpy(),
+            "nums": d.nums.detach().cpu().to(torch.int64).numpy(),
+            "tau": np.array(self.tau, dtype=np.float64),
+            "p": np.array(self.p, dtype=np.float64),
+            "scheme": np.array(self.scheme),
+            "convention": np.array(self.convention),
+            "split": np.array(str(self.split)),
+            "source": np.array("" if source is None else str(source)),
+            "propagation": self.propagation().detach().cpu().numpy(),
+        }
+        if d.x is not None:
+            spec = getattr(d, "embeddings_spec", None) if embeddings_spec is None \
+                else embeddings_spec
+            arrays["vectors"] = d.x.detach().cpu().to(torch.float32).numpy()
+            arrays["embeddings_spec"] = np.array("" if spec is None else str(spec))
+        return atomic_np_savez(path, arrays, compress=compress)
+
+    @classmethod
+    def load(cls, path: Union[str, os.PathLike]) -> "LabelGraph":
+        r"""Read a label-graph ``.npz`` written by :meth:`save` (``pyg-mlic graph --out``).
+
+        Only plain arrays are read (``allow_pickle=False``); the statistics are validated
+        as by :meth:`from_counts`, the operator is rebuilt from them and compared with the
+        stored ``propagation``. The returned graph remembers the file: ``file_info``
+        (``path``, ``sha256`` of its bytes), ``data.source`` and ``data.embeddings_spec``.
+
+        Raises:
+            FileNotFoundError: no such file.
+            pyg_mlic.errors.DatasetError: (one line, naming the file) not an ``.npz``, a
+                pickle / ``torch.save`` file, an npz that is not a label graph, missing
+                keys, wrong dtypes or shapes, invalid statistics, a format version newer
+                than this pyg_mlic reads, or a ``propagation`` that disagrees with the
+                statistics.
+        """
+        import hashlib
+        import zipfile
+
+        from pyg_mlic.errors import DatasetError
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"label graph file not found: {path}"
+                                    + (" (a folder)" if path.is_dir() else ""))
+        raw = path.read_bytes()
+        rebuild = "rebuild it with `pyg-mlic graph ... --out FILE.npz`"
+        if raw[:1] == b"\x80":
+            raise DatasetError(f"{path}: a pickle / torch.save file (e.g. from the old "
+                               f"`pyg-mlic graph --save`), which is never unpickled; label "
+                               f"graph files are .npz now: {rebuild}")
+        try:
+            z = np.load(path, allow_pickle=False)
+        except ValueError as e:
+            raise DatasetError(f"{path}: not a label-graph .npz ({e}); {rebuild}") from None
+        except (OSError, EOFError, zipfile.BadZipFile) as e:
+            raise DatasetError(f"{path}: not a readable .npz file ({e})") from None
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise DatasetError(f"{path}: a single .npy array, not a label-graph .npz; "
+                               f"{rebuild}")
+        with z:
+            files = list(z.files)
+            if any(f.endswith("data.pkl") for f in files):
+                raise DatasetError(f"{path}: a torch.save archive (pickle inside), which is "
+                                   f"never unpickled; label graph files are .npz: {rebuild}")
+
+            def get(key: str) -> np.ndarray:
+                try:
+                    return z[key]
+                except ValueError as e:  # an object array: would need pickle
+                    raise DatasetError(f"{path}: key {key!r} cannot be read without "
+                                       f"unpickling ({e})") from None
+
+            def text(key: str) -> str:
+                a = get(key)
+                if a.ndim != 0 or a.dtype.kind != "U":
+                    raise DatasetError(f"{path}: {key!r} must be a string, got "
+                                       f"{a.dtype} {a.shape}")
+                return str(a[()])
+
+            def number(key: str, kinds: str = "fiu") -> float:
+                a = get(key)
+                if a.ndim != 0 or a.dtype.kind not in kinds:
+                    raise DatasetError(f"{path}: {key!r} must be a number, got {a.dtype} "
+                                       f"{a.shape}")
+                return a[()].item()
+
+            if "format" not in files or text("format") != cls.FILE_FORMAT:
+                raise DatasetError(f"{path}: not a pyg_mlic label-graph file (keys "
+                                   f"{sorted(files)[:12]}, no format={cls.FILE_FORMAT!r}); "
+                                   f"build one with `pyg-mlic graph ... --out FILE.npz` or "
+                                   f"LabelGraph.from_counts(...).save(FILE)")
+            if "format_version" not in files:
+                raise DatasetError(f"{path}: missing key 'format_version'")
+            version = number("format_version", "iu")
+            if version > cls.FILE_VERSION:
+                raise DatasetError(f"{path}: label-graph format version {version} is newer "
+                                   f"than this pyg_mlic reads (up to {cls.FILE_VERSION}): "
+                                   f"upgrade pyg_mlic")
+            if version < 1:
+                raise DatasetError(f"{path}: invalid label-graph format version {version}")
+            missing = [k for k in cls.FILE_KEYS if k not in files]
+            if missing:
+                raise DatasetError(f"{path}: missing keys {missing} (a label-graph file "
+                                   f"holds {list(cls.FILE_KEYS)})")
+            classes = get("classes")
+            if classes.ndim != 1 or classes.dtype.kind != "U":
+                raise DatasetError(f"{path}: 'classes' must be a 1-D string array [C], got "
+                                   f"{classes.dtype} {classes.shape}")
+            stats = {}
+            for key in ("counts", "nums"):
+                a = get(key)
+                if a.dtype.kind not in "iu":
+                    raise DatasetError(f"{path}: {key!r} must hold integer counts, got "
+                                       f"{a.dtype}")
+                stats[key] = a.astype(np.int64)
+            C = len(classes)
+            if stats["counts"].shape != (C, C):
+                raise DatasetError(f"{path}: 'counts' must be [C, C] = [{C}, {C}] (C = "
+                                   f"number of classes), got {list(stats['counts'].shape)}")
+            vectors = None
+            if "vectors" in files:
+                vectors = get("vectors")
+                if vectors.ndim != 2 or vectors.shape[0] != C or vectors.dtype.kind not in "fiu":
+                    raise DatasetError(f"{path}: 'vectors' must be a numeric [C, d] matrix "
+                                       f"with C = {C}, got {vectors.dtype} "
+                                       f"{list(vectors.shape)}")
+            settings = dict(tau=number("tau"), p=number("p"), scheme=text("scheme"),
+                            convention=text("convention"))
+            split = text("split")
+            source = text("source") if "source" in files else ""
+            spec = text("embeddings_spec") if "embeddings_spec" in files else None
+            stored = get("propagation") if "propagation" in files else None
+            try:
+                graph = cls.from_counts(stats["counts"], stats["nums"], embeddings=vectors,
+                                        classes=classes.tolist(), split=split, **settings)
+            except (ValueError, TypeError) as e:
+                raise DatasetError(f"{path}: {e}") from None
+        if stored is not None:
+            got = graph.propagation().numpy()
+            if stored.shape != got.shape or stored.dtype.kind != "f":
+                raise DatasetError(f"{path}: 'propagation' must be a float [C, C] = [{C}, "
+                                   f"{C}] matrix, got {stored.dtype} {list(stored.shape)}")
+            err = float(np.abs(stored.astype(np.float64) - got).max())
+            if not np.isfinite(err) or err > 1e-6:
+                raise DatasetError(f"{path}: the stored 'propagation' differs from the "
+                                   f"operator recomputed from counts/nums/tau/p/scheme/"
+                                   f"convention (max abs difference {err:.3g}): the file was "
+                                   f"edited or written by another operator; {rebuild}")
+        graph.data.source = source
+        if spec is not None:
+            graph.data.embeddings_spec = spec
+        graph.file_info = {"path": str(path), "sha256": hashlib.sha256(raw).hexdigest()}
+        return graph

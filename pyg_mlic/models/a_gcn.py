@@ -46,6 +46,13 @@ class AGCN(MultiLabelModel):
     forward pass (not per image) and cached in eval mode (the cache is dropped on
     :meth:`train` or when a parameter changes).
 
+    Partial labels (unknown entries, ``mask`` False: VOC *difficult*, ``--drop-labels``):
+    :math:`\mathcal{L}_{classifier}` averages over the known entries only, and
+    :math:`\mathcal{L}_A` involves no label at all (it constrains the graph learned from
+    the label embeddings towards sparsity), so it is the same whatever is known; A-GCN
+    builds no statistics from the training labels (the graph is learned), so it takes
+    no ``train_labels`` / ``train_label_mask``.
+
     Args:
         classes (list[str]): class names.
         input_kind (str): ``"image"`` or ``"features"``.
@@ -76,6 +83,9 @@ class AGCN(MultiLabelModel):
             ResNet-101. (default: ``[D // 2]``, see
             :func:`~pyg_mlic.models.ml_gcn.default_gcn_hidden`)
         negative_slope (float): LeakyReLU slope :math:`\delta` (Eq. 3). (default: :obj:`0.2`)
+        encoder_hidden, encoder_out, encoder_dropout, input_dropout: the MLP of feature
+            datasets (see :func:`~pyg_mlic.models.build_encoder`; ``fit``'s features
+            recipe sets the dropouts to 0.5 / 0.2 unless given).
 
     Shapes:
         - **input:** batch with ``image`` :math:`(B, 3, H, W)` or ``features`` :math:`(B, F)`
@@ -100,7 +110,8 @@ class AGCN(MultiLabelModel):
                  la_reduction: str = "sum", lg_hidden: Optional[int] = None,
                  lg_bias: bool = True, nonneg: str = "relu", max_value: float = 1e4,
                  gcn_hidden: Optional[Sequence[int]] = None, negative_slope: float = 0.2,
-                 encoder_hidden: Sequence[int] = (512,), encoder_out: int = 512):
+                 encoder_hidden: Sequence[int] = (512,), encoder_out: int = 512,
+                 encoder_dropout: float = 0.0, input_dropout: float = 0.0):
         super().__init__(classes)
         if variant not in VARIANTS:
             raise ValueError(f"a_gcn: variant must be one of {list(VARIANTS)}, got {variant!r}")
@@ -117,7 +128,8 @@ class AGCN(MultiLabelModel):
         self.encoder = build_encoder(input_kind, backbone=backbone,
                                      backbone_weights=backbone_weights, pool=pool,
                                      in_features=in_features, encoder_hidden=encoder_hidden,
-                                     encoder_out=encoder_out)
+                                     encoder_out=encoder_out, encoder_dropout=encoder_dropout,
+                                     input_dropout=input_dropout)
         E = resolve_label_embeddings(self.classes, label_embeddings)
         if variant == "cos" and self.num_classes > 1:
             # Eq. 7 has no parameters: with pairwise orthogonal embeddings (one-hot) every

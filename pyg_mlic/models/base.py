@@ -66,8 +66,8 @@ class MultiLabelModel(nn.Module):
     #: constructor arguments a checkpoint does not store: data turned into buffers during
     #: construction (recorded through :meth:`record_resolved`) and files whose content is
     #: in the state dict
-    unsaved_arguments: Tuple[str, ...] = ("train_labels", "label_graph", "backbone_weights",
-                                          "label_embeddings_spec")
+    unsaved_arguments: Tuple[str, ...] = ("train_labels", "train_label_mask", "label_graph",
+                                          "backbone_weights", "label_embeddings_spec")
 
     def __init__(self, classes: Sequence[str]):
         super().__init__()
@@ -206,8 +206,12 @@ def build_encoder(input_kind: str = "image", *, backbone: str = "resnet101",
                   backbone_weights: Optional[str] = None, pool: str = "max",
                   in_features: Optional[int] = None,
                   encoder_hidden: Sequence[int] = (512,), encoder_out: int = 512,
-                  encoder_dropout: float = 0.0) -> nn.Module:
+                  encoder_dropout: float = 0.0, input_dropout: float = 0.0) -> nn.Module:
     """The image encoder (backbone + global pooling) or, for feature datasets, an MLP.
+
+    Feature datasets get a :class:`~pyg_mlic.backbones.MLPEncoder` that standardises its
+    input with the training split's statistics (the identity until
+    :func:`pyg_mlic.engine.fit` sets them; saved in the state dict).
 
     Args:
         input_kind (str): ``"image"`` or ``"features"`` (see the dataset protocol).
@@ -216,6 +220,10 @@ def build_encoder(input_kind: str = "image", *, backbone: str = "resnet101",
             the weights ship offline), ``None`` = random init.
         pool (str): ``"max"`` (ML-GCN Eq. 3, :math:`f_{GMP}`) or ``"avg"`` (:math:`f_{GAP}`).
         in_features (int, optional): input size for ``input_kind="features"``.
+        encoder_hidden, encoder_out: hidden widths and output size of the features MLP.
+        encoder_dropout, input_dropout (float): features MLP dropout after each hidden
+            layer / on the input (``fit``'s features recipe sets 0.5 / 0.2 unless the
+            model options give them). (default: :obj:`0.0`)
     Returns:
         a module mapping the batch input to ``[B, D]`` with attribute ``out_channels``.
     """
@@ -225,7 +233,8 @@ def build_encoder(input_kind: str = "image", *, backbone: str = "resnet101",
         if not in_features:
             raise ValueError("input_kind='features' needs in_features (the feature dimension)")
         return B.MLPEncoder(int(in_features), hidden=tuple(encoder_hidden),
-                            out_features=int(encoder_out), dropout=encoder_dropout)
+                            out_features=int(encoder_out), dropout=float(encoder_dropout),
+                            input_dropout=float(input_dropout), standardize=True)
     if input_kind != "image":
         raise ValueError(f"input_kind must be 'image' or 'features', got {input_kind!r}")
     pools = {"max": B.GlobalMaxPool2d, "avg": B.GlobalAvgPool2d}

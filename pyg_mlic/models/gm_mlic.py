@@ -150,6 +150,10 @@ class GMMLIC(MultiLabelModel):
             ROIs: :class:`~pyg_mlic.detection.RegionDataset`).
         backbone (str): image backbone (the ROI features of the RoIAlign sources).
         train_labels: ``[N, C]`` 0/1 training labels: the ratios :math:`r^c` of Eq. 15.
+        train_label_mask: bool ``[N, C]`` known-mask of ``train_labels`` (False =
+            unknown): :math:`r^c` counts known entries only
+            (:func:`~pyg_mlic.losses.positive_ratio`), so the class weights and the prior
+            bias follow the known labels. (default: :obj:`None`, all known)
         label_embeddings: ``[C, d]`` tensor, an embeddings spec, or ``None`` (one-hot). The
             paper uses 300-d GloVe.
         label_graph: restrict :math:`G_l` to this graph's support (a
@@ -219,7 +223,7 @@ class GMMLIC(MultiLabelModel):
                  label_edge_index: Optional[Tensor] = None,
                  encoder_hidden: Sequence[int] = (512,), encoder_out: int = 512,
                  roi_norm: bool = True, label_norm: bool = True, class_prior: bool = True,
-                 loss_reduction: str = "mean"):
+                 loss_reduction: str = "mean", train_label_mask: Any = None):
         super().__init__(classes)
         name = "gm_mlic"
         if isinstance(beta, bool) or not isinstance(beta, (int, float)) \
@@ -255,7 +259,7 @@ class GMMLIC(MultiLabelModel):
         if pos_ratio is not None:
             r = torch.as_tensor(pos_ratio, dtype=torch.float32).reshape(-1)
         elif train_labels is not None:
-            r = positive_ratio(train_labels)
+            r = positive_ratio(train_labels, mask=train_label_mask)
         elif self.beta == 0:
             r, known_ratio = torch.zeros(C), False   # unused: beta = 0 is plain BCE
         else:
@@ -318,7 +322,7 @@ class GMMLIC(MultiLabelModel):
                 "detector's class-labelled detections ranked by confidence that GM-MLIC "
                 "matches labels against (Sec. 4.2): the instances carry no detected class. "
                 "Build the regions with mode='detections' (--region-opt mode=detections, or "
-                "build_region_extractor(..., model='gm_mlic')) and detector weights trained "
+                "build_region_extractor(..., model=GMMLIC)) and detector weights trained "
                 "for the task.", UserWarning, stacklevel=3)
 
     def forward(self, batch: Batch) -> ModelOutput:

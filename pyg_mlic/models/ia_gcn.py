@@ -156,6 +156,8 @@ class IAGCN(MultiLabelModel):
     the images like :math:`\mathcal{L}_{ML}`. Its gradient trains the variational maps,
     not the ROI features (``kl_feature_grad=False``, see
     :class:`~pyg_mlic.nn.VariationalROIWeighting`).
+    With partial labels :math:`\mathcal{L}_{ML}` averages over the known entries only
+    (``mask``); :math:`\mathcal{L}_{KL}` involves no label.
 
     ROIs are read only when a switch needs them (``id_lcm`` or ``com_sco``); with all
     three switches off the model is ML-GCN (Table 3's "Base").
@@ -165,8 +167,9 @@ class IAGCN(MultiLabelModel):
         input_kind (str): ``"image"`` or ``"features"`` (feature datasets need ROIs in the
             batch: wrap them with :class:`~pyg_mlic.detection.RegionDataset`).
         backbone (str): image backbone. (default: :obj:`"resnet101"`)
-        train_labels, label_graph, tau, p, scheme, convention: the statistical graph
-            :math:`\mathbf{A}_S` (see :class:`~pyg_mlic.models.ml_gcn.MLGCN`).
+        train_labels, train_label_mask, label_graph, tau, p, scheme, convention: the
+            statistical graph :math:`\mathbf{A}_S` (see :class:`~pyg_mlic.models.ml_gcn.MLGCN`;
+            unknown entries of ``train_label_mask`` are left out of the statistics).
         label_embeddings: ``[C, d]`` tensor, an embeddings spec, or ``None`` (one-hot).
         gcn_hidden (list[int]): hidden widths of the label GCN; the last layer has the
             image feature size :math:`D`. (default: ``[D // 4, D // 2]``, the paper's
@@ -221,7 +224,7 @@ class IAGCN(MultiLabelModel):
                  bias: bool = False,
                  encoder_hidden: Sequence[int] = (512,), encoder_out: int = 512,
                  graph_edge_index: Optional[Tensor] = None,
-                 graph_edge_weight: Optional[Tensor] = None):
+                 graph_edge_weight: Optional[Tensor] = None, train_label_mask: Any = None):
         super().__init__(classes)
         name = "ia_gcn"
         for opt, val in (("fusion_weight", fusion_weight), ("kl_weight", kl_weight)):
@@ -253,7 +256,8 @@ class IAGCN(MultiLabelModel):
         ei, ew = resolve_label_graph(self.classes, label_graph=label_graph,
                                      train_labels=train_labels, graph_edge_index=graph_edge_index,
                                      graph_edge_weight=graph_edge_weight, tau=tau, p=p,
-                                     scheme=scheme, convention=convention)
+                                     scheme=scheme, convention=convention,
+                                     train_label_mask=train_label_mask)
         if (ew < 0).any() or not torch.isfinite(ew).all():
             raise ValueError(f"{name}: the statistical label graph A_S must have finite, "
                              "non-negative edge weights (A_F = A_S * a a^T is normalised by "

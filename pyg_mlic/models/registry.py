@@ -9,7 +9,8 @@ _REGISTRY: Registry[Callable] = Registry("model")
 
 #: keyword arguments that come from the data (see
 #: :func:`pyg_mlic.engine.context.model_context`), not from the user's model options
-CONTEXT_KEYS = ("classes", "input_kind", "in_features", "train_labels", "label_embeddings",
+CONTEXT_KEYS = ("classes", "input_kind", "in_features", "train_labels", "train_label_mask",
+                "label_embeddings",
                 "label_embeddings_spec", "roi_feature_dim", "backbone", "backbone_weights")
 
 
@@ -105,6 +106,8 @@ def build_model(name: str, **cfg):
     ``classes`` (list of class names, required), ``input_kind`` (``"image"`` or
     ``"features"``), ``in_features``, ``backbone``, ``backbone_weights``,
     ``train_labels`` (``[N, C]`` 0/1 training-split labels, for label graphs),
+    ``train_label_mask`` (bool ``[N, C]`` or ``None``: False = unknown, left out of the
+    label statistics),
     ``label_embeddings`` (``[C, d]`` tensor), ``roi_feature_dim``. A model receives the
     context keys its constructor takes; the others are dropped. Model-specific options
     follow the paper's names (``tau``, ``p``, ...; see each model's docstring).

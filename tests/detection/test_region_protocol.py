@@ -138,23 +138,28 @@ def test_model_region_recipe_fills_options_the_backend_takes():
     fills options the backend has and never overrides the user's."""
     from pyg_mlic.detection import model_region_options
     from pyg_mlic.models.gm_mlic import GMMLIC
+    from pyg_mlic.models.ia_gcn import IAGCN
 
-    assert model_region_options("gm_mlic", "torchvision") == {"mode": "detections"}
+    assert model_region_options(GMMLIC, "torchvision") == {"mode": "detections"}
     assert model_region_options(GMMLIC, "detectron2", {"max_instances": 35}) == \
         {"mode": "detections", "max_instances": 35}
-    assert model_region_options("gm_mlic", "torchvision", {"mode": "rpn"}) == {"mode": "rpn"}
-    assert model_region_options("gm_mlic", "groundtruth", {"image_size": 48}) == \
+    assert model_region_options(GMMLIC, "torchvision", {"mode": "rpn"}) == {"mode": "rpn"}
+    assert model_region_options(GMMLIC, "groundtruth", {"image_size": 48}) == \
         {"image_size": 48}                                   # no `mode` there
-    assert model_region_options("gm_mlic", "precomputed") == {}
-    assert model_region_options("ia_gcn", "torchvision") == {}     # RPN proposals (IA-GCN)
+    assert model_region_options(GMMLIC, "precomputed") == {}
+    assert model_region_options(IAGCN, "torchvision") == {}     # RPN proposals (IA-GCN)
     assert model_region_options(None, "torchvision", {"seed": 1}) == {"seed": 1}
-    ex = build_region_extractor("groundtruth", model="gm_mlic", backbone="small_cnn",
+    with pytest.raises(TypeError, match="get_model_class"):  # the layer below the models
+        model_region_options("gm_mlic", "torchvision")
+    ex = build_region_extractor("groundtruth", model=GMMLIC, backbone="small_cnn",
                                 image_size=48)
     assert ex.backend == "groundtruth"
 
 
 @pytest.mark.heavy
 def test_build_with_model_uses_detections():
-    ex = build_region_extractor("torchvision", model="gm_mlic", min_size=256, max_size=320)
+    from pyg_mlic.models.gm_mlic import GMMLIC
+
+    ex = build_region_extractor("torchvision", model=GMMLIC, min_size=256, max_size=320)
     assert ex.mode == "detections" and ex.config()["mode"] == "detections"
     assert build_region_extractor("torchvision", min_size=256, max_size=320).mode == "rpn"

@@ -11,6 +11,8 @@ from pyg_mlic.data.features import FeaturesDataset
 from pyg_mlic.engine import (TrainConfig, Trainer, fit, load_checkpoint, model_context,
                              model_from_checkpoint, seed_everything)
 from pyg_mlic.engine.checkpoint import save_checkpoint
+from pyg_mlic.engine.context import fit_input_statistics
+from pyg_mlic.engine.recipes import FEATURES_MODEL, features_train_options
 from pyg_mlic.errors import OptionError
 from pyg_mlic.models import build_model, list_models
 
@@ -34,9 +36,12 @@ def test_fit_equals_the_engine_by_hand(splits, tmp_path):
             train_options=dict(FAST, select="best_val"), label_embeddings="onehot",
             out_dir=tmp_path / "fit")
     seed_everything(0)
+    # feature data: the features recipe (its dropout, its training options under the
+    # given ones) and the input statistics of the training split
     net = build_model("ml_gcn", **model_context(tr, label_embeddings="onehot"),
-                      **SMALL_ENCODER, tau=0.3)
-    cfg = TrainConfig.for_model(net, **FAST, select="best_val")
+                      **SMALL_ENCODER, tau=0.3, **FEATURES_MODEL)
+    cfg = TrainConfig(**features_train_options(len(tr), dict(FAST, select="best_val")))
+    fit_input_statistics(net, tr)
     ref = Trainer(net, tr, va, te, cfg, out_dir=tmp_path / "ref").fit()
     assert m["mAP"] == pytest.approx(ref["mAP"], abs=1e-12)
     assert len(m["history"]) == 2 and m["history"][0]["epoch"] == 0
@@ -58,8 +63,9 @@ def test_fit_merges_paper_defaults_and_takes_a_built_model(splits):
     # a dict merges over the model's paper defaults; a TrainConfig is used as given
     m = fit("baseline", tr, None, te, model_options=SMALL_ENCODER,
             train_options=dict(epochs=1, progress=False))
-    assert m["settings"]["train_config"]["optimizer"] == "sgd"      # baseline's paper default
-    assert m["settings"]["train_config"]["backbone_lr"] == 0.001
+    # on feature data the features recipe stands in for the paper's (image) defaults
+    assert m["settings"]["train_config"]["optimizer"] == "adamw"
+    assert m["settings"]["train_config"]["backbone_lr"] is None
     seed_everything(0)
     net = build_model("baseline", **model_context(tr), **SMALL_ENCODER)
     m2 = fit(net, tr, va, te, train_options=TrainConfig(**FAST))

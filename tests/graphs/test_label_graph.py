@@ -762,3 +762,165 @@ def test_from_voc_counts_positives_only(data_dir):
     np.testing.assert_array_equal(g.counts.numpy(), counts)
     np.testing.assert_array_equal(g.nums.numpy(), nums)
     assert nums.min() > 0 and counts.sum() > 0
+
+
+# ----------------------------------------------------------------------------- partial labels
+# Statistics with a known-mask K (False = unknown): M_ij = sum Y_ni K_ni Y_nj K_nj,
+# N_i|j = sum Y_ni K_ni K_nj, P(L_j | L_i) = M_ij / N_i|j (see cooccurrence).
+Y_PART = [[1, 1, 0],
+          [1, 0, 1],
+          [1, 1, 1],
+          [0, 1, 0]]
+K_PART = [[1, 1, 1],
+          [1, 0, 1],   # L_1 unknown in image 1
+          [1, 1, 0],   # L_2 (a positive) hidden in image 2
+          [1, 1, 1]]
+# counted by hand (known positives: img0 {0,1}, img1 {0,2}, img2 {0,1}, img3 {1})
+M_PART = [[0, 2, 1],
+          [2, 0, 0],
+          [1, 0, 0]]
+N_PART = [[3, 2, 2],     # N_0|1 = 2: of images 0, 1, 2 holding L_0, L_1 is known in 0 and 2
+          [3, 3, 2],
+          [1, 0, 1]]     # N_2|1 = 0: L_1 is never known beside a known L_2
+P_PART = [[F(0), F(2, 2), F(1, 2)],
+          [F(2, 3), F(0), F(0, 2)],
+          [F(1, 1), F(0), F(0)]]   # 0 / 0 -> 0
+
+
+def test_masked_statistics_hand_example():
+    Y, K = np.array(Y_PART, np.uint8), np.array(K_PART, bool)
+    counts, nums = cooccurrence(Y, mask=K)
+    assert counts.tolist() == M_PART and nums.tolist() == N_PART
+    assert counts.dtype == np.int64 and nums.dtype == np.int64
+    P = conditional_probability(counts, nums)
+    assert P.dtype == torch.float64
+    assert P.tolist() == [[float(v) for v in row] for row in P_PART]
+    # the naive estimate (known co-occurrences over the known positives N_i) differs:
+    # P(L_1 | L_0) would be 2/3, not 1
+    assert float(P[0, 1]) == 1.0 and nums.diagonal().tolist() == [3, 3, 1]
+    g = LabelGraph.from_labels(Y, mask=K, scheme="probability")
+    assert torch.equal(g.conditional_probability(torch.float64), P)
+    assert g.nums.tolist() == N_PART and g.counts.tolist() == M_PART
+
+
+def _random_partial(seed, N=300, C=7):
+    rng = np.random.default_rng(seed)
+    Y = (rng.random((N, C)) < rng.uniform(0.05, 0.6, C)).astype(np.uint8)
+    Y[:, 3] = 0  # a label never seen
+    K = rng.random((N, C)) < 0.6
+    return Y, K
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_masked_statistics_equal_brute_force(seed):
+    Y, K = _random_partial(seed)
+    M = np.zeros((7, 7), np.int64)
+    Nm = np.zeros((7, 7), np.int64)
+    for y, k in zip(Y, K):
+        for i in range(7):
+            for j in range(7):
+                if y[i] and k[i] and k[j]:
+                    Nm[i, j] += 1
+                    M[i, j] += int(bool(y[j]) and i != j)
+    counts, nums = cooccurrence(Y, mask=K)
+    np.testing.assert_array_equal(counts, M)
+    np.testing.assert_array_equal(nums, Nm)
+    # torch in, torch out; float labels and 0/1 masks accepted
+    tc, tn = cooccurrence(torch.from_numpy(Y).float(), mask=torch.from_numpy(K.astype(np.int64)))
+    assert torch.equal(tc, torch.from_numpy(M)) and torch.equal(tn, torch.from_numpy(Nm))
+    # the value of an unknown entry does not matter
+    Y2 = np.where(K, Y, 1 - Y).astype(np.uint8)
+    c2, n2 = cooccurrence(Y2, mask=K)
+    np.testing.assert_array_equal(c2, counts)
+    np.testing.assert_array_equal(n2, nums)
+
+
+@pytest.mark.parametrize("scheme,convention", [(s_, c) for s_ in SCHEMES for c in CONVENTIONS])
+@pytest.mark.parametrize("dtype", [np.uint8, np.bool_, np.float32])
+def test_all_known_mask_equals_no_mask_exactly(scheme, convention, dtype):
+    Y, _ = _random_partial(2, N=1500, C=9)       # N >= 1024: the unmasked int8 fast path
+    Y = Y.astype(dtype)
+    K = np.ones(Y.shape, bool)
+    c0, n0 = cooccurrence(Y)
+    c1, n1 = cooccurrence(Y, mask=K)
+    np.testing.assert_array_equal(c1, c0)
+    assert n1.shape == (9, 9) and all(np.array_equal(n1[:, j], n0) for j in range(9))
+    assert torch.equal(conditional_probability(c1, n1), conditional_probability(c0, n0))
+    assert torch.equal(propagation_matrix(c1, n1, tau=0.3, p=0.25, scheme=scheme,
+                                          convention=convention),
+                       propagation_matrix(c0, n0, tau=0.3, p=0.25, scheme=scheme,
+                                          convention=convention))
+    g0 = LabelGraph.from_labels(Y, tau=0.3, p=0.25, scheme=scheme, convention=convention)
+    g1 = LabelGraph.from_labels(Y, tau=0.3, p=0.25, scheme=scheme, convention=convention,
+                                mask=K)
+    assert torch.equal(g1.edge_index, g0.edge_index) and torch.equal(g1.edge_weight,
+                                                                     g0.edge_weight)
+    assert torch.equal(g1.propagation(), g0.propagation())
+
+
+def test_masked_graph_validates_round_trips_and_matches_from_counts():
+    Y, K = _random_partial(3)
+    g = LabelGraph.from_labels(Y, mask=K, tau=0.3, classes=[f"c{i}" for i in range(7)])
+    assert tuple(g.nums.shape) == (7, 7)
+    LabelGraph.from_data(g.data)                  # the check recomputes from N_i|j
+    counts, nums = cooccurrence(Y, mask=K)
+    g2 = LabelGraph.from_counts(counts, nums, tau=0.3, classes=g.classes)
+    assert torch.equal(g2.propagation(), g.propagation())
+    # never-seen label (column 3): identity row, no NaN
+    P = g.propagation()
+    assert torch.isfinite(P).all() and P[3].tolist() == [float(i == 3) for i in range(7)]
+    # the unmasked graph of the same labels differs (the statistics are not the same)
+    assert not torch.equal(LabelGraph.from_labels(Y, tau=0.3).propagation(), P)
+
+
+def test_masked_estimate_is_unbiased_under_random_hiding():
+    # labels with a strong correlation, then half of the entries hidden at random: the
+    # masked Eq. 6 recovers the full-label conditional probabilities; dividing the known
+    # co-occurrences by the known positives N_i would halve them
+    rng = np.random.default_rng(0)
+    N = 40000
+    a = rng.random(N) < 0.3
+    b = np.where(a, rng.random(N) < 0.8, rng.random(N) < 0.1)
+    c = rng.random(N) < 0.5
+    Y = np.stack([a, b, c], 1).astype(np.uint8)
+    K = rng.random(Y.shape) >= 0.5
+    P_full = conditional_probability(*cooccurrence(Y))
+    counts, nums = cooccurrence(Y, mask=K)
+    P_mask = conditional_probability(counts, nums)
+    assert float((P_mask - P_full).abs().max()) < 0.02
+    naive = conditional_probability(counts, nums.diagonal())
+    assert abs(float(naive[0, 1]) - 0.5 * float(P_full[0, 1])) < 0.02
+
+
+@pytest.mark.parametrize("mask,match", [
+    (np.ones((4, 2), bool), "shape of the labels"),
+    (np.full((4, 3), 2), "boolean"),
+    (np.full((4, 3), np.nan), "boolean"),
+])
+def test_bad_mask(mask, match):
+    with pytest.raises(ValueError, match=match):
+        cooccurrence(np.array(Y_PART, np.uint8), mask=mask)
+    with pytest.raises(ValueError, match=match):
+        LabelGraph.from_labels(np.array(Y_PART, np.uint8), mask=mask)
+
+
+def test_bad_pair_counts():
+    M, N = np.array(M_PART), np.array(N_PART)
+    with pytest.raises(ValueError, match=r"exceeds nums\[0, 1\]"):
+        conditional_probability(M, np.where(np.eye(3, dtype=bool), N, 0))
+    bad = N.copy()
+    bad[0, 1] = 4
+    with pytest.raises(ValueError, match=r"nums\[0, 1\] = 4 exceeds nums\[0, 0\]"):
+        LabelGraph.from_counts(M, bad)
+    with pytest.raises(ValueError, match=r"per-pair denominators"):
+        propagation_matrix(M, np.ones((3, 2)))
+
+
+def test_from_dataset_leaves_unknown_entries_out():
+    class _DS:
+        labels = np.array(Y_PART, dtype=np.uint8)
+        label_mask = np.array(K_PART, bool)
+        classes = ["a", "b", "c"]
+        split = "train"
+    g = LabelGraph.from_dataset(_DS())
+    assert g.counts.tolist() == M_PART and g.nums.tolist() == N_PART

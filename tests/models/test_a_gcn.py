@@ -212,7 +212,8 @@ def test_cli_trains_a_gcn_on_features(tmp_path):
     s = m["settings"]
     assert s["model"] == "a_gcn" and s["model_config"]["variant"] == "fc"
     assert s["model_config"]["alpha"] == 0.5
-    assert s["train_config"]["lr_step"] == 30 and s["train_config"]["epochs"] == 2
+    # features: the features recipe (constant lr), the epoch chosen on held-out rows
+    assert s["train_config"]["lr_step"] is None and s["train_config"]["epochs"] <= 2
     assert model_from_checkpoint(out / "last.pt").lg.variant == "fc"
 
 

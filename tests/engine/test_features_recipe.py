@@ -1,0 +1,199 @@
+"""The precomputed-features path: input standardisation from the training split (kept in
+the checkpoint) and the features recipe (applied key by key under the user's options)."""
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pyg_mlic.backbones import MLPEncoder
+from pyg_mlic.data.base import holdout_split
+from pyg_mlic.data.features import FeaturesDataset, save_features, training_features
+from pyg_mlic.engine import TrainConfig, fit, load_checkpoint, model_from_checkpoint, predict_dataset
+from pyg_mlic.engine.context import fit_input_statistics, model_context
+from pyg_mlic.engine.recipes import (FEATURES, FEATURES_VAL_FRACTION, features_epochs,
+                                     features_train_options)
+from pyg_mlic.models import build_model
+
+
+def _write(path: Path, n: int, shift: float, scale: np.ndarray, seed: int) -> Path:
+    """Learnable features whose columns differ in scale by 10^3 and whose mean depends on
+    the split (``shift``), so that statistics of the wrong split are visible."""
+    rng = np.random.default_rng(seed)
+    c, d = 3, scale.size
+    labels = (rng.random((n, c)) < 0.4).astype(np.uint8)
+    labels[labels.sum(1) == 0, 0] = 1
+    proj = np.random.default_rng(7).normal(size=(c, d))
+    x = (labels @ proj + 0.5 * rng.normal(size=(n, d)) + shift) * scale
+    return save_features(path, x.astype(np.float32), labels, ["a", "b", "c"])
+
+
+@pytest.fixture()
+def splits(tmp_path):
+    scale = np.geomspace(0.01, 10.0, 12)
+    return {s: _write(tmp_path / f"{s}.npz", n, shift, scale, seed) for s, n, shift, seed in
+            (("train", 160, 0.0, 0), ("val", 60, 3.0, 1), ("test", 60, -3.0, 2))}
+
+
+QUICK = {"epochs": 3, "progress": False}
+
+
+def test_statistics_come_from_the_training_split_and_reload_with_the_checkpoint(splits,
+                                                                                 tmp_path):
+    tr = FeaturesDataset(splits["train"], split="train")
+    va = FeaturesDataset(splits["val"], split="val")
+    te = FeaturesDataset(splits["test"], split="test")
+    out = tmp_path / "run"
+    m = fit("baseline", tr, va, te, train_options=QUICK, out_dir=out)
+    assert m["selection"]["rule"] == "best_val"  # the recipe's rule
+    ckpt_path = out / "best.pt"
+    model = model_from_checkpoint(load_checkpoint(ckpt_path))
+    enc = model.encoder
+    x = tr.features.astype(np.float64)
+    np.testing.assert_allclose(enc.input_mean.numpy(), x.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(enc.input_std.numpy(), x.std(0), rtol=1e-5)
+    # the val / test splits have other means: their statistics were not used
+    assert not np.allclose(enc.input_mean.numpy(), va.features.mean(0), atol=0.1)
+    assert "encoder.input_mean" in load_checkpoint(ckpt_path)["state_dict"]
+    # reloaded -> the same test predictions as the run's final evaluation
+    p = predict_dataset(model, te)
+    from pyg_mlic.metrics import multilabel_metrics
+
+    assert multilabel_metrics(p["logits"], p["target"])["mAP"] == pytest.approx(m["mAP"])
+    # and the standardisation is part of the forward pass (not of the data pipeline)
+    raw = MLPEncoder(12, hidden=enc.hidden, out_features=enc.out_channels, dropout=0.0)
+    raw.load_state_dict({k: v for k, v in enc.state_dict().items() if not k.startswith("input")})
+    raw.eval(), enc.eval()
+    xt = torch.from_numpy(te.features[:5])
+    z = (xt - enc.input_mean) / enc.input_std
+    assert torch.allclose(enc(xt), raw(z), atol=1e-5)
+
+
+def test_no_validation_split_holds_out_a_seeded_fraction_then_refits_on_all(splits):
+    tr = FeaturesDataset(splits["train"], split="train")
+    te = FeaturesDataset(splits["test"], split="test")
+    m = fit("baseline", tr, None, te, train_options={**QUICK, "seed": 3})
+    rec = m["settings"]["features_recipe"]
+    n_val = int(round(len(tr) * FEATURES_VAL_FRACTION))
+    assert rec["val_holdout"] == {"fraction": FEATURES_VAL_FRACTION, "seed": 3,
+                                  "num_val": n_val, "num_train": len(tr) - n_val}
+    # the epoch is chosen on the held-out rows, then every training row is used
+    refit = rec["refit"]
+    best = max(refit["held_out_history"], key=lambda r: r["val_mAP"])
+    assert refit["epochs"] == best["epoch"] + 1 == m["settings"]["train_config"]["epochs"]
+    assert refit["held_out_best_mAP"] == pytest.approx(best["val_mAP"])
+    assert m["settings"]["num_train"] == len(tr) and m["selection"]["rule"] == "last"
+    assert m["settings"]["input_standardization"]["num_rows"] == len(tr)
+    # the same seed -> the same hold-out and the same run
+    again = fit("baseline", tr, None, te, train_options={**QUICK, "seed": 3})
+    assert again["mAP"] == m["mAP"]
+    # the user's select="last" holds nothing out
+    m = fit("baseline", tr, None, te, train_options={**QUICK, "select": "last"})
+    assert m["settings"]["features_recipe"]["val_holdout"] is None
+    assert m["settings"]["num_train"] == len(tr) and m["selection"]["rule"] == "last"
+    # a built model: the hold-out chooses its weights (no refit of a model given built)
+    part, _ = holdout_split(tr, FEATURES_VAL_FRACTION, seed=0)
+    net = build_model("baseline", **model_context(tr))
+    m = fit(net, tr, None, te, train_options=QUICK)
+    assert m["selection"]["rule"] == "best_val" and m["settings"]["num_train"] == len(part)
+
+
+def test_recipe_fills_only_what_the_user_did_not_give(splits):
+    tr = FeaturesDataset(splits["train"], split="train")
+    va = FeaturesDataset(splits["val"], split="val")
+    m = fit("ml_gcn", tr, va, None, label_embeddings="onehot",
+            train_options={"epochs": 2, "lr": 0.02, "optimizer": "adam", "progress": False})
+    cfg = m["settings"]["train_config"]
+    assert (cfg["epochs"], cfg["lr"], cfg["optimizer"]) == (2, 0.02, "adam")  # the user's
+    assert cfg["weight_decay"] == FEATURES["train"]["weight_decay"]           # the recipe's
+    assert cfg["batch_size"] == FEATURES["train"]["batch_size"]
+    assert cfg["select"] == "best_val" and cfg["lr_step"] is None
+    # the recipe's model options: dropout in the features MLP
+    assert m["settings"]["model_config"]["encoder_dropout"] == 0.5
+    assert m["settings"]["model_config"]["input_dropout"] == 0.2
+    applied = m["settings"]["features_recipe"]["applied"]
+    assert not {"epochs", "lr", "optimizer"} & set(applied) and "weight_decay" in applied
+    assert m["settings"]["features_recipe"]["val_holdout"] is None  # a val split was given
+    # no option at all: the whole recipe, epochs from the training-set size
+    assert features_train_options(len(tr))["epochs"] == features_epochs(len(tr))
+    # a complete TrainConfig is used as is; the user's model option wins over the recipe's
+    tc = TrainConfig(epochs=1, select="last", progress=False)
+    m = fit("baseline", tr, va, None, train_options=tc, model_options={"encoder_dropout": 0.1})
+    assert m["settings"]["train_config"]["optimizer"] == "sgd"
+    assert "features_recipe" not in m["settings"]
+    assert m["settings"]["model_config"]["encoder_dropout"] == 0.1
+    assert m["settings"]["model_config"]["input_dropout"] == 0.2
+
+
+def test_features_epochs():
+    assert features_epochs(200) == 200          # 4 steps an epoch: capped at 200 epochs
+    assert features_epochs(82_081) == 20        # COCO-size: the minimum, 25.7k steps
+    assert features_epochs(6_400) == 40         # 100 steps an epoch -> 4000 steps
+    assert features_epochs(6_400, batch_size=128) == 80
+    with pytest.raises(ValueError, match="num_train"):
+        features_epochs(0)
+
+
+def test_encoder_standardization_edge_cases():
+    enc = MLPEncoder(4, hidden=(8,), out_features=3, standardize=True)
+    X = np.array([[1.0, 5.0, 0.0, 2.0], [3.0, 5.0, 0.0, 4.0]], dtype=np.float32)
+    enc.fit_standardization(X)
+    # constant columns keep std 1 (no division by ~0, no NaN)
+    assert enc.input_std.tolist() == [1.0, 1.0, 1.0, 1.0]
+    assert torch.isfinite(enc(torch.from_numpy(X))).all()
+    with pytest.raises(ValueError, match=r"features \[N >= 1, 4\]"):
+        enc.fit_standardization(np.zeros((3, 5)))
+    with pytest.raises(ValueError, match="standardize=False"):
+        MLPEncoder(4).fit_standardization(X)
+    # a state dict written before the statistics existed loads as the identity
+    old = MLPEncoder(4, hidden=(8,), out_features=3).state_dict()
+    new = MLPEncoder(4, hidden=(8,), out_features=3, standardize=True)
+    new.load_state_dict(old)
+    assert new.input_mean.abs().sum() == 0 and (new.input_std == 1).all()
+
+
+def test_fit_input_statistics_keeps_set_statistics(splits):
+    tr = FeaturesDataset(splits["train"], split="train")
+    net = build_model("baseline", **model_context(tr))
+    # a model built directly has no dropout (fit's features recipe adds it)
+    assert net.encoder.standardize and net.encoder.input_dropout == 0.0
+    assert fit_input_statistics(net, tr)["num_rows"] == len(tr)
+    before = net.encoder.input_mean.clone()
+    other = FeaturesDataset(splits["val"], split="val")
+    assert fit_input_statistics(net, other) is None  # set already: kept
+    assert torch.equal(net.encoder.input_mean, before)
+    assert fit_input_statistics(net, other, force=True)["num_rows"] == len(other)
+    part, _ = holdout_split(tr, 0.25, seed=0)
+    np.testing.assert_array_equal(training_features(part), tr.features[part.indices])
+    net = build_model("baseline", **model_context(tr), encoder_dropout=0.5, input_dropout=0.2)
+    assert net.encoder.dropout == 0.5 and net.encoder.input_dropout == 0.2
+
+
+BCCD = Path(os.environ.get("PYG_MLIC_CACHE", "/tmp/pyg_mlic_cache")) / \
+    "bccd_efficientnet_lite0_224_avg"
+
+
+@pytest.mark.heavy
+@pytest.mark.skipif(not (BCCD / "trainval.npz").is_file(),
+                    reason="BCCD features not extracted (benchmarks/compare_features.py does)")
+def test_defaults_match_logistic_regression_on_real_bccd_features():
+    """Real data: the baseline at library defaults (what ``pyg-mlic train --dataset
+    features`` does with no flag) within 1 mAP point of a standardised logistic
+    regression fitted on the same rows."""
+    pytest.importorskip("sklearn")
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from pyg_mlic.metrics import multilabel_metrics
+
+    tr = FeaturesDataset(BCCD / "trainval.npz", split="train")
+    te = FeaturesDataset(BCCD / "test.npz", split="test")
+    m = fit("baseline", tr, None, te, train_options={"progress": False})
+    lr = make_pipeline(StandardScaler(), OneVsRestClassifier(LogisticRegression(
+        max_iter=5000))).fit(tr.features, tr.labels)
+    ref = multilabel_metrics(lr.predict_proba(te.features), te.labels,
+                             scores_are="probabilities")["mAP"]
+    assert m["mAP"] >= ref - 0.01
