@@ -15,6 +15,7 @@ from pyg_mlic.models import a_gcn  # noqa: F401,E402
 from pyg_mlic.models import iml_gcn  # noqa: F401,E402
 from pyg_mlic.models import ia_gcn  # noqa: F401,E402
 from pyg_mlic.models import gm_mlic  # noqa: F401,E402
+from pyg_mlic.models import ml_decoder, q2l  # noqa: F401,E402
 
 __all__ = ["ModelOutput", "MultiLabelModel", "build_encoder", "build_model", "get_model_class",
            "list_models", "register_model", "register_demo_row", "demo_rows",
