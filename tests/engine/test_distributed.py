@@ -27,7 +27,9 @@ TIMING = ("eval_time_s", "train_time_s")
 def _train_argv(tmp_path, out, epochs=2, batch=32):
     return ["train", "--dataset", "features", "--train-file", str(tmp_path / "tr.npz"),
             "--val-file", str(tmp_path / "va.npz"), "--test-file", str(tmp_path / "te.npz"),
+            # no dropout (the features recipe's default): each rank draws its own noise
             "--model", "baseline", "--set", "encoder_hidden=[32]", "encoder_out=32",
+            "encoder_dropout=0", "input_dropout=0",
             "--epochs", str(epochs), "--batch-size", str(batch), "--optimizer", "adam",
             "--lr", "0.01", "--seed", "7", "--no-progress", "--out", str(out)]
 
