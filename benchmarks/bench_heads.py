@@ -1,5 +1,6 @@
-"""Cost of graph heads relative to the backbone, and of the PyG layer relative to
-a dense matmul or a straightforward reference (ML-GCN, IA-GCN, GM-MLIC).
+"""Cost of graph and transformer heads relative to the backbone, and of the PyG layer
+relative to a dense matmul or a straightforward reference (ML-GCN, ML-Decoder,
+Query2Label, IA-GCN, GM-MLIC).
 
 ML-GCN head at C=80, d=300, D=2048, batch 32, forward + backward: classifier
 generation (2 label-GCN layers 300 -> 1024 -> 2048 over COCO's real re-weighted
@@ -8,6 +9,31 @@ on the same batch — measured on a smaller batch (``--backbone-batch``, default
 and scaled linearly to 32 (said in the output; CPU time is linear in the batch at
 this size). Goal: head <= 0.5 % of the backbone. Reference 2: the same two
 layers as dense matmuls ``P (H W)``; goal: PyG layers <= 1.5x dense.
+
+ML-Decoder and Query2Label heads (section ``transformer_heads``), each alone: the model's
+own ``decode`` with the backbone replaced by the identity, reading a ``[B, 2048, 14, 14]``
+feature map (ResNet-101's at 448 px), at the defaults for ``D = 2048`` (the papers'
+widths): ML-Decoder ``d = 768``, FFN 2048, 8 heads, 1 decoder layer (cross-attention
+only), ``K = min(C, 100)`` fixed group queries, group FC with ``g = ceil(C / K)``;
+Query2Label ``d = 2048``, FFN 8192, 4 heads, 1 encoder layer over the 196 tokens and 2
+decoder layers (self- and cross-attention), one query per class. Forward + backward in
+training mode (dropout on), the gradient reaching the feature map too; C in (80, 200,
+500, 1000), the C-independent layers shared across the sweep (same weights, one copy in
+memory; each C has its own queries and classifier). Everything is timed interleaved in
+one call with ResNet-101 forward + backward at 448 px (the helper of the ML-GCN
+reference): batch 1 for both in quick mode (8 passes per ML-Decoder sample: its step is
+some 30x shorter), heads at batch 8 and the backbone at batch 2 in full mode; the ratios
+are per image. Reported: head / backbone at each C, each head at C / itself at C = 80,
+ML-Decoder / Query2Label at each C, and beside them each head's forward FLOPs over the
+backbone's, counted by ``torch.utils.flop_counter`` on meta tensors (not a timing). No
+goal; the expectation checked: ML-Decoder nearly flat in C (K is capped at 100, past
+C = 100 only the group FC grows), Query2Label growing with C but not in proportion (its
+token encoder and the keys / values of the 196 tokens do not depend on C). Measured on
+this 2-core machine, quick mode (one thread, a loaded machine, two runs): head /
+backbone ML-Decoder 0.030-0.031x at C = 80 and 0.035-0.038x at C = 1000, Query2Label
+0.88-1.01x at C = 80 and 4.5-4.9x at C = 1000; C = 1000 / C = 80: ML-Decoder 1.16-1.24x
+(forward FLOPs 1.10x), Query2Label 4.5-5.6x (forward FLOPs 6.1x); ML-Decoder /
+Query2Label 0.029-0.035x at C = 80, 0.008x at C = 1000.
 
 IA-GCN label GCN (image-dependent graph, one graph per image), dims 300 -> 512 ->
 1024 -> 2048, batch 32, forward + backward of the per-image classifiers and the
@@ -58,7 +84,8 @@ GM-MLIC graph network block (8 images x 35 instances x 80 labels, ROI 1024-d and
 concatenation; the workload, the method and the memory measurement are in
 ``bench_gm_mlic.py``, which this script runs as its ``gm_mlic`` section.
 
-Run: ``python benchmarks/bench_heads.py [--quick] [--threads N] [--only SECTION ...]``.
+Run: ``python benchmarks/bench_heads.py [--quick] [--threads N] [--only SECTION ...]``
+(sections: ``ml_gcn``, ``transformer_heads``, ``ia_gcn``, ``gm_mlic``).
 """
 from __future__ import annotations
 
@@ -67,7 +94,7 @@ import json
 import os
 import subprocess
 import sys
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -88,10 +115,23 @@ def _coco_graph():
     return LabelGraph.from_labels(Y, tau=0.4, p=0.2), "random labels (shared data not found)"
 
 
-def bench_mlgcn(batch: int = 32, backbone_batch: int = 2, image: int = 448,
-                repeats: int = 5) -> Dict[str, object]:
+def _backbone_fn(batch: int, image: int = 448) -> Callable[[], None]:
+    """ResNet-101 (torchvision, random weights) forward + backward of ``batch`` random
+    ``image`` x ``image`` images: the reference of every head / backbone ratio."""
     from torchvision.models import resnet101
 
+    net = resnet101(weights=None)
+    imgs = torch.randn(batch, 3, image, image)
+
+    def backbone():
+        net(imgs).sum().backward()
+        net.zero_grad(set_to_none=True)
+
+    return backbone
+
+
+def bench_mlgcn(batch: int = 32, backbone_batch: int = 2, image: int = 448,
+                repeats: int = 5) -> Dict[str, object]:
     from pyg_mlic.models.ml_gcn import ClassifierGCN
 
     g, graph_src = _coco_graph()
@@ -113,13 +153,7 @@ def bench_mlgcn(batch: int = 32, backbone_batch: int = 2, image: int = 448,
         W = P @ (act(P @ (E @ W1.t())) @ W2.t())
         (x @ W.t()).sum().backward()
 
-    net = resnet101(weights=None)
-    imgs = torch.randn(backbone_batch, 3, image, image)
-
-    def backbone():
-        net(imgs).sum().backward()
-        net.zero_grad(set_to_none=True)
-
+    backbone = _backbone_fn(backbone_batch, image)
     t_heads = time_interleaved({"pyg": head_pyg, "dense": head_dense}, repeats=repeats * 4)
     t_bb = time_interleaved({"backbone": backbone}, repeats=max(2, repeats // 2))["backbone"]
     t_bb_scaled = t_bb * batch / backbone_batch
@@ -131,6 +165,191 @@ def bench_mlgcn(batch: int = 32, backbone_batch: int = 2, image: int = 448,
         "head_over_backbone_pct": 100 * t_heads["pyg"] / t_bb_scaled,
         "pyg_over_dense": t_heads["pyg"] / t_heads["dense"],
     }
+
+
+# ----------------------------------------------------------------------------- ML-Decoder, Q2L
+#: the numbers of classes of the sweep (COCO's 80 first: the growth ratios divide by it)
+TRANSFORMER_CLASSES = (80, 200, 500, 1000)
+#: ``name -> label`` of the transformer heads timed
+TRANSFORMER_HEADS = {"ml_decoder": "ML-Decoder", "q2l": "Query2Label"}
+
+
+class _FeatureMapInput(torch.nn.Module):
+    """Stands in for the backbone: the input *is* the ``[B, D, h, w]`` feature map, so the
+    model's own ``decode`` runs its head alone (tokens, attention layers, classifier)."""
+
+    def __init__(self, out_channels: int):
+        super().__init__()
+        self.out_channels = int(out_channels)
+
+    def forward(self, x):
+        return x
+
+
+def _transformer_heads(C: int, shared: Optional[Dict[str, torch.nn.Module]] = None,
+                       options: Optional[Dict[str, Dict[str, object]]] = None
+                       ) -> Dict[str, torch.nn.Module]:
+    """``{"ml_decoder", "q2l"}`` built by the registry at their defaults for ResNet's
+    :math:`D = 2048` channels (``options[name]``: other model options, e.g. small widths for
+    a test), with :class:`_FeatureMapInput` as their backbone (given to the constructor in
+    place of :func:`~pyg_mlic.backbones.build_backbone`'s network, so no ResNet is built
+    and thrown away).
+
+    ``shared`` (the heads of another C): the layers that do not depend on C (tokens,
+    Q2L's token encoder, the decoder layers) are taken from it, so the sweep holds one
+    copy of those weights; each C keeps its own queries and classifier."""
+    from unittest import mock
+
+    from pyg_mlic import backbones
+    from pyg_mlic.models import build_model
+
+    classes = [f"class_{i}" for i in range(C)]
+    out = {}
+    for name in TRANSFORMER_HEADS:
+        with mock.patch.object(backbones, "build_backbone",
+                               lambda *a, **k: _FeatureMapInput(2048)):
+            m = build_model(name, classes=classes, backbone="resnet101",
+                            **(options or {}).get(name, {}))
+        assert isinstance(m.encoder.backbone, _FeatureMapInput)
+        if shared is not None:
+            for part in ("tokens", "token_encoder", "decoder"):
+                if hasattr(m, part):
+                    setattr(m, part, getattr(shared[name], part))
+        m.train()                                                    # dropout on: training
+        out[name] = m
+    return out
+
+
+def _head_fn(model: torch.nn.Module, fmap: torch.Tensor, steps: int = 1
+             ) -> Callable[[], None]:
+    """``steps`` forward + backward passes of the head alone on ``fmap`` (one timed
+    sample; divide its time by ``steps``); the gradient reaches the feature map too (what
+    training sends back into the backbone)."""
+    def step():
+        for _ in range(steps):
+            x = fmap.detach().requires_grad_(True)
+            model.logits_from_input(x).sum().backward()
+            model.zero_grad(set_to_none=True)
+
+    return step
+
+
+def _forward_flops(module: torch.nn.Module, shape: Tuple[int, ...]) -> int:
+    """Forward FLOPs of ``module`` on an input of ``shape``, counted by
+    :class:`torch.utils.flop_counter.FlopCounterMode` (matrix products and convolutions),
+    run with ``meta`` copies of its parameters and buffers
+    (:func:`torch.func.functional_call`) on a ``meta`` input: nothing is computed."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    state = {k: torch.empty_like(v, device="meta")
+             for k, v in module.state_dict(keep_vars=True).items()}
+    with FlopCounterMode(display=False) as counter:
+        torch.func.functional_call(module, state, (torch.empty(*shape, device="meta"),))
+    return int(counter.get_total_flops())
+
+
+def _n_params(m: torch.nn.Module) -> int:
+    return sum(p.numel() for n, p in m.named_parameters() if not n.startswith("encoder."))
+
+
+def bench_transformer_heads(batch: int = 8, backbone_batch: int = 2, image: int = 448,
+                            repeats: int = 5, classes: Tuple[int, ...] = TRANSFORMER_CLASSES,
+                            options: Optional[Dict[str, Dict[str, object]]] = None,
+                            ml_decoder_steps: int = 1) -> Dict[str, object]:
+    """ML-Decoder and Query2Label heads (fwd+bwd on a ``[batch, 2048, image/32, image/32]``
+    feature map) against ResNet-101 fwd+bwd at ``image`` px, for each C of ``classes``:
+    all timed interleaved in one :func:`time_interleaved` call. ``options``: model options
+    of the heads (default: none, the paper widths). ``ml_decoder_steps``: passes per timed
+    sample of ML-Decoder, whose step is some 30x shorter than Query2Label's: several keep
+    the timer's and the background load's share of it small (times are per pass)."""
+    from torchvision.models import resnet101
+
+    from pyg_mlic.models.q2l import InputToLogits
+
+    if classes[0] != 80:
+        raise ValueError(f"the sweep starts at C = 80 (the growth ratios' base), got {classes}")
+    hw = image // 32                                     # ResNet-101's stride: 448 -> 14
+    torch.manual_seed(0)
+    fns: Dict[str, Callable[[], None]] = {"backbone": _backbone_fn(backbone_batch, image)}
+    rows, models, shared, fmap = [], [], None, None
+    for C in classes:
+        heads = _transformer_heads(C, shared, options)
+        if shared is None:
+            shared = heads
+            D = int(heads["q2l"].encoder.out_channels)
+            fmap = torch.randn(batch, D, hw, hw)
+        for name, m in heads.items():
+            n = ml_decoder_steps if name == "ml_decoder" else 1
+            fns[f"{name}[C={C}]"] = _head_fn(m, fmap, n)
+            row = {"head": name, "C": C, "params_without_backbone": _n_params(m),
+                   "passes_per_sample": n}
+            if name == "ml_decoder":
+                row.update(K=m.num_groups, g=m.group_size, embed_dim=m.embed_dim,
+                           ffn_dim=m.ffn_dim, heads=m.heads, decoder_layers=len(m.decoder))
+            else:
+                row.update(queries=C, hidden_dim=m.hidden_dim, ffn_dim=m.ffn_dim,
+                           heads=m.heads, encoder_layers=len(m.token_encoder),
+                           decoder_layers=len(m.decoder))
+            rows.append(row)
+            models.append(m)
+    with torch.device("meta"):
+        bb_flops = _forward_flops(resnet101(weights=None), (1, 3, image, image))
+    for row, m in zip(rows, models):
+        f = _forward_flops(InputToLogits(m), (1, D, hw, hw))
+        row.update(fwd_gflops_per_image=f / 1e9, fwd_flops_over_backbone=f / bb_flops)
+    t = time_interleaved(fns, repeats=repeats)
+    for row in rows:                                     # seconds per forward + backward
+        t[f"{row['head']}[C={row['C']}]"] /= row["passes_per_sample"]
+    bb_per_image = t["backbone"] / backbone_batch
+    base = {name: t[f"{name}[C={classes[0]}]"] for name in TRANSFORMER_HEADS}
+    for row in rows:
+        s = t[f"{row['head']}[C={row['C']}]"]
+        row.update(time_s=s, time_per_image_s=s / batch,
+                   head_over_backbone=(s / batch) / bb_per_image,
+                   over_C80=s / base[row["head"]])
+    by = {(r["head"], r["C"]): r for r in rows}
+    return {
+        "feature_map": [batch, D, hw, hw], "image_size": image, "batch": batch,
+        "classes": list(classes), "repeats": repeats,
+        "backbone_s_measured": t["backbone"], "backbone_batch_measured": backbone_batch,
+        "backbone_s_per_image": bb_per_image,
+        "backbone_s_scaled_to_batch": bb_per_image * batch,
+        "backbone_fwd_gflops_per_image": bb_flops / 1e9,
+        "rows": rows,
+        "ml_decoder_over_q2l": {str(C): by["ml_decoder", C]["time_s"] / by["q2l", C]["time_s"]
+                                for C in classes},
+    }
+
+
+def _print_transformer_heads(m) -> None:
+    b, bb = m["batch"], m["backbone_batch_measured"]
+    n = next(r["passes_per_sample"] for r in m["rows"] if r["head"] == "ml_decoder")
+    print(f"Transformer heads alone, fwd+bwd on a {'x'.join(map(str, m['feature_map']))} "
+          f"feature map (ResNet-101 at {m['image_size']}px), {m['repeats']} interleaved "
+          f"repeats (ML-Decoder: {n} passes per sample)")
+    print(f"  ResNet-101 {m['image_size']}px fwd+bwd {1e3 * m['backbone_s_measured']:9.1f} ms "
+          f"for batch {bb} -> {1e3 * m['backbone_s_per_image']:.0f} ms per image "
+          f"(forward {m['backbone_fwd_gflops_per_image']:.1f} GFLOPs per image, counted)")
+    for name, label in TRANSFORMER_HEADS.items():
+        r0 = next(r for r in m["rows"] if r["head"] == name)
+        if name == "ml_decoder":
+            shape = (f"d={r0['embed_dim']}, FFN {r0['ffn_dim']}, {r0['heads']} heads, "
+                     f"{r0['decoder_layers']} decoder layer(s), K=min(C,100)")
+        else:
+            shape = (f"d={r0['hidden_dim']}, FFN {r0['ffn_dim']}, {r0['heads']} heads, "
+                     f"{r0['encoder_layers']} encoder + {r0['decoder_layers']} decoder "
+                     f"layers, C queries")
+        print(f"  {label} ({shape}), batch {b}:")
+        print(f"    {'C':>5} {'queries':>8} {'params':>8} {'ms':>10} {'ms/img':>9} "
+              f"{'/ backbone':>11} {'/ C=80':>7}   fwd GFLOPs/img (/ backbone's)")
+        for r in (r for r in m["rows"] if r["head"] == name):
+            nq = r["K"] if name == "ml_decoder" else r["queries"]
+            print(f"    {r['C']:>5} {nq:>8} {r['params_without_backbone'] / 1e6:7.1f}M "
+                  f"{1e3 * r['time_s']:10.1f} {1e3 * r['time_per_image_s']:9.1f} "
+                  f"{r['head_over_backbone']:10.3f}x {r['over_C80']:6.2f}x   "
+                  f"{r['fwd_gflops_per_image']:7.1f} ({r['fwd_flops_over_backbone']:.3f}x)")
+    print("  ML-Decoder / Query2Label: " + ", ".join(
+        f"C={C} {v:.3f}x" for C, v in m["ml_decoder_over_q2l"].items()))
 
 
 # ----------------------------------------------------------------------------- IA-GCN
@@ -381,7 +600,7 @@ def bench_iagcn(C: int, batch: int = 32, repeats: int = 5, memory: bool = True,
     return res
 
 
-SECTIONS = ("ml_gcn", "ia_gcn", "gm_mlic")
+SECTIONS = ("ml_gcn", "transformer_heads", "ia_gcn", "gm_mlic")
 
 
 def _gm_mlic_module():
@@ -398,6 +617,10 @@ def run(quick: bool = False, threads: int = 1, sections: Tuple[str, ...] = SECTI
     res: Dict[str, object] = {"machine": machine()}
     if "ml_gcn" in sections:
         res["ml_gcn"] = bench_mlgcn(backbone_batch=1 if quick else 2, repeats=3 if quick else 5)
+    if "transformer_heads" in sections:
+        res["transformer_heads"] = bench_transformer_heads(
+            batch=1 if quick else 8, backbone_batch=1 if quick else 2,
+            repeats=2 if quick else 5, ml_decoder_steps=8 if quick else 2)
     if "ia_gcn" in sections:
         res["ia_gcn"] = [bench_iagcn(C, batch=32, repeats=3 if quick else 7,
                                      memory=not quick, threads=threads) for C in (80, 500)]
@@ -437,6 +660,33 @@ def _print_iagcn(rows) -> None:
               f"{m['propagation_dense_over_sparse']:.1f} x")
 
 
+def _transformer_ratios(m, meaning: str) -> Dict[str, Dict[str, object]]:
+    """The ``transformer_heads.*`` entries: each head / the backbone per image, each head
+    at C / itself at C = 80, ML-Decoder / Query2Label at each C."""
+    out: Dict[str, Dict[str, object]] = {}
+    bb = (f"ResNet-101 {m['image_size']}px fwd+bwd, per image (measured at batch "
+          f"{m['backbone_batch_measured']})")
+    fm = "x".join(map(str, m["feature_map"][1:]))
+    for row in m["rows"]:
+        name, C = row["head"], row["C"]
+        label = f"{TRANSFORMER_HEADS[name]} head alone (C={C}) fwd+bwd on {fm}"
+        out[f"transformer_heads.{name}[C={C}].head_over_backbone"] = ratio(
+            row["head_over_backbone"], bb, f"{label}, per image (batch {m['batch']})", meaning)
+        out[f"transformer_heads.{name}[C={C}].fwd_flops_over_backbone"] = ratio(
+            row["fwd_flops_over_backbone"], f"ResNet-101 {m['image_size']}px forward",
+            f"{TRANSFORMER_HEADS[name]} head (C={C}) forward",
+            "x the baseline's forward FLOPs (counted by torch.utils.flop_counter, per "
+            "image; not a timing)")
+        if C != 80:
+            out[f"transformer_heads.{name}[C={C}].over_C80"] = ratio(
+                row["over_C80"], f"{TRANSFORMER_HEADS[name]} head alone (C=80)",
+                label, meaning)
+    for C, v in m["ml_decoder_over_q2l"].items():
+        out[f"transformer_heads[C={C}].ml_decoder_over_q2l"] = ratio(
+            v, f"Query2Label head alone (C={C})", f"ML-Decoder head alone (C={C})", meaning)
+    return out
+
+
 def ratios(r) -> Dict[str, Dict[str, object]]:
     """The ``ratios`` block (see ``_common.py``): every ratio the sections print, each of
     two things timed (or measured) in the same run; values as in ``r``."""
@@ -450,6 +700,8 @@ def ratios(r) -> Dict[str, Dict[str, object]]:
             f"to batch {m['batch']}", "ML-GCN head (PyG layers)", tr)
         out["ml_gcn.pyg_over_dense"] = ratio(m["pyg_over_dense"], "dense head P (H W)",
                                              "ML-GCN head (PyG layers)", tr)
+    if "transformer_heads" in r:
+        out.update(_transformer_ratios(r["transformer_heads"], tr))
     names = {"pyg": "pyg (classifiers M_b)", "loop": "per-image loop", "dense": "dense bmm",
              "pyg_logits": "pyg, logits only", "dense_logits": "dense, logits only",
              "floor": "linear maps only"}
@@ -493,6 +745,8 @@ def main() -> None:
     r = run(args.quick, args.threads, sections)
     if "ml_gcn" in r:
         _print_mlgcn(r["ml_gcn"])
+    if "transformer_heads" in r:
+        _print_transformer_heads(r["transformer_heads"])
     if "ia_gcn" in r:
         _print_iagcn(r["ia_gcn"])
     if "gm_mlic" in r:

@@ -8,8 +8,10 @@ losses ignore the hidden entries and the label-graph statistics count only pairs
 known entries (:func:`pyg_mlic.graphs.cooccurrence` with ``mask=``). Validation and test
 labels are complete.
 
-Rows: the baseline and each graph method (``ml_gcn``, ``a_gcn``, ``ia_gcn``,
-``iml_gcn``, ``gm_mlic``) at the demo's settings (:data:`pyg_mlic.engine.recipes.SMALL`:
+Rows: the baseline, each graph method (``ml_gcn``, ``a_gcn``, ``ia_gcn``,
+``iml_gcn``, ``gm_mlic``) and the two attention heads whose label graph is learned
+(``ml_decoder``, ``q2l``; their Asymmetric Loss ignores the hidden entries like every
+other loss) at the demo's settings (:data:`pyg_mlic.engine.recipes.SMALL`:
 small_cnn from scratch, 64 px, 800 synthetic scenes, 5 epochs of Adam, weights chosen on
 the validation split; each row as :func:`pyg_mlic.demo.train_row` trains it through
 :func:`pyg_mlic.engine.fit`, IML-GCN reusing the baseline row of the same known fraction
@@ -45,7 +47,7 @@ from benchmarks._common import (format_ratios, machine, ratio, score_ratio,  # n
 
 #: the rows (demo rows of :func:`pyg_mlic.models.demo_rows`), baseline first: IML-GCN
 #: reuses it as stage 1
-METHODS = ("baseline", "ml_gcn", "a_gcn", "ia_gcn", "iml_gcn", "gm_mlic")
+METHODS = ("baseline", "ml_gcn", "a_gcn", "ia_gcn", "iml_gcn", "gm_mlic", "ml_decoder", "q2l")
 #: fractions of the training labels that stay known
 KNOWN = (0.1, 0.3, 0.5, 1.0)
 QUICK = dict(epochs=1, num_images=48, image_size=32)

@@ -1,7 +1,7 @@
 """Engine heads on precomputed features, at library defaults, against scikit-learn peers.
 
-The baseline, ML-GCN and A-GCN, trained as ``pyg-mlic train --dataset features`` does
-with no flag, against scikit-learn's logistic regression, k-NN and MLP on real features.
+The baseline, ML-GCN, A-GCN, ML-Decoder and Query2Label, trained as ``pyg-mlic train
+--dataset features`` does with no flag, against scikit-learn's logistic regression, k-NN and MLP on real features.
 
 What it does
 ------------
@@ -19,7 +19,8 @@ What it does
    trainval.npz --test-file test.npz --model M`` with no other flag (seed and output
    folder aside), i.e. the features recipe of :mod:`pyg_mlic.engine.recipes` (input
    standardisation from the training rows, dropout, AdamW, best-validation epoch on a
-   seeded 15 % of the training file), for ``baseline``, ``ml_gcn`` and ``a_gcn``, over
+   seeded 15 % of the training file), for ``baseline``, ``ml_gcn``, ``a_gcn``,
+   ``ml_decoder`` and ``q2l``, over
    seeds (``--quick``: through :func:`pyg_mlic.engine.fit` in memory, the same call the
    command line makes). The full run also trains them *with* the validation file (``--train-file train
    --val-file val``) next to the peers fitted on train only, and the ML-GCN graph
@@ -108,10 +109,11 @@ CLASSES = ["WBC", "RBC", "Platelets"]
 METRICS = ["mAP", "CP", "CR", "CF1", "OP", "OR", "OF1", "CP_top3", "CR_top3", "CF1_top3",
            "OP_top3", "OR_top3", "OF1_top3"]
 SCALES = ("none", "std")
-ENGINE_MODELS = ("baseline", "ml_gcn", "a_gcn")
+ENGINE_MODELS = ("baseline", "ml_gcn", "a_gcn", "ml_decoder", "q2l")
 PEERS = ("logreg", "knn", "mlp")
 NAMES = {"baseline": "baseline (engine defaults)", "ml_gcn": "ml_gcn (engine defaults)",
-         "a_gcn": "a_gcn (engine defaults)", "logreg": "LogisticRegression (OvR)",
+         "a_gcn": "a_gcn (engine defaults)", "ml_decoder": "ml_decoder (engine defaults)",
+         "q2l": "q2l (engine defaults)", "logreg": "LogisticRegression (OvR)",
          "knn": "KNeighborsClassifier", "mlp": "MLPClassifier"}
 
 

@@ -6,7 +6,8 @@ Sections (``--only NAME ...`` selects some of them):
 * speed benchmarks, each a script of this folder run in its own process with
   ``--quick`` (in quick mode) and ``--json FILE``:
   ``graphs`` (bench_graphs.py), ``metrics`` (bench_metrics.py), ``heads``
-  (bench_heads.py: ML-GCN, IA-GCN and GM-MLIC heads, the last from bench_gm_mlic.py),
+  (bench_heads.py: ML-GCN, IA-GCN and GM-MLIC heads, the last from bench_gm_mlic.py, and
+  the ML-Decoder / Query2Label heads against ResNet-101 at 448 px, C = 80 ... 1000),
   ``regions`` (bench_regions.py), ``compare_features`` (compare_features.py: BCCD
   features, the engine against scikit-learn heads) and ``reproduce`` (reproduce.py
   ``--method all`` as a smoke run on the 8 real coco8 images: it proves each paper's
@@ -16,8 +17,8 @@ Sections (``--only NAME ...`` selects some of them):
   ``synthetic`` (:func:`pyg_mlic.demo.run_demo`, the demo's settings), ``bccd`` (the
   BCCD blood-cell images, VOC format: train / val / test splits) and ``coco8`` (8 real
   COCO images: 4 train / 4 test, a smoke test of the image path on real photographs);
-* ``partial_labels`` (bench_partial_labels.py): test mAP of the baseline and each graph
-  method on the synthetic scenes against the fraction of known training labels (10, 30,
+* ``partial_labels`` (bench_partial_labels.py): test mAP of the baseline, each graph
+  method and the ML-Decoder / Query2Label heads on the synthetic scenes against the fraction of known training labels (10, 30,
   50, 100 %); its ``tables`` entry is rendered as a table of the report.
 
 The harness contract (see ``benchmarks/_common.py``):

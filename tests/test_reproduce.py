@@ -1,6 +1,7 @@
 """benchmarks/reproduce.py: the paper numbers are the papers', every setting has a source,
 the detector-leakage rule, and one end-to-end run of every method (one epoch) on the 8 real
-COCO images of the shared data."""
+COCO images of the shared data. ML-Decoder's and Query2Label's entries cite the authors'
+repositories (their paper texts are not in shared/papers)."""
 import argparse
 import importlib
 import json
@@ -137,7 +138,14 @@ def test_every_setting_has_a_source_and_every_row_builds(repro):
                 assert isinstance(s.source, str) and len(s.source) > 5, (method, key)
                 if key in repro.TRAIN_KEYS:
                     assert key in TrainConfig.fields()
-            assert set(repro.TRAIN_KEYS) - {"lr_milestones", "momentum"} <= set(settings)
+            assert set(repro.TRAIN_KEYS) - {"lr_milestones", "momentum", "schedule",
+                                            "ema"} <= set(settings)
+            # a model.<option> key is an option of a model the method's rows train
+            opts = set().union(*(model_option_names(r.model)
+                                 for r in repro.ROWS[method].values()))
+            for key in settings:
+                if key.startswith("model."):
+                    assert key[6:] in opts, (method, key)
         for key, row in repro.ROWS[method].items():
             valid = set(model_option_names(row.model)) | {"pca"}
             assert set(row.options) <= valid, (method, key)
@@ -152,6 +160,95 @@ def test_every_setting_has_a_source_and_every_row_builds(repro):
     assert gm["voc2007"]["model.max_instances"].value == 10
     assert gm["coco"]["model.beta"].value == 0.4 and gm["voc2007"]["model.beta"].value == 0.0
     assert repro.PAPER_SETTINGS["iml_gcn"]["coco"]["lr_milestones"].value == [10, 20, 30]
+
+
+def test_ml_decoder_and_q2l_entries(repro):
+    """The two transformer heads: numbers and recipes from the authors' repositories
+    (their paper texts are not in shared/papers), each value citing its file."""
+    from pyg_mlic.engine import TrainConfig
+
+    mld, q2l = (repro.PAPER_SETTINGS[m]["coco"] for m in ("ml_decoder", "q2l"))
+    for settings, repo in ((mld, repro.MLD_REPO), (q2l, repro.Q2L_REPO)):
+        for key, s in settings.items():
+            assert repo in s.source or s.source.startswith(repro.NOT), key
+        assert settings["schedule"].value == "onecycle" and settings["ema"].value == 0.9997
+        assert settings["image_size"].value == 448
+        assert settings["augment"].value == "resize_cutout_randaugment"
+        TrainConfig(**{k: settings[k].value for k in repro.TRAIN_KEYS
+                       if k in settings and settings[k].value is not None})
+    assert (mld["backbone"].value, mld["optimizer"].value, mld["lr"].value,
+            mld["weight_decay"].value, mld["epochs"].value, mld["batch_size"].value) == \
+        ("tresnet_l", "adam", 1e-4, 1e-4, 40, 56)
+    assert (mld["model.num_groups"].value, mld["model.embed_dim"].value,
+            mld["model.ffn_dim"].value, mld["model.decoder_layers"].value) == (100, 768, 2048, 1)
+    assert (mld["model.asl_gamma_neg"].value, mld["model.asl_gamma_pos"].value,
+            mld["model.asl_clip"].value) == (4.0, 0.0, 0.05)
+    assert (q2l["backbone"].value, q2l["optimizer"].value, q2l["lr"].value,
+            q2l["weight_decay"].value, q2l["epochs"].value, q2l["batch_size"].value) == \
+        ("resnet101", "adamw", 1e-4, 1e-2, 80, 64)
+    assert (q2l["model.heads"].value, q2l["model.encoder_layers"].value,
+            q2l["model.decoder_layers"].value) == (4, 1, 2)
+    assert (q2l["model.asl_gamma_neg"].value, q2l["model.asl_clip"].value) == (2.0, 0.0)
+    # the tables: the figures the issue states, and the rows the papers compare with
+    t = repro.PAPER_TABLES["ml_decoder"]["coco"]
+    assert t.columns == repro.COCO13 and t.rows["ML-Decoder (TResNet-L)"][0] == 90.1
+    assert t.rows["ML-Decoder (TResNet-L)"][1:] == [None] * 12
+    assert t.rows["ASL (TResNet-L)"][0] == 86.6
+    t = repro.PAPER_TABLES["q2l"]["coco"]
+    assert t.rows["Q2L-R101"][:7] == [84.9, 84.8, 74.5, 79.3, 86.6, 76.9, 81.5]
+    assert t.rows["ResNet-101"][0] == 78.3
+    assert "voc2007" not in repro.PAPER_TABLES["ml_decoder"]
+    assert "voc2007" not in repro.PAPER_TABLES["q2l"]
+    assert [repro.ROWS[m][k].label for m in ("ml_decoder", "q2l")
+            for k in repro.DEFAULT_ROWS[m]] == ["ASL (TResNet-L)", "ML-Decoder (TResNet-L)",
+                                                 "ResNet-101", "Q2L-R101"]
+    assert repro.method_title("ml_decoder") == "ML-Decoder"
+    assert repro.method_title("q2l") == "Query2Label"
+
+
+def test_ml_decoder_and_q2l_options_and_deviations(repro):
+    args = repro.build_parser().parse_args(["--method", "q2l", "--dataset", "coco", "--root",
+                                            "x", "--backbone-weights", "w.pth"])
+    # the papers' input pipeline: plain resize, no flip, RandAugment + Cutout
+    cfg = repro.data_config_for("q2l", "resnet101", args)
+    assert (cfg["train"], cfg["resize"], cfg["flip_p"], cfg["cutout"]) == \
+        ("resize_crop", 448, 0.0, 0.5)
+    assert cfg["randaugment"] is not None
+    assert list(cfg["mean"]) == pytest.approx([0.485, 0.456, 0.406])
+    for method in ("ml_decoder", "q2l"):
+        plan = repro.build_plan(method, args)
+        assert plan.deviations == repro.RECIPE_DEVIATIONS[method], method
+        assert plan.leakage is None
+        assert any("fp32 training" in n for n in plan.notes)
+    # --no-augment is a deviation from the paper's augmentation
+    args.no_augment = True
+    dev = repro.build_plan("q2l", args).deviations
+    assert any(d.startswith("no training augmentation (paper: resize to the input size")
+               for d in dev)
+    args.no_augment = False
+    # model and training options reach the rows: the paper's loss also trains the GAP rows
+    mld = repro.ROWS["ml_decoder"]
+    opts, train, _ = repro._options("ml_decoder", mld["ml_decoder"], "coco", args)
+    assert (opts["backbone"], opts["embed_dim"], opts["ffn_dim"], opts["num_groups"],
+            opts["queries"], opts["asl_gamma_neg"]) == ("tresnet_l", 768, 2048, 100,
+                                                        "fixed", 4.0)
+    assert (train["optimizer"], train["lr"], train["schedule"], train["ema"],
+            train["epochs"], train["batch_size"]) == ("adam", 1e-4, "onecycle", 0.9997, 40, 56)
+    opts, _, _ = repro._options("ml_decoder", mld["asl"], "coco", args)
+    assert opts["backbone"] == "tresnet_l" and opts["asl_clip"] == 0.05
+    assert "embed_dim" not in opts
+    q = repro.ROWS["q2l"]
+    opts, train, _ = repro._options("q2l", q["q2l"], "coco", args)
+    assert (opts["backbone"], opts["heads"], opts["encoder_layers"], opts["decoder_layers"],
+            opts["asl_gamma_neg"], opts["asl_clip"]) == ("resnet101", 4, 1, 2, 2.0, 0.0)
+    assert (train["optimizer"], train["weight_decay"], train["epochs"]) == ("adamw", 1e-2, 80)
+    opts, _, _ = repro._options("q2l", q["baseline"], "coco", args)
+    assert opts["pool"] == "avg" and opts["asl_gamma_neg"] == 2.0 and "heads" not in opts
+    # a dataset without a table: the COCO settings, said as deviations
+    args.dataset = "voc2007"
+    dev = repro.build_plan("ml_decoder", args).deviations
+    assert any("reports no voc2007 experiment" in d for d in dev)
+    assert any("no voc2007 table" in d for d in dev)
 
 
 def _args(repro, *extra):
@@ -290,7 +387,17 @@ def test_every_method_runs_on_coco8(repro, data_dir, tmp_path, capsys):
     assert all("35,504 of the 40,504 val2014" in w for w in warnings)
     assert "deviation: model option gm_mlic.conv_channels=[64, 32] (paper: [512, 256]" in text
     # the harness contract: a ratios block first, no path of this machine in the JSON
-    assert list(res)[0] == "ratios" and len(res["ratios"]) == 7
+    assert list(res)[0] == "ratios" and len(res["ratios"]) == 9
+    # the transformer heads: their reference row first, the paper's loss and schedule
+    assert list(res["methods"]["ml_decoder"]["measured"]) == ["ASL (TResNet-L)",
+                                                              "ML-Decoder (TResNet-L)"]
+    assert list(res["methods"]["q2l"]["measured"]) == ["ResNet-101", "Q2L-R101"]
+    for method in ("ml_decoder", "q2l"):
+        for label, m in res["methods"][method]["measured"].items():
+            tc = m["settings"]["train_config"]
+            assert tc["schedule"] == "onecycle" and tc["ema"] == 0.9997, (method, label)
+    assert "ml_decoder: measured mAP ratio ML-Decoder (TResNet-L) / ASL (TResNet-L)" in \
+        res["ratios"]
     raw = out_json.read_text()
     assert str(tmp_path) not in raw and str(data_dir) not in raw
     assert "$PYG_MLIC_DATA/images/coco8" in raw
