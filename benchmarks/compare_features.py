@@ -10,7 +10,8 @@ What it does
    pooling, D = 1280) with ``pyg-mlic extract-features``, once per split, cached under
    ``$PYG_MLIC_CACHE`` (default ``<tempdir>/pyg_mlic_cache``); ``trainval`` = train + val.
    Any other features set: ``--train-file/--val-file/--test-file`` (the ``.npz`` format of
-   ``--dataset features``).
+   ``--dataset features``), or ``--mulan DIR``: a MULAN multi-label ARFF set (*scene*,
+   *yeast*, *emotions*, *birds*, ...) converted by ``benchmarks/mulan.py``.
 2. **scikit-learn peers, selected on the validation split** (train -> val, never test):
    each gets a small grid of its own hyper-parameters (with and without a
    ``StandardScaler``); the selected configuration is refitted on trainval and scored on
@@ -85,7 +86,8 @@ Findings (measured with this script and the same protocol on this machine, 2 CPU
 (``--quick`` alone: one seed; each engine model trains twice without a validation file:
 once to choose the epoch on the held-out rows, once on all rows).
 
-Run: ``python benchmarks/compare_features.py [--quick] [--json out.json]``
+Run: ``python benchmarks/compare_features.py [--quick] [--json out.json]
+[--mulan DIR | --train-file F --val-file F --test-file F]``
 (``--quick``: one seed, small grids, no ablations; full: 3 seeds, both protocols).
 """
 from __future__ import annotations
@@ -451,6 +453,11 @@ def main() -> None:
     ap.add_argument("--train-file", help="another features set: training .npz")
     ap.add_argument("--val-file", help="its validation .npz (peers are selected on it)")
     ap.add_argument("--test-file", help="its test .npz")
+    ap.add_argument("--mulan", metavar="DIR",
+                    help="a MULAN set folder (NAME-train.arff, NAME-test.arff, NAME.xml, "
+                         "e.g. tsoumakas/mulan data/multi-label/scene): converted by "
+                         "benchmarks/mulan.py (20%% of the official training split as val, "
+                         "seed 0) into the cache, then used as the features set")
     ap.add_argument("--seeds", type=int, nargs="+",
                     help="test seeds (default: 0 with --quick, else 0 1 2)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for the heads")
@@ -460,8 +467,18 @@ def main() -> None:
     given = [args.train_file, args.val_file, args.test_file]
     if any(given) and not all(given):
         ap.error("--train-file, --val-file and --test-file go together")
+    if args.mulan and any(given):
+        ap.error("--mulan and --train-file/--val-file/--test-file exclude each other")
     files = dict(train=Path(args.train_file), val=Path(args.val_file),
                  test=Path(args.test_file)) if all(given) else None
+    if args.mulan:
+        import mulan
+
+        folder = Path(args.mulan)
+        try:
+            files = mulan.convert(folder, cache_dir() / "mulan" / folder.resolve().name)
+        except ValueError as e:
+            ap.error(str(e))
     r = run(args.quick, root=args.root, seeds=args.seeds, threads=args.threads, files=files)
     f = r["features"]
     print(f"\n{f['dataset']} features: D={f['dim']}; rows {f['sizes']}")

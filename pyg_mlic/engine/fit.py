@@ -199,8 +199,9 @@ def fit(model: Any, train_set, val_set=None, test_set=None, *,
         if label_graph is not None:
             raise OptionError("fit: label_graph is for a model given by name; build this "
                               "model with label_graph= instead")
-        tcfg, train_set, val_set, _ = _features_recipe(type(model), train_set, val_set,
-                                                       train_options, model.model_name, info)
+        tcfg, train_set, val_set, _, _, _ = _features_recipe(
+            type(model), train_set, val_set, train_options, model.model_name, info,
+            choose=False)
         seed_everything(tcfg.seed)
         # a resumed run reads its statistics from the checkpoint
         info["input_standardization"] = fit_input_statistics(model, train_set,
@@ -221,7 +222,7 @@ def fit(model: Any, train_set, val_set=None, test_set=None, *,
     if not two_stage:  # precomputed features: the features recipe, not the paper's images one
         from pyg_mlic.models import get_model_class
 
-        tcfg, train_set, val_set, refit_set = _features_recipe(
+        tcfg, train_set, val_set, refit_set, candidates, folds = _features_recipe(
             get_model_class(model), train_set, val_set, train_options, model, info)
         if getattr(train_set, "input_kind", None) == "features":
             from pyg_mlic.engine.recipes import FEATURES_MODEL
@@ -234,7 +235,7 @@ def fit(model: Any, train_set, val_set=None, test_set=None, *,
             options.update(added)
             info["features_model_options"] = added
     else:
-        refit_set = None
+        refit_set, candidates, folds = None, [], []
     graph = None if label_graph is None else _fit_label_graph(label_graph, train_set, options)
     if graph is not None:
         info["label_graph"] = graph.describe()
@@ -315,20 +316,44 @@ def fit(model: Any, train_set, val_set=None, test_set=None, *,
         info["input_standardization"] = fit_input_statistics(built, split, apply=statistics)
         return built
 
-    if refit_set is not None:
-        # features recipe without a validation split: choose the epoch on the held-out
-        # rows (in memory, nothing written), then retrain on every training row for that
-        # many epochs (the last epoch's weights)
-        sel = Trainer(_build(train_set), train_set, val_set, val_set, tcfg, out_dir=None,
-                      run_info=dict(info))
-        chosen = sel.fit()["selection"]
-        epochs = max(1, int(chosen["epoch"]) + 1)
-        info["features_recipe"]["refit"] = {
-            "epochs": epochs, "held_out_best_mAP": chosen["best_val_mAP"],
-            "held_out_history": [{k: v for k, v in r.items() if k in ("epoch", "val_mAP")}
-                                 for r in sel.history]}
-        tcfg = dataclasses.replace(tcfg, epochs=epochs, select="last")
-        train_set, val_set = refit_set, None
+    if len(candidates) > 1 or refit_set is not None:
+        # features recipe: each candidate setting (FEATURES["choose"], the options the user
+        # did not give) trains on the training rows of each fold and is scored on that
+        # fold's validation rows (the given validation split; else k seeded folds of the
+        # training split, or one seeded hold-out for a large one), in memory. The best
+        # validation mAP averaged over the folds chooses the setting (ties: the first,
+        # the recipe's default) and, without a validation split, the epoch and the kind
+        # of weights (raw or EMA), after which the model is retrained on every training
+        # row for that many epochs. Never the test split.
+        tried = []
+        for cand in candidates or [{}]:
+            cfg = dataclasses.replace(tcfg, **cand)
+            histories = []
+            for tr, va in folds:
+                sel = Trainer(_build(tr), tr, va, va, cfg, out_dir=None, run_info=dict(info))
+                sel.fit()
+                histories.append(sel.history)
+            tried.append((cand, *_mean_validation_curve(histories)))
+        best = max(range(len(tried)), key=lambda i: (tried[i][1]["val_mAP"], -i))
+        cand, chosen, curve = tried[best]
+        tcfg = dataclasses.replace(tcfg, **cand)
+        if len(tried) > 1:
+            info["features_recipe"]["chosen"] = dict(cand)
+            info["features_recipe"]["candidates"] = [
+                {"options": dict(c), "val_mAP": ch["val_mAP"], "epoch": ch["epoch"],
+                 "weights": ch["weights"]} for c, ch, _ in tried]
+        if refit_set is not None:
+            epochs = max(1, int(chosen["epoch"]) + 1)
+            # the refit ends on the kind of weights that won on the held-out rows: the
+            # EMA's when they did (select="last" evaluates them), else the raw weights
+            # (no EMA kept; it does not change the trajectory)
+            weights = chosen["weights"]
+            info["features_recipe"]["refit"] = {
+                "epochs": epochs, "held_out_best_mAP": chosen["val_mAP"], "weights": weights,
+                "held_out_history": curve}
+            tcfg = dataclasses.replace(tcfg, epochs=epochs, select="last",
+                                       ema=tcfg.ema if weights == "ema" else None)
+            train_set, val_set = refit_set, None
     net = _build(train_set, statistics=not resume)
     trainer = Trainer(net, train_set, val_set, test_set, tcfg, out_dir=out_dir, run_info=info)
     metrics = trainer.fit(resume=resume)
@@ -336,23 +361,59 @@ def fit(model: Any, train_set, val_set=None, test_set=None, *,
     return metrics
 
 
+def _mean_validation_curve(histories):
+    """``(best, curve)`` of per-fold training histories: ``curve`` is the validation mAP
+    of each evaluated epoch averaged over the folds (``val_mAP``, and ``val_mAP_ema``
+    when the EMA was evaluated), ``best`` its maximum over epochs and kinds of weights
+    (``{"epoch", "val_mAP", "weights"}``; ties: the earlier epoch, raw before EMA)."""
+    import numpy as np
+
+    curve, best = [], None
+    for epoch in range(min(len(h) for h in histories)):
+        rows = [h[epoch] for h in histories]
+        rec = {"epoch": epoch}
+        for key, weights in (("val_mAP", "raw"), ("val_mAP_ema", "ema")):
+            vals = [r.get(key) for r in rows]
+            if any(v is None for v in vals):
+                continue
+            rec[key] = float(np.mean(vals))
+            if best is None or rec[key] > best["val_mAP"]:
+                best = {"epoch": epoch, "val_mAP": rec[key], "weights": weights}
+        if len(rec) > 1:
+            curve.append(rec)
+    if best is None:
+        raise RuntimeError("features recipe: no epoch was evaluated on the validation rows")
+    return best, curve
+
+
 def _features_recipe(model_cls, train_set, val_set,
                      train_options: Union[None, TrainConfig, Mapping[str, Any]], owner: str,
-                     info: Dict[str, Any]):
-    """``(TrainConfig, train_set, val_set, refit_set)`` of a run on precomputed features:
-    the features recipe (:data:`pyg_mlic.engine.recipes.FEATURES`) key by key under the
-    user's ``train_options``, in place of the model's paper (image) defaults; without a
-    validation split and with ``select="best_val"``, a seeded
-    :data:`~pyg_mlic.engine.recipes.FEATURES_VAL_FRACTION` of the training split is held
-    out to choose the epoch, and ``refit_set`` (the whole training split, else ``None``)
-    is what the model is then retrained on for that many epochs. A complete
+                     info: Dict[str, Any], choose: bool = True):
+    """``(TrainConfig, train_set, val_set, refit_set, candidates, folds)`` of a run on
+    precomputed features: the features recipe (:data:`pyg_mlic.engine.recipes.FEATURES`)
+    key by key under the user's ``train_options``, in place of the model's paper (image)
+    defaults.
+
+    Without a validation split and with ``select="best_val"``, the epoch is chosen on
+    rows of the training split: ``folds`` are :func:`~pyg_mlic.engine.recipes.cv_folds`
+    seeded folds (``[(train, val), ...]``) of a training split of at most
+    ``FEATURES["cv_max_rows"]`` rows, else one seeded hold-out of
+    :data:`~pyg_mlic.engine.recipes.FEATURES_VAL_FRACTION` (also what ``train_set`` /
+    ``val_set`` are, for a model given built, ``choose=False``); ``refit_set`` (the
+    whole training split, else ``None``) is what the model is then retrained on for that
+    many epochs. With a validation split, ``folds`` is ``[(train_set, val_set)]``.
+    ``candidates`` are the settings to choose between on the validation rows
+    (:func:`~pyg_mlic.engine.recipes.features_candidates`; ``[]`` when there is nothing
+    to choose, a model given built or no validation rows). A complete
     :class:`TrainConfig` is used as is, and so are image datasets. What was applied is
     recorded in ``info["features_recipe"]``."""
     if getattr(train_set, "input_kind", None) != "features" or \
             isinstance(train_options, TrainConfig):
-        return _train_config(model_cls, train_options, owner), train_set, val_set, None
-    from pyg_mlic.data.base import holdout_split
-    from pyg_mlic.engine.recipes import FEATURES_VAL_FRACTION, features_train_options
+        return (_train_config(model_cls, train_options, owner), train_set, val_set, None, [],
+                [])
+    from pyg_mlic.data.base import SubsetDataset, holdout_split
+    from pyg_mlic.engine.recipes import (FEATURES, FEATURES_VAL_FRACTION, cv_folds,
+                                         features_candidates, features_train_options)
 
     user = {k: v for k, v in dict(train_options or {}).items() if v is not None}
     check_options(f"{owner} training", user, TrainConfig.fields(), kind="training option")
@@ -360,15 +421,30 @@ def _features_recipe(model_cls, train_set, val_set,
     applied = {k: v for k, v in resolved.items() if k not in user}
     tcfg = TrainConfig(**resolved)
     held_out, full = None, train_set
+    folds = [(train_set, val_set)] if val_set is not None else []
     if val_set is None and tcfg.select == "best_val":
-        n_val = int(round(len(train_set) * FEATURES_VAL_FRACTION))
-        if n_val >= 1 and len(train_set) - n_val >= 1:
+        n = len(train_set)
+        n_val = int(round(n * FEATURES_VAL_FRACTION))
+        k = int(FEATURES["cv_folds"])
+        if choose and k >= 2 and k <= n // 2 and n <= int(FEATURES["cv_max_rows"]):
+            folds = [(SubsetDataset(train_set, tr, split=f"{train_set.split}-fold{i}-train"),
+                      SubsetDataset(train_set, va, split=f"{train_set.split}-fold{i}-val"))
+                     for i, (tr, va) in enumerate(cv_folds(n, k, seed=tcfg.seed))]
+            train_set, val_set = folds[0]
+            held_out = {"folds": k, "seed": tcfg.seed, "num_rows": n}
+        elif n_val >= 1 and n - n_val >= 1:
             train_set, val_set = holdout_split(train_set, FEATURES_VAL_FRACTION, seed=tcfg.seed)
+            folds = [(train_set, val_set)]
             held_out = {"fraction": FEATURES_VAL_FRACTION, "seed": tcfg.seed,
                         "num_val": len(val_set), "num_train": len(train_set)}
         elif "select" not in user:  # too few rows to hold any out: the last epoch
             tcfg = TrainConfig(**{**resolved, "select": "last"})
             applied["select"] = "last"
+    candidates = features_candidates(user) if choose and val_set is not None and \
+        tcfg.select == "best_val" else []
     info["features_recipe"] = {"applied": applied, "val_holdout": held_out}
-    return tcfg, train_set, val_set, full if held_out is not None else None
-
+    if len(candidates) > 1:
+        info["features_recipe"]["choose"] = {k: [c[k] for c in candidates]
+                                             for k in candidates[0]}
+    return (tcfg, train_set, val_set, full if held_out is not None else None, candidates,
+            folds)

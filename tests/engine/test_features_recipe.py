@@ -12,8 +12,8 @@ from pyg_mlic.data.base import holdout_split
 from pyg_mlic.data.features import FeaturesDataset, save_features, training_features
 from pyg_mlic.engine import TrainConfig, fit, load_checkpoint, model_from_checkpoint, predict_dataset
 from pyg_mlic.engine.context import fit_input_statistics, model_context
-from pyg_mlic.engine.recipes import (FEATURES, FEATURES_VAL_FRACTION, features_epochs,
-                                     features_train_options)
+from pyg_mlic.engine.recipes import (FEATURES, FEATURES_VAL_FRACTION, features_candidates,
+                                     features_epochs, features_train_options)
 from pyg_mlic.models import build_model
 
 
@@ -70,33 +70,126 @@ def test_statistics_come_from_the_training_split_and_reload_with_the_checkpoint(
     assert torch.allclose(enc(xt), raw(z), atol=1e-5)
 
 
-def test_no_validation_split_holds_out_a_seeded_fraction_then_refits_on_all(splits):
+def test_k_fold_selection_of_the_epoch_then_refit_on_all(splits, monkeypatch):
+    monkeypatch.setitem(FEATURES, "cv_folds", 5)
     tr = FeaturesDataset(splits["train"], split="train")
     te = FeaturesDataset(splits["test"], split="test")
     m = fit("baseline", tr, None, te, train_options={**QUICK, "seed": 3})
     rec = m["settings"]["features_recipe"]
-    n_val = int(round(len(tr) * FEATURES_VAL_FRACTION))
-    assert rec["val_holdout"] == {"fraction": FEATURES_VAL_FRACTION, "seed": 3,
-                                  "num_val": n_val, "num_train": len(tr) - n_val}
-    # the epoch is chosen on the held-out rows, then every training row is used
+    k = FEATURES["cv_folds"]
+    assert len(tr) <= FEATURES["cv_max_rows"]
+    assert rec["val_holdout"] == {"folds": k, "seed": 3, "num_rows": len(tr)}
+    # the epoch of the best fold-averaged validation mAP, then every training row is used
     refit = rec["refit"]
-    best = max(refit["held_out_history"], key=lambda r: r["val_mAP"])
+    curve = refit["held_out_history"]
+    assert [r["epoch"] for r in curve] == list(range(QUICK["epochs"]))
+    best = max(curve, key=lambda r: r["val_mAP"])
     assert refit["epochs"] == best["epoch"] + 1 == m["settings"]["train_config"]["epochs"]
     assert refit["held_out_best_mAP"] == pytest.approx(best["val_mAP"])
+    assert refit["weights"] == "raw"
     assert m["settings"]["num_train"] == len(tr) and m["selection"]["rule"] == "last"
     assert m["settings"]["input_standardization"]["num_rows"] == len(tr)
-    # the same seed -> the same hold-out and the same run
+    # the curve is the mean of the folds' own runs, each trained by hand
+    from pyg_mlic.data.base import SubsetDataset
+    from pyg_mlic.engine.recipes import cv_folds
+
+    folds = cv_folds(len(tr), k, seed=3)
+    one = [fit("baseline", SubsetDataset(tr, a, "a"), SubsetDataset(tr, b, "b"), None,
+               train_options={**QUICK, "seed": 3})["history"] for a, b in folds]
+    np.testing.assert_allclose([r["val_mAP"] for r in curve],
+                               np.mean([[r["val_mAP"] for r in h] for h in one], 0))
+    # the same seed -> the same folds and the same run
     again = fit("baseline", tr, None, te, train_options={**QUICK, "seed": 3})
     assert again["mAP"] == m["mAP"]
     # the user's select="last" holds nothing out
     m = fit("baseline", tr, None, te, train_options={**QUICK, "select": "last"})
     assert m["settings"]["features_recipe"]["val_holdout"] is None
     assert m["settings"]["num_train"] == len(tr) and m["selection"]["rule"] == "last"
+
+
+@pytest.mark.parametrize("cv", ["off", "large"])
+def test_no_validation_split_holds_out_a_seeded_fraction_then_refits_on_all(splits,
+                                                                            monkeypatch, cv):
+    tr = FeaturesDataset(splits["train"], split="train")
+    te = FeaturesDataset(splits["test"], split="test")
+    if cv == "off":  # the default recipe
+        monkeypatch.setitem(FEATURES, "cv_folds", 0)
+    else:  # k-fold is on, but the split has more rows than it is used for
+        monkeypatch.setitem(FEATURES, "cv_folds", 5)
+        monkeypatch.setitem(FEATURES, "cv_max_rows", len(tr) - 1)
+    m = fit("baseline", tr, None, te, train_options={**QUICK, "seed": 3})
+    rec = m["settings"]["features_recipe"]
+    n_val = int(round(len(tr) * FEATURES_VAL_FRACTION))
+    assert rec["val_holdout"] == {"fraction": FEATURES_VAL_FRACTION, "seed": 3,
+                                  "num_val": n_val, "num_train": len(tr) - n_val}
+    refit = rec["refit"]
+    best = max(refit["held_out_history"], key=lambda r: r["val_mAP"])
+    assert refit["epochs"] == best["epoch"] + 1 == m["settings"]["train_config"]["epochs"]
+    assert m["settings"]["num_train"] == len(tr)
     # a built model: the hold-out chooses its weights (no refit of a model given built)
+    monkeypatch.undo()
     part, _ = holdout_split(tr, FEATURES_VAL_FRACTION, seed=0)
     net = build_model("baseline", **model_context(tr))
     m = fit(net, tr, None, te, train_options=QUICK)
     assert m["selection"]["rule"] == "best_val" and m["settings"]["num_train"] == len(part)
+    assert m["settings"]["features_recipe"]["val_holdout"]["num_val"] == len(tr) - len(part)
+
+
+def test_ema_weights_win_or_lose_on_the_folds_and_the_refit_follows(splits):
+    tr = FeaturesDataset(splits["train"], split="train")
+    te = FeaturesDataset(splits["test"], split="test")
+    for decay, expect in ((0.5, None), (0.999999, "raw")):
+        m = fit("baseline", tr, None, te, train_options={**QUICK, "ema": decay, "seed": 0})
+        refit = m["settings"]["features_recipe"]["refit"]
+        curve = refit["held_out_history"]
+        assert all("val_mAP_ema" in r for r in curve)
+        best = max(((r[k], -r["epoch"], w) for r in curve
+                    for k, w in (("val_mAP", "raw"), ("val_mAP_ema", "ema"))))
+        assert refit["weights"] == best[2] and refit["epochs"] == 1 - best[1]
+        if expect:  # an average that barely moves from the initialisation loses
+            assert refit["weights"] == expect
+        # the refit keeps the EMA only when it won
+        ema = m["settings"]["train_config"]["ema"]
+        assert (ema is not None) == (refit["weights"] == "ema")
+        assert m["selection"]["weights"] == refit["weights"]
+
+
+def test_mean_validation_curve():
+    from pyg_mlic.engine.fit import _mean_validation_curve
+
+    h1 = [{"val_mAP": 0.5, "val_mAP_ema": 0.4}, {"val_mAP": 0.7, "val_mAP_ema": 0.8}]
+    h2 = [{"val_mAP": 0.7, "val_mAP_ema": 0.6}, {"val_mAP": 0.5, "val_mAP_ema": 0.8},
+          {"val_mAP": 0.9}]
+    best, curve = _mean_validation_curve([h1, h2])
+    assert len(curve) == 2  # the shortest history
+    assert curve[1] == {"epoch": 1, "val_mAP": pytest.approx(0.6),
+                        "val_mAP_ema": pytest.approx(0.8)}
+    assert best == {"epoch": 1, "val_mAP": pytest.approx(0.8), "weights": "ema"}
+    # ties: the earlier epoch, raw before EMA
+    best, _ = _mean_validation_curve([[{"val_mAP": 0.5, "val_mAP_ema": 0.5},
+                                       {"val_mAP": 0.5}]])
+    assert best == {"epoch": 0, "val_mAP": 0.5, "weights": "raw"}
+    # epochs without a validation score (eval_every) are skipped
+    best, curve = _mean_validation_curve([[{"loss": 1.0}, {"val_mAP": 0.3}]])
+    assert [r["epoch"] for r in curve] == [1] and best["epoch"] == 1
+    with pytest.raises(RuntimeError, match="no epoch was evaluated"):
+        _mean_validation_curve([[{"loss": 1.0}]])
+
+
+def test_cv_folds():
+    from pyg_mlic.engine.recipes import cv_folds
+
+    folds = cv_folds(11, 5, seed=1)
+    vals = np.concatenate([v for _, v in folds])
+    assert sorted(vals.tolist()) == list(range(11))  # every row validated exactly once
+    assert sorted(len(v) for _, v in folds) == [2, 2, 2, 2, 3]
+    for t, v in folds:
+        assert not set(t) & set(v) and len(t) + len(v) == 11
+        assert list(t) == sorted(t) and list(v) == sorted(v)
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(folds, cv_folds(11, 5, seed=1)))
+    assert not all(np.array_equal(a[1], b[1]) for a, b in zip(folds, cv_folds(11, 5, seed=2)))
+    with pytest.raises(ValueError, match="k <= num_rows"):
+        cv_folds(3, 5)
 
 
 def test_recipe_fills_only_what_the_user_did_not_give(splits):
@@ -106,7 +199,9 @@ def test_recipe_fills_only_what_the_user_did_not_give(splits):
             train_options={"epochs": 2, "lr": 0.02, "optimizer": "adam", "progress": False})
     cfg = m["settings"]["train_config"]
     assert (cfg["epochs"], cfg["lr"], cfg["optimizer"]) == (2, 0.02, "adam")  # the user's
-    assert cfg["weight_decay"] == FEATURES["train"]["weight_decay"]           # the recipe's
+    rec = m["settings"]["features_recipe"]
+    # the recipe's (or the one chosen on the validation split among its candidates)
+    assert cfg["weight_decay"] == rec.get("chosen", FEATURES["train"])["weight_decay"]
     assert cfg["batch_size"] == FEATURES["train"]["batch_size"]
     assert cfg["select"] == "best_val" and cfg["lr_step"] is None
     # the recipe's model options: dropout in the features MLP
@@ -124,6 +219,51 @@ def test_recipe_fills_only_what_the_user_did_not_give(splits):
     assert "features_recipe" not in m["settings"]
     assert m["settings"]["model_config"]["encoder_dropout"] == 0.1
     assert m["settings"]["model_config"]["input_dropout"] == 0.2
+
+
+GRID = {"weight_decay": (1e-2, 1.0)}
+
+
+def test_candidates_are_chosen_on_the_held_out_rows_never_on_test(splits, monkeypatch):
+    monkeypatch.setitem(FEATURES, "choose", GRID)
+    tr = FeaturesDataset(splits["train"], split="train")
+    te = FeaturesDataset(splits["test"], split="test")
+    m = fit("baseline", tr, None, te, train_options={**QUICK, "seed": 1})
+    rec = m["settings"]["features_recipe"]
+    cands = rec["candidates"]
+    grid = FEATURES["choose"]["weight_decay"]
+    assert [c["options"] for c in cands] == [{"weight_decay": w} for w in grid]
+    assert rec["choose"] == {"weight_decay": list(grid)}
+    # the best held-out mAP wins (ties: the first, the recipe's default)
+    best = max(range(len(cands)), key=lambda i: (cands[i]["val_mAP"], -i))
+    assert rec["chosen"] == cands[best]["options"]
+    assert m["settings"]["train_config"]["weight_decay"] == rec["chosen"]["weight_decay"]
+    # the refit uses the chosen candidate's epoch
+    assert rec["refit"]["epochs"] == cands[best]["epoch"] + 1
+    assert rec["refit"]["held_out_best_mAP"] == pytest.approx(cands[best]["val_mAP"])
+    # the test split plays no part: other test rows, the same choice and training
+    other = FeaturesDataset(splits["val"], split="test")
+    m2 = fit("baseline", tr, None, other, train_options={**QUICK, "seed": 1})
+    assert m2["settings"]["features_recipe"]["candidates"] == cands
+    # the user's weight decay: nothing to choose
+    m3 = fit("baseline", tr, None, te, train_options={**QUICK, "weight_decay": 0.1})
+    rec3 = m3["settings"]["features_recipe"]
+    assert "candidates" not in rec3 and "chosen" not in rec3
+    assert m3["settings"]["train_config"]["weight_decay"] == 0.1
+    # select="last": no validation rows, nothing chosen
+    m4 = fit("baseline", tr, None, te, train_options={**QUICK, "select": "last"})
+    assert "candidates" not in m4["settings"]["features_recipe"]
+
+
+def test_features_candidates(monkeypatch):
+    assert features_candidates({"weight_decay": 0.3}) == []
+    monkeypatch.setitem(FEATURES, "choose", GRID)
+    grid = FEATURES["choose"]["weight_decay"]
+    assert grid[0] == FEATURES["train"]["weight_decay"]  # the default comes first
+    assert features_candidates() == [{"weight_decay": w} for w in grid]
+    assert features_candidates({"weight_decay": None}) == features_candidates()
+    assert features_candidates({"weight_decay": 0.3}) == []
+    assert features_candidates({"lr": 0.1}) == features_candidates()
 
 
 def test_features_epochs():
