@@ -59,6 +59,8 @@ enron      1123 / 579   1001  53  23.66        23.81
 medical    333 / 645    1449  45  47.85
 =========  ===========  ====  ==  ===========  ===============  =====================
 
+(The scene and yeast peers were measured on an earlier conversion of the same files: the
+same train + val and test rows, possibly another validation split for their selection.)
 Weight decay 1.0 moves the mean over the seven sets by +0.15 mAP (-0.33 to +0.73), within
 the seed-to-seed spread (up to 3 mAP on BCCD's 72 test images), so the default stays
 1e-2. On BCCD (baseline, 3 seeds) none of these closed the gap to logistic regression

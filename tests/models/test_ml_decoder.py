@@ -30,8 +30,8 @@ def _features_model(C=5, F=16, **kw):
 
 def test_registered_with_a_demo_row_and_paper_defaults():
     assert "ml_decoder" in list_models()
-    # the demo row: Query2Label's gamma_- = 2 (see docs/methods/ml_decoder.rst)
-    assert demo_rows()["ml_decoder"] == ("ml_decoder", {"asl_gamma_neg": 2.0})
+    # the demo row: ASL without focusing on the negatives (see docs/methods/ml_decoder.rst)
+    assert demo_rows()["ml_decoder"] == ("ml_decoder", {"asl_gamma_neg": 0.0})
     c = TrainConfig.for_model(MLDecoder)
     assert (c.optimizer, c.lr, c.weight_decay, c.epochs, c.batch_size) == \
         ("adam", 1e-4, 1e-4, 40, 56)
