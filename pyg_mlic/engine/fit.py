@@ -350,7 +350,7 @@ def fit(model: Any, train_set, val_set=None, test_set=None, *,
             weights = chosen["weights"]
             info["features_recipe"]["refit"] = {
                 "epochs": epochs, "held_out_best_mAP": chosen["val_mAP"], "weights": weights,
-                "held_out_history": curve}
+                "ema": tcfg.ema, "held_out_history": curve}
             tcfg = dataclasses.replace(tcfg, epochs=epochs, select="last",
                                        ema=tcfg.ema if weights == "ema" else None)
             train_set, val_set = refit_set, None

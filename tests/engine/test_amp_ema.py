@@ -74,9 +74,13 @@ def test_cli_flags_reach_the_train_config(tmp_path):
             "--ema", "0.9", "--schedule", "cosine", "--warmup-epochs", "0.5",
             "--grad-clip", "2.5"]
     assert main(argv) == 0
-    cfg = json.loads((out / "metrics.json").read_text())["settings"]["train_config"]
-    assert (cfg["amp"], cfg["ema"], cfg["schedule"], cfg["warmup_epochs"], cfg["grad_clip"]) \
-        == ("bf16", 0.9, "cosine", 0.5, 2.5)
+    settings = json.loads((out / "metrics.json").read_text())["settings"]
+    cfg, refit = settings["train_config"], settings["features_recipe"]["refit"]
+    # no validation file: the held-out rows chose raw or EMA weights, and the refit keeps
+    # the EMA only when it won (the decay asked for is recorded either way)
+    assert refit["ema"] == 0.9 and cfg["ema"] == (0.9 if refit["weights"] == "ema" else None)
+    assert (cfg["amp"], cfg["schedule"], cfg["warmup_epochs"], cfg["grad_clip"]) \
+        == ("bf16", "cosine", 0.5, 2.5)
     with pytest.raises(SystemExit):  # argparse refuses a precision it does not know
         main(argv + ["--amp", "fp8"])
 

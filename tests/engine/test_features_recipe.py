@@ -150,7 +150,7 @@ def test_ema_weights_win_or_lose_on_the_folds_and_the_refit_follows(splits):
             assert refit["weights"] == expect
         # the refit keeps the EMA only when it won
         ema = m["settings"]["train_config"]["ema"]
-        assert (ema is not None) == (refit["weights"] == "ema")
+        assert (ema is not None) == (refit["weights"] == "ema") and refit["ema"] == decay
         assert m["selection"]["weights"] == refit["weights"]
 
 
