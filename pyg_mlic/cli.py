@@ -395,7 +395,7 @@ def cmd_predict(args) -> int:
     tf = build_transforms(train=False, size=size, mean=tuple(pre["mean"]), std=tuple(pre["std"]))
     paths = expand_image_paths(args.images)
     try:
-        from tqdm.auto import tqdm
+        from pyg_mlic.utils.progress import tqdm
     except ImportError:  # pragma: no cover - tqdm is a dependency
         tqdm = None
     bar = None

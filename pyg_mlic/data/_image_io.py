@@ -165,7 +165,7 @@ def verify_images(paths: Sequence[PathLike], decode: bool = True, progress: bool
     report = VerifyReport()
     it: Iterable = paths
     if progress:
-        from tqdm.auto import tqdm
+        from pyg_mlic.utils.progress import tqdm
         it = tqdm(paths, desc=desc, file=sys.stderr, unit="img")
     for p in it:
         report.checked += 1

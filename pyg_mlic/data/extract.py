@@ -105,7 +105,7 @@ def extract_features(dataset: MultiLabelDataset, encoder: nn.Module, batch_size:
     it = loader
     if progress:
         try:
-            from tqdm.auto import tqdm
+            from pyg_mlic.utils.progress import tqdm
 
             it = tqdm(loader, desc=f"features ({getattr(dataset, 'split', '?')})",
                       dynamic_ncols=True, leave=False)

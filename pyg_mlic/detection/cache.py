@@ -327,7 +327,7 @@ class RegionCache:
     def _extract(self, arrays: Dict[str, np.ndarray], chunk_size: int,
                  done: Dict[int, Dict[str, int]], todo: Sequence[int], progress: bool,
                  num_workers: int) -> int:
-        from tqdm.auto import tqdm
+        from pyg_mlic.utils.progress import tqdm
 
         chunks = self._chunks(chunk_size)
         n_done = sum(b - a for c, (a, b) in enumerate(chunks) if c in done)

@@ -201,7 +201,7 @@ def label_feature_means(encoder: nn.Module, dataset, *, batch_size: int = 32,
     it = loader
     if progress:
         try:
-            from tqdm.auto import tqdm
+            from pyg_mlic.utils.progress import tqdm
 
             it = tqdm(loader, desc="image-feature embeddings", initial=start // batch_size,
                       total=(N + batch_size - 1) // batch_size, leave=False, dynamic_ncols=True)

@@ -42,10 +42,7 @@ from pyg_mlic.engine.config import TrainConfig
 from pyg_mlic.errors import CheckpointError, check_same_classes
 from pyg_mlic.version import __version__
 
-try:  # tqdm is a hard dependency, but keep the engine importable without it
-    from tqdm.auto import tqdm
-except ImportError:  # pragma: no cover
-    tqdm = None
+from pyg_mlic.utils.progress import tqdm  # None without tqdm (a hard dependency)
 
 
 def seed_everything(seed: int) -> None:
