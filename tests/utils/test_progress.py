@@ -29,10 +29,11 @@ def test_training_with_and_without_bars_is_identical(tmp_path):
     train = FeaturesDataset(make_features_npz(tmp_path / "train.npz", n=96, seed=0),
                             split="train")
     val = FeaturesDataset(make_features_npz(tmp_path / "val.npz", n=48, seed=1), split="val")
+    test = FeaturesDataset(make_features_npz(tmp_path / "test.npz", n=48, seed=2), split="test")
     runs = []
     for progress in (False, True):
         # the features recipe trains with dropout, which reads the global generator
-        m = fit("baseline", train, val, None,
+        m = fit("baseline", train, val, test,
                 train_options=dict(epochs=3, seed=0, progress=progress))
         runs.append(([h["val_mAP"] for h in m["history"]],
                      [h["train_cls"] for h in m["history"]], m["mAP"]))
