@@ -161,7 +161,10 @@ def _mean_metrics(runs: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     out: Dict[str, Any] = {k: float(np.mean([r[k] for r in runs])) for k in METRICS}
     out["mAP_std"] = float(np.std([r["mAP"] for r in runs]))
     out["mAP_runs"] = [float(r["mAP"]) for r in runs]
-    out["AP"] = np.mean([r["AP"] for r in runs], axis=0).tolist()
+    # a class with no positive in the scored split has AP None (undefined, left out of
+    # mAP by multilabel_metrics): None here too, the other classes averaged over the runs
+    aps = np.array([[np.nan if a is None else a for a in r["AP"]] for r in runs], float)
+    out["AP"] = [None if np.isnan(col).all() else float(np.nanmean(col)) for col in aps.T]
     out["n_runs"] = len(runs)
     return out
 
@@ -429,7 +432,8 @@ def _table(rows: Dict[str, Dict[str, Any]], classes: Sequence[str]) -> str:
     extra = ["", f"{'':<{w}}{'mAP std':>9}  {'n':>3}  AP " + " / ".join(classes)]
     for name, m in rows.items():
         extra.append(f"{name:<{w}}{100 * m['mAP_std']:9.2f}  {m['n_runs']:>3}  "
-                     + " / ".join(f"{100 * a:.1f}" for a in m["AP"]))
+                     + " / ".join("n/a" if a is None else f"{100 * a:.1f}"
+                                  for a in m["AP"]))
     return "\n".join(t + extra)
 
 
