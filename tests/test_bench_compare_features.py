@@ -2,25 +2,16 @@
 the scored split (as MULAN's rare labels do): the class's AP is undefined (None, left out
 of mAP) in every run, the mean over runs keeps it None and averages the others, and the
 table prints it as n/a instead of failing."""
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
+from helpers_bench import import_benchmarks
 from helpers_features import make_features_npz
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
 def cf():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import compare_features
-    finally:
-        sys.path.remove(str(BENCH))
-    return compare_features
+    return import_benchmarks("compare_features")[0]
 
 
 def test_peer_scored_on_a_split_without_positives_of_one_class(cf, tmp_path):

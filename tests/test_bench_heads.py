@@ -2,13 +2,10 @@
 feature map (the model's own ``decode``, backbone replaced), the C-independent layers are
 shared across the sweep, and the section's ratios form a valid ``ratios`` block. Tiny
 widths and a 64-px image keep it to seconds; the timings themselves are not checked."""
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+from helpers_bench import import_benchmarks
 
 #: small widths (the benchmark's defaults are the paper's, far too slow for a test)
 SMALL = {"ml_decoder": dict(embed_dim=16, ffn_dim=32), "q2l": dict(hidden_dim=16, ffn_dim=32)}
@@ -16,13 +13,8 @@ SMALL = {"ml_decoder": dict(embed_dim=16, ffn_dim=32), "q2l": dict(hidden_dim=16
 
 @pytest.fixture()
 def bench():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import _common
-        import bench_heads
-    finally:
-        sys.path.remove(str(BENCH))
-    return bench_heads, _common
+    common, bench_heads = import_benchmarks("_common", "bench_heads")
+    return bench_heads, common
 
 
 def test_heads_alone_on_a_feature_map(bench):

@@ -2,13 +2,13 @@
 test). Small ARFF files written in the MULAN layout (dense rows with quoted names and a
 nominal attribute, sparse rows) round-trip through ``load_features``; malformed files get
 a one-line error naming the file and line."""
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+from helpers_bench import import_benchmarks
+
 
 XML = """<?xml version="1.0" encoding="utf-8"?>
 <labels xmlns="http://mulan.sourceforge.net/labels">
@@ -32,12 +32,7 @@ HEADER = """@relation 'toy set'
 
 @pytest.fixture()
 def mulan():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import mulan
-    finally:
-        sys.path.remove(str(BENCH))
-    return mulan
+    return import_benchmarks("mulan")[0]
 
 
 def _write_set(folder: Path, train_rows, test_rows, name="toy"):
