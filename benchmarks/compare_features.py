@@ -209,7 +209,10 @@ def _sk_scores(model, X: np.ndarray) -> np.ndarray:
 
 
 def sklearn_eval(kind: str, params: Dict[str, Any], train: Path, test: Path,
-                 seeds: Sequence[int]) -> Dict[str, Any]:
+                 seeds: Sequence[int], scores_out: Optional[List[np.ndarray]] = None
+                 ) -> Dict[str, Any]:
+    """Mean metrics over seeds of the peer fitted on ``train``, scored on ``test``
+    (``scores_out``: a list that receives each run's test scores ``[N, C]``)."""
     from pyg_mlic.metrics import multilabel_metrics
 
     Xtr, Ytr = _load(train)
@@ -219,7 +222,10 @@ def sklearn_eval(kind: str, params: Dict[str, Any], train: Path, test: Path,
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # lbfgs / adam convergence notices
             m = _sk_model(kind, params, s).fit(Xtr, Ytr)
-        runs.append(multilabel_metrics(_sk_scores(m, Xte), Yte, scores_are="probabilities"))
+        p = _sk_scores(m, Xte)
+        if scores_out is not None:
+            scores_out.append(p)
+        runs.append(multilabel_metrics(p, Yte, scores_are="probabilities"))
     return _mean_metrics(runs)
 
 
@@ -259,10 +265,33 @@ def engine_eval(model: str, model_opts: Dict[str, Any], train_opts: Dict[str, An
     return _mean_metrics(runs)
 
 
+def _checkpoint_scores(run_dir: Path, metrics: Dict[str, Any], test: Path) -> np.ndarray:
+    """Test logits ``[N, C]`` of the checkpoint a run evaluated (``best.pt`` under
+    ``select="best_val"``, else ``last.pt``), predicted again from the file: its mAP must
+    be the one the run reported."""
+    from pyg_mlic.data.features import FeaturesDataset
+    from pyg_mlic.engine import model_from_checkpoint, predict_dataset
+    from pyg_mlic.metrics import multilabel_metrics
+
+    best = run_dir / "best.pt"
+    ckpt = best if metrics["selection"]["rule"] == "best_val" and best.is_file() else \
+        run_dir / "last.pt"
+    net = model_from_checkpoint(ckpt)
+    p = predict_dataset(net.eval(), FeaturesDataset(test, split="test"), batch_size=256)
+    logits = p["logits"].double().numpy()
+    again = multilabel_metrics(logits, p["target"], mask=p["mask"], scores_are="logits")["mAP"]
+    if abs(again - metrics["mAP"]) > 1e-5:
+        raise RuntimeError(f"{ckpt}: test mAP {again:.6f} from the checkpoint, but the run "
+                           f"reported {metrics['mAP']:.6f}")
+    return logits
+
+
 def engine_cli(model: str, train: Path, test: Path, seeds: Sequence[int], out: Path,
-               val: Optional[Path] = None) -> Dict[str, Any]:
+               val: Optional[Path] = None, scores_out: Optional[List[np.ndarray]] = None
+               ) -> Dict[str, Any]:
     """Mean metrics over seeds of ``pyg-mlic train --dataset features --model MODEL`` with
-    no option but the files, the seed and the output folder: the library's defaults."""
+    no option but the files, the seed and the output folder: the library's defaults
+    (``scores_out``: receives each run's test logits, from its checkpoint)."""
     from pyg_mlic.cli import main as cli_main
 
     runs = []
@@ -277,6 +306,8 @@ def engine_cli(model: str, train: Path, test: Path, seeds: Sequence[int], out: P
             warnings.simplefilter("ignore")
             cli_main(argv)
         runs.append(json.loads((run_dir / "metrics.json").read_text()))
+        if scores_out is not None:
+            scores_out.append(_checkpoint_scores(run_dir, runs[-1], test))
     out_m = _mean_metrics(runs)
     out_m["selected_epochs"] = [r["selection"]["epoch"] for r in runs]
     out_m["train_time_s"] = float(np.mean([r.get("train_time_s", float("nan")) for r in runs]))
@@ -284,19 +315,27 @@ def engine_cli(model: str, train: Path, test: Path, seeds: Sequence[int], out: P
 
 
 def engine_defaults(model: str, train: Path, test: Path, seeds: Sequence[int],
-                    val: Optional[Path] = None) -> Dict[str, Any]:
-    """What :func:`engine_cli` measures, through :func:`pyg_mlic.engine.fit` in memory (no
-    checkpoint written each epoch): ``fit(model, train, val, test)`` with no option but
-    the seed, which is what the command line passes (``--quick`` uses it)."""
+                    val: Optional[Path] = None, scores_out: Optional[List[np.ndarray]] = None
+                    ) -> Dict[str, Any]:
+    """What :func:`engine_cli` measures, through :func:`pyg_mlic.engine.fit` in Python:
+    ``fit(model, train, val, test)`` with no option but the seed, which is what the
+    command line passes (``--quick`` uses it). With ``scores_out`` (a list), each run
+    writes its checkpoints to a temporary folder and its test logits are predicted again
+    from the checkpoint it evaluated."""
     from pyg_mlic.data.features import FeaturesDataset
     from pyg_mlic.engine import fit
 
     tr, te = FeaturesDataset(train, split="train"), FeaturesDataset(test, split="test")
     va = FeaturesDataset(val, split="val") if val is not None else None
-    with warnings.catch_warnings():
+    runs = []
+    with warnings.catch_warnings(), tempfile.TemporaryDirectory(prefix="pyg_mlic_cmp_") as tmp:
         warnings.simplefilter("ignore")
-        runs = [fit(model, tr, va, te, train_options={"seed": s, "progress": False})
-                for s in seeds]
+        for s in seeds:
+            run_dir = Path(tmp) / f"{model}_seed{s}" if scores_out is not None else None
+            runs.append(fit(model, tr, va, te, out_dir=run_dir,
+                            train_options={"seed": s, "progress": False}))
+            if scores_out is not None:
+                scores_out.append(_checkpoint_scores(run_dir, runs[-1], test))
     out_m = _mean_metrics(runs)
     out_m["selected_epochs"] = [r["selection"]["epoch"] for r in runs]
     out_m["train_time_s"] = float(np.mean([r.get("train_time_s", float("nan")) for r in runs]))
@@ -393,27 +432,35 @@ def run(quick: bool = False, root: Optional[Path] = None, seeds: Optional[Sequen
             protocols["validation file given (train on train, --val-file val)"] = ("train",
                                                                                    "val")
         blocks: Dict[str, Dict[str, Any]] = {}
+        boot: Dict[str, Dict[str, Any]] = {}
         with tempfile.TemporaryDirectory(prefix="pyg_mlic_cmp_") as tmp:
             for block, (fit_split, val_split) in protocols.items():
                 rows: Dict[str, Any] = {}
+                scores: Dict[str, List[np.ndarray]] = {}
                 for model in ENGINE_MODELS:
                     t0 = time.time()
                     v = feats[val_split] if val_split else None
+                    scores[model] = []
                     rows[NAMES[model]] = (
                         engine_defaults(model, feats[fit_split], feats["test"], test_seeds,
-                                        val=v) if quick else
+                                        val=v, scores_out=scores[model]) if quick else
                         engine_cli(model, feats[fit_split], feats["test"], test_seeds,
-                                   Path(tmp) / f"{fit_split}_{model}", val=v))
+                                   Path(tmp) / f"{fit_split}_{model}", val=v,
+                                   scores_out=scores[model]))
                     print(f"  {block}: {model} test mAP "
                           f"{100 * rows[NAMES[model]]['mAP']:.2f} ({time.time() - t0:.0f} s)",
                           flush=True)
                 for kind in PEERS:
+                    scores[kind] = []
                     rows[NAMES[kind]] = sklearn_eval(kind, chosen[kind], feats[fit_split],
                                                      feats["test"],
-                                                     test_seeds if kind == "mlp" else [0])
+                                                     test_seeds if kind == "mlp" else [0],
+                                                     scores_out=scores[kind])
                     rows[NAMES[kind]]["config"] = chosen[kind]
                 blocks[block] = rows
+                boot[block] = bootstrap(scores, _load(feats["test"])[1])
         res["test"] = blocks
+        res["bootstrap"] = boot
 
         # ---- ML-GCN graph ablations at the defaults (train -> val)
         if not quick:
@@ -438,6 +485,36 @@ def _table(rows: Dict[str, Dict[str, Any]], classes: Sequence[str]) -> str:
                      + " / ".join("n/a" if a is None else f"{100 * a:.1f}"
                                   for a in m["AP"]))
     return "\n".join(t + extra)
+
+
+def bootstrap(scores: Dict[str, List[np.ndarray]], targets: np.ndarray,
+              num_resamples: int = 2000) -> Dict[str, Dict[str, Any]]:
+    """Each engine model against each peer on the same test rows:
+    :func:`pyg_mlic.metrics.paired_bootstrap_map` (the mean over each one's seeds, the
+    test rows resampled), with the verdict ``"beats"`` (the 95 % interval above 0),
+    ``"matches"`` (it contains 0: the test split cannot tell them apart) or ``"below"``."""
+    from pyg_mlic.metrics import paired_bootstrap_map
+
+    out: Dict[str, Dict[str, Any]] = {}
+    for model in ENGINE_MODELS:
+        for peer in PEERS:
+            if not scores.get(model) or not scores.get(peer):
+                continue
+            b = paired_bootstrap_map(scores[model], scores[peer], targets,
+                                     num_resamples=num_resamples, seed=0)
+            b["verdict"] = ("beats" if b["ci"][0] > 0 else "below" if b["ci"][1] < 0
+                            else "matches")
+            out[f"{model} - {peer}"] = b
+    return out
+
+
+def format_bootstrap(boot: Dict[str, Dict[str, Any]]) -> str:
+    """The bootstrap block as text: one line per (engine model, peer)."""
+    w = max((len(k) for k in boot), default=0)
+    return "\n".join(
+        f"  {k:<{w}}  {100 * b['diff']:+6.2f} mAP  {100 * b['confidence']:.0f}% CI "
+        f"[{100 * b['ci'][0]:+6.2f}, {100 * b['ci'][1]:+6.2f}]  P(below) "
+        f"{b['p_a_below_b']:.2f}  {b['verdict']}" for k, b in boot.items())
 
 
 def ratios(r: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
@@ -499,6 +576,9 @@ def main() -> None:
     if r.get("mlgcn_ablations_val"):
         print("\nML-GCN ablations at the defaults (train -> val, mean over seeds)")
         print(_table(r["mlgcn_ablations_val"], r["classes"]))
+    for block, boot in r.get("bootstrap", {}).items():
+        print(f"\nengine - peer, test mAP points, paired bootstrap over the "
+              f"{f['sizes']['test']} test rows ({block})\n" + format_bootstrap(boot))
     rb = ratios(r)
     if rb:
         from _common import format_ratios

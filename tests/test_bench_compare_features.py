@@ -30,3 +30,26 @@ def test_peer_scored_on_a_split_without_positives_of_one_class(cf, tmp_path):
     assert m["mAP"] == pytest.approx(np.mean([a for a in m["AP"] if a is not None]), abs=1e-9)
     table = cf._table({"mlp": m}, ["a", "b", "c", "d"])
     assert "n/a" in table.splitlines()[-1]
+
+
+def test_engine_scores_from_the_checkpoint_and_the_paired_bootstrap(cf, tmp_path):
+    """The engine's test logits are predicted again from the checkpoint each run evaluated
+    (their mAP must be the reported one, else _checkpoint_scores raises), and the bootstrap
+    block compares each engine model with each peer on those rows."""
+    pytest.importorskip("sklearn")
+    train = make_features_npz(tmp_path / "train.npz", n=80, c=3, seed=0)
+    test = make_features_npz(tmp_path / "test.npz", n=40, c=3, seed=1)
+    scores = {"baseline": [], "logreg": []}
+    m = cf.engine_defaults("baseline", train, test, seeds=[0, 1], scores_out=scores["baseline"])
+    assert len(scores["baseline"]) == 2 and scores["baseline"][0].shape == (40, 3)
+    assert m["mAP_runs"][0] != m["mAP_runs"][1]  # two seeds, two models
+    cf.sklearn_eval("logreg", dict(scale="std", C=1.0), train, test, [0],
+                    scores_out=scores["logreg"])
+    boot = cf.bootstrap(scores, np.load(test)["labels"], num_resamples=200)
+    b = boot["baseline - logreg"]
+    assert set(boot) == {"baseline - logreg"}
+    assert b["mAP_a"] == pytest.approx(m["mAP"], abs=1e-9)
+    assert b["ci"][0] <= b["diff"] <= b["ci"][1]
+    assert b["verdict"] == ("beats" if b["ci"][0] > 0 else "below" if b["ci"][1] < 0
+                            else "matches")
+    assert "baseline - logreg" in cf.format_bootstrap(boot)

@@ -14,7 +14,8 @@ from sklearn.metrics import average_precision_score
 
 from pyg_mlic import metrics
 from pyg_mlic.metrics import (UndefinedAPWarning, average_precision, calibrate_thresholds,
-                              format_long_tail, long_tail_map, multilabel_metrics)
+                              format_long_tail, long_tail_map, multilabel_metrics,
+                              paired_bootstrap_map)
 
 NAMES = ("CP", "CR", "CF1", "OP", "OR", "OF1")
 
@@ -691,3 +692,65 @@ def test_long_tail_terciles_by_hand():
 def test_long_tail_bad_input_raises(args, match):
     with pytest.raises(ValueError, match=match):
         long_tail_map(*args)
+
+
+# --------------------------------------------------------------------------- bootstrap
+def test_bootstrap_resample_ap_is_sklearns_weighted_ap():
+    """Each resample's AP (ties and a mask included) is scikit-learn's AP with the
+    resample counts as sample weights, i.e. the AP of the duplicated rows."""
+    rng = np.random.default_rng(0)
+    s = np.round(rng.normal(size=(50, 4)), 1)  # rounding makes ties
+    y = rng.random((50, 4)) < 0.4
+    mask = rng.random((50, 4)) > 0.2
+    w = np.stack([np.bincount(rng.integers(0, 50, 50), minlength=50) for _ in range(6)])
+    ap = metrics._weighted_ap(s, y & mask, mask, w.astype(float))
+    for b in range(len(w)):
+        for c in range(4):
+            keep = mask[:, c]
+            ref = average_precision_score(y[keep, c], s[keep, c], sample_weight=w[b, keep])
+            assert ap[b, c] == pytest.approx(ref, abs=1e-12)
+
+
+def test_paired_bootstrap_map():
+    rng = np.random.default_rng(1)
+    y = (rng.random((80, 5)) < 0.3).astype(int)
+    y[0] = 1  # every class has a positive
+    good = y + rng.normal(0, 0.6, y.shape)
+    bad = rng.normal(size=y.shape)
+    same = paired_bootstrap_map(good, good, y, num_resamples=300)
+    assert same["diff"] == 0.0 and same["ci"] == [0.0, 0.0] and same["p_a_below_b"] == 0.0
+    r = paired_bootstrap_map(good, bad, y, num_resamples=300, seed=3)
+    assert r["mAP_a"] == pytest.approx(multilabel_metrics(good, y)["mAP"], abs=1e-12)
+    assert r["mAP_b"] == pytest.approx(multilabel_metrics(bad, y)["mAP"], abs=1e-12)
+    assert r["diff"] == pytest.approx(r["mAP_a"] - r["mAP_b"])
+    assert 0.0 < r["ci"][0] < r["diff"] < r["ci"][1] and r["p_a_below_b"] == 0.0
+    assert r["num_images"] == 80 and r["num_resamples"] == 300
+    assert paired_bootstrap_map(good, bad, y, num_resamples=300, seed=3) == r  # seeded
+    # runs of one model count with their mean mAP; swapping the models negates the gap
+    two = paired_bootstrap_map([good, bad], bad, y, num_resamples=300)
+    assert two["mAP_a"] == pytest.approx((r["mAP_a"] + r["mAP_b"]) / 2)
+    back = paired_bootstrap_map(bad, good, y, num_resamples=300, seed=3)
+    assert back["diff"] == pytest.approx(-r["diff"]) and back["p_a_below_b"] == 1.0
+    # a narrower confidence gives a narrower interval
+    n90 = paired_bootstrap_map(good, bad, y, num_resamples=300, seed=3, confidence=0.5)
+    assert r["ci"][0] <= n90["ci"][0] <= n90["ci"][1] <= r["ci"][1]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(num_resamples=0), "num_resamples"), (dict(num_resamples=2.5), "num_resamples"),
+    (dict(confidence=1.0), "confidence"), (dict(confidence=True), "confidence"),
+])
+def test_paired_bootstrap_bad_options_raise(kwargs, match):
+    y = np.eye(3, dtype=int)
+    with pytest.raises(ValueError, match=match):
+        paired_bootstrap_map(y + 0.0, y + 0.0, y, **kwargs)
+
+
+def test_paired_bootstrap_bad_input_raises():
+    y = np.eye(4, dtype=int)
+    with pytest.raises(ValueError, match="scores_b.*shape"):
+        paired_bootstrap_map(y + 0.0, np.zeros((4, 3)), y)
+    with pytest.raises(ValueError, match="scores_a, run 1.*non-finite"):
+        paired_bootstrap_map([y + 0.0, np.full((4, 4), np.nan)], y + 0.0, y)
+    with pytest.raises(ValueError, match="no class has a positive"):
+        paired_bootstrap_map(y + 0.0, y + 0.0, np.zeros((4, 4), int))
