@@ -2,7 +2,9 @@ r"""Encoders producing one feature vector per image: backbone + pooling, or an M
 precomputed features."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence, Union
+import math
+
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -67,14 +69,15 @@ class MLPEncoder(nn.Module):
     datasets (``--dataset features``).
 
     .. math::
-        \mathbf{h}^{(0)} = \mathrm{Dropout}_{p_0}\big((\mathbf{f} - \boldsymbol{\mu})
-        \oslash \boldsymbol{\sigma}\big),\quad
+        \mathbf{h}^{(0)} = \mathrm{Dropout}_{p_0}\big(\mathrm{clip}_{c}\big(
+        (\mathbf{f} - \boldsymbol{\mu}) \oslash \boldsymbol{\sigma}\big)\big),\quad
         \mathbf{h}^{(k)} = \mathrm{Dropout}_{p}(\mathrm{ReLU}(\mathbf{W}_k \mathbf{h}^{(k-1)}
         + \mathbf{b}_k)),\quad
         \mathbf{x} = \mathbf{W}_{out} \mathbf{h}^{(K)} + \mathbf{b}_{out}
         \;[+\; \mathbf{W}_{skip}\, \mathbf{h}^{(0)}]
 
-    :math:`\boldsymbol{\mu}, \boldsymbol{\sigma}` are per-feature statistics of the
+    :math:`\mathrm{clip}_c(z) = \min(\max(z, -c), c)` elementwise (the identity without
+    ``clip``). :math:`\boldsymbol{\mu}, \boldsymbol{\sigma}` are per-feature statistics of the
     *training* split (buffers ``input_mean`` / ``input_std``, saved in the state dict, so
     evaluation, prediction and export apply the same map); they are the identity until
     :meth:`fit_standardization` sets them (:func:`pyg_mlic.engine.fit` does, from the
@@ -98,6 +101,16 @@ class MLPEncoder(nn.Module):
             (:math:`\mathbf{W}_{skip}`, no bias), so that the encoder contains a linear
             model of the features next to the MLP; ignored when ``hidden`` is empty.
             (default: :obj:`False`)
+        std_floor (float): :math:`\alpha \ge 0`, the floor of the standardisation:
+            :meth:`fit_standardization` divides feature :math:`j` by
+            :math:`\max(\sigma_j, \alpha\, \mathrm{median}_k\, \sigma_k)`, so that a
+            feature varying much less than the typical one (a rarely active CNN channel,
+            a rare binary indicator) is not amplified beyond it; ``0``: plain
+            standardisation. (default: :obj:`0.0`)
+        clip (float, optional): :math:`c > 0`: clip each standardised feature to
+            :math:`[-c, c]` (winsorising: a value :math:`c` standard deviations from the
+            training mean or further counts as :math:`c`, so that one rare spike cannot
+            dominate a row); ``None``: no clipping. (default: :obj:`None`)
 
     Shapes:
         - **input:** :math:`(B, F)`
@@ -107,7 +120,8 @@ class MLPEncoder(nn.Module):
     def __init__(self, in_features: int, hidden: Sequence[int] = (512,),
                  out_features: int = 512, dropout: float = 0.0,
                  final_activation: bool = False, input_dropout: float = 0.0,
-                 standardize: bool = False, shortcut: bool = False) -> None:
+                 standardize: bool = False, shortcut: bool = False,
+                 std_floor: float = 0.0, clip: Optional[float] = None) -> None:
         super().__init__()
         hidden = tuple(int(h) for h in hidden)
         if int(in_features) < 1 or int(out_features) < 1 or any(h < 1 for h in hidden):
@@ -116,6 +130,14 @@ class MLPEncoder(nn.Module):
         for name, p in (("dropout", dropout), ("input_dropout", input_dropout)):
             if not 0.0 <= p < 1.0:
                 raise ValueError(f"MLPEncoder: {name} must be in [0, 1), got {p}")
+        if isinstance(std_floor, bool) or not isinstance(std_floor, (int, float)) or \
+                not math.isfinite(std_floor) or std_floor < 0:
+            raise ValueError(f"MLPEncoder: std_floor must be a finite number >= 0, got "
+                             f"{std_floor!r}")
+        if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float))
+                                 or not math.isfinite(clip) or clip <= 0):
+            raise ValueError(f"MLPEncoder: clip must be a finite number > 0 or None, got "
+                             f"{clip!r}")
         layers = []
         c = int(in_features)
         for h in hidden:
@@ -134,6 +156,8 @@ class MLPEncoder(nn.Module):
         self.input_dropout = float(input_dropout)
         self.drop_in = nn.Dropout(self.input_dropout) if self.input_dropout > 0 else nn.Identity()
         self.standardize = bool(standardize)
+        self.std_floor = float(std_floor)
+        self.clip = None if clip is None else float(clip)
         if self.standardize:
             self.register_buffer("input_mean", torch.zeros(self.in_features))
             self.register_buffer("input_std", torch.ones(self.in_features))
@@ -152,7 +176,10 @@ class MLPEncoder(nn.Module):
         r"""Set :math:`\boldsymbol{\mu}, \boldsymbol{\sigma}` from training features
         ``[N, F]`` (computed in float64; a feature whose standard deviation is below
         :math:`10^{-6}\,(1 + |\mu|)` (constant on the training split) keeps
-        :math:`\sigma = 1`, so it is centred and never divided by ~0)."""
+        :math:`\sigma = 1`, so it is centred and never divided by ~0). With
+        ``std_floor`` :math:`\alpha > 0` every other feature gets
+        :math:`\sigma_j \leftarrow \max(\sigma_j, \alpha\, m)`, :math:`m` the median
+        standard deviation of the non-constant features."""
         if not self.standardize:
             raise ValueError("MLPEncoder.fit_standardization: built with standardize=False")
         X = torch.as_tensor(features).detach().to("cpu", torch.float64)
@@ -163,7 +190,10 @@ class MLPEncoder(nn.Module):
             raise ValueError("MLPEncoder.fit_standardization: features have non-finite values")
         mean = X.mean(0)
         std = X.std(0, unbiased=False)
-        std = torch.where(std > 1e-6 * (1.0 + mean.abs()), std, torch.ones_like(std))
+        varies = std > 1e-6 * (1.0 + mean.abs())
+        if self.std_floor > 0 and bool(varies.any()):
+            std = torch.maximum(std, self.std_floor * std[varies].quantile(0.5))
+        std = torch.where(varies, std, torch.ones_like(std))
         self.input_mean.copy_(mean.to(self.input_mean))
         self.input_std.copy_(std.to(self.input_std))
         return self
@@ -185,6 +215,8 @@ class MLPEncoder(nn.Module):
                              f"got {tuple(x.shape)}")
         if self.standardize:
             x = (x - self.input_mean) / self.input_std
+        if self.clip is not None:
+            x = x.clamp(-self.clip, self.clip)
         x = self.drop_in(x)
         out = self.net(x)
         if self.skip is not None:
@@ -194,4 +226,6 @@ class MLPEncoder(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, hidden={self.hidden}, "
                 f"out_features={self.out_channels}, dropout={self.dropout}, "
-                f"input_dropout={self.input_dropout}, standardize={self.standardize}")
+                f"input_dropout={self.input_dropout}, standardize={self.standardize}"
+                + (f", std_floor={self.std_floor}" if self.std_floor else "")
+                + (f", clip={self.clip}" if self.clip is not None else ""))

@@ -83,9 +83,10 @@ class AGCN(MultiLabelModel):
             ResNet-101. (default: ``[D // 2]``, see
             :func:`~pyg_mlic.models.ml_gcn.default_gcn_hidden`)
         negative_slope (float): LeakyReLU slope :math:`\delta` (Eq. 3). (default: :obj:`0.2`)
-        encoder_hidden, encoder_out, encoder_dropout, input_dropout: the MLP of feature
-            datasets (see :func:`~pyg_mlic.models.build_encoder`; ``fit``'s features
-            recipe sets the dropouts to 0.5 / 0.2 unless given).
+        encoder_hidden, encoder_out, encoder_dropout, input_dropout, input_std_floor,
+            input_clip: the MLP of feature datasets (see
+            :func:`~pyg_mlic.models.build_encoder`; ``fit``'s features recipe sets the
+            dropouts to 0.5 / 0.2 and the clipping to 2 unless given).
 
     Shapes:
         - **input:** batch with ``image`` :math:`(B, 3, H, W)` or ``features`` :math:`(B, F)`
@@ -111,7 +112,8 @@ class AGCN(MultiLabelModel):
                  lg_bias: bool = True, nonneg: str = "relu", max_value: float = 1e4,
                  gcn_hidden: Optional[Sequence[int]] = None, negative_slope: float = 0.2,
                  encoder_hidden: Sequence[int] = (512,), encoder_out: int = 512,
-                 encoder_dropout: float = 0.0, input_dropout: float = 0.0):
+                 encoder_dropout: float = 0.0, input_dropout: float = 0.0,
+                 input_std_floor: float = 0.0, input_clip: Optional[float] = None):
         super().__init__(classes)
         if variant not in VARIANTS:
             raise ValueError(f"a_gcn: variant must be one of {list(VARIANTS)}, got {variant!r}")
@@ -129,7 +131,9 @@ class AGCN(MultiLabelModel):
                                      backbone_weights=backbone_weights, pool=pool,
                                      in_features=in_features, encoder_hidden=encoder_hidden,
                                      encoder_out=encoder_out, encoder_dropout=encoder_dropout,
-                                     input_dropout=input_dropout)
+                                     input_dropout=input_dropout,
+                                     input_std_floor=input_std_floor,
+                                     input_clip=input_clip)
         E = resolve_label_embeddings(self.classes, label_embeddings)
         if variant == "cos" and self.num_classes > 1:
             # Eq. 7 has no parameters: with pairwise orthogonal embeddings (one-hot) every

@@ -206,8 +206,10 @@ def build_encoder(input_kind: str = "image", *, backbone: str = "resnet101",
                   backbone_weights: Optional[str] = None, pool: str = "max",
                   in_features: Optional[int] = None,
                   encoder_hidden: Sequence[int] = (512,), encoder_out: int = 512,
-                  encoder_dropout: float = 0.0, input_dropout: float = 0.0) -> nn.Module:
-    """The image encoder (backbone + global pooling) or, for feature datasets, an MLP.
+                  encoder_dropout: float = 0.0, input_dropout: float = 0.0,
+                  input_std_floor: float = 0.0, input_clip: Optional[float] = None
+                  ) -> nn.Module:
+    r"""The image encoder (backbone + global pooling) or, for feature datasets, an MLP.
 
     Feature datasets get a :class:`~pyg_mlic.backbones.MLPEncoder` that standardises its
     input with the training split's statistics (the identity until
@@ -224,6 +226,14 @@ def build_encoder(input_kind: str = "image", *, backbone: str = "resnet101",
         encoder_dropout, input_dropout (float): features MLP dropout after each hidden
             layer / on the input (``fit``'s features recipe sets 0.5 / 0.2 unless the
             model options give them). (default: :obj:`0.0`)
+        input_std_floor (float): the floor :math:`\alpha` of the input standardisation
+            (:class:`~pyg_mlic.backbones.MLPEncoder` ``std_floor``: no feature's
+            :math:`\sigma_j` below :math:`\alpha` times the median one). (default:
+            :obj:`0.0`)
+        input_clip (float, optional): clip the standardised features to
+            :math:`[-c, c]` (:class:`~pyg_mlic.backbones.MLPEncoder` ``clip``; ``fit``'s
+            features recipe sets 2 unless the model options give it). (default:
+            :obj:`None`)
     Returns:
         a module mapping the batch input to ``[B, D]`` with attribute ``out_channels``.
     """
@@ -234,7 +244,8 @@ def build_encoder(input_kind: str = "image", *, backbone: str = "resnet101",
             raise ValueError("input_kind='features' needs in_features (the feature dimension)")
         return B.MLPEncoder(int(in_features), hidden=tuple(encoder_hidden),
                             out_features=int(encoder_out), dropout=float(encoder_dropout),
-                            input_dropout=float(input_dropout), standardize=True)
+                            input_dropout=float(input_dropout), standardize=True,
+                            std_floor=input_std_floor, clip=input_clip)
     if input_kind != "image":
         raise ValueError(f"input_kind must be 'image' or 'features', got {input_kind!r}")
     pools = {"max": B.GlobalMaxPool2d, "avg": B.GlobalAvgPool2d}

@@ -25,9 +25,10 @@ class Baseline(MultiLabelModel):
         pool (str): ``"max"`` or ``"avg"``. (default: :obj:`"max"`)
         in_features (int, optional): feature size for feature datasets.
         dropout (float): dropout before the classifier. (default: :obj:`0.0`)
-        encoder_hidden, encoder_out, encoder_dropout, input_dropout: the MLP of feature
-            datasets (see :func:`~pyg_mlic.models.build_encoder`; ``fit``'s features
-            recipe sets the dropouts to 0.5 / 0.2 unless given).
+        encoder_hidden, encoder_out, encoder_dropout, input_dropout, input_std_floor,
+            input_clip: the MLP of feature datasets (see
+            :func:`~pyg_mlic.models.build_encoder`; ``fit``'s features recipe sets the
+            dropouts to 0.5 / 0.2 and the clipping to 2 unless given).
 
     Shapes:
         - **input:** batch with ``image`` :math:`(B, 3, H, W)` or ``features`` :math:`(B, F)`
@@ -41,13 +42,16 @@ class Baseline(MultiLabelModel):
                  backbone: str = "resnet101", backbone_weights: Optional[str] = None,
                  pool: str = "max", in_features: Optional[int] = None, dropout: float = 0.0,
                  encoder_hidden: Sequence[int] = (512,), encoder_out: int = 512,
-                 encoder_dropout: float = 0.0, input_dropout: float = 0.0):
+                 encoder_dropout: float = 0.0, input_dropout: float = 0.0,
+                 input_std_floor: float = 0.0, input_clip: Optional[float] = None):
         super().__init__(classes)
         self.encoder = build_encoder(input_kind, backbone=backbone,
                                      backbone_weights=backbone_weights, pool=pool,
                                      in_features=in_features, encoder_hidden=encoder_hidden,
                                      encoder_out=encoder_out, encoder_dropout=encoder_dropout,
-                                     input_dropout=input_dropout)
+                                     input_dropout=input_dropout,
+                                     input_std_floor=input_std_floor,
+                                     input_clip=input_clip)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(self.encoder.out_channels, self.num_classes)
 

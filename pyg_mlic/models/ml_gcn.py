@@ -288,9 +288,10 @@ class MLGCN(MultiLabelModel):
             PyG layer (``"gat"`` ...), ``"package.module:ClassName"`` or a factory.
             Stored in checkpoints by name / import string. (default: :obj:`"gcn"`)
         conv_kwargs (dict, optional): extra keyword arguments of every layer.
-        encoder_hidden, encoder_out, encoder_dropout, input_dropout: the MLP of feature
-            datasets (see :func:`~pyg_mlic.models.build_encoder`; ``fit``'s features
-            recipe sets the dropouts to 0.5 / 0.2 unless given).
+        encoder_hidden, encoder_out, encoder_dropout, input_dropout, input_std_floor,
+            input_clip: the MLP of feature datasets (see
+            :func:`~pyg_mlic.models.build_encoder`; ``fit``'s features recipe sets the
+            dropouts to 0.5 / 0.2 and the clipping to 2 unless given).
     """
 
     default_train_config = dict(optimizer="sgd", lr=0.01, backbone_lr=0.001, momentum=0.9,
@@ -307,13 +308,16 @@ class MLGCN(MultiLabelModel):
                  encoder_out: int = 512, graph_edge_index: Optional[Tensor] = None,
                  graph_edge_weight: Optional[Tensor] = None, conv: Any = "gcn",
                  conv_kwargs: Optional[Dict[str, Any]] = None, train_label_mask: Any = None,
-                 encoder_dropout: float = 0.0, input_dropout: float = 0.0):
+                 encoder_dropout: float = 0.0, input_dropout: float = 0.0,
+                 input_std_floor: float = 0.0, input_clip: Optional[float] = None):
         super().__init__(classes)
         self.encoder = build_encoder(input_kind, backbone=backbone,
                                      backbone_weights=backbone_weights, pool=pool,
                                      in_features=in_features, encoder_hidden=encoder_hidden,
                                      encoder_out=encoder_out, encoder_dropout=encoder_dropout,
-                                     input_dropout=input_dropout)
+                                     input_dropout=input_dropout,
+                                     input_std_floor=input_std_floor,
+                                     input_clip=input_clip)
         ei, ew = resolve_label_graph(self.classes, label_graph=label_graph,
                                      train_labels=train_labels, graph_edge_index=graph_edge_index,
                                      graph_edge_weight=graph_edge_weight, tau=tau, p=p,

@@ -12,8 +12,9 @@ from pyg_mlic.data.base import holdout_split
 from pyg_mlic.data.features import FeaturesDataset, save_features, training_features
 from pyg_mlic.engine import TrainConfig, fit, load_checkpoint, model_from_checkpoint, predict_dataset
 from pyg_mlic.engine.context import fit_input_statistics, model_context
-from pyg_mlic.engine.recipes import (FEATURES, FEATURES_VAL_FRACTION, features_candidates,
-                                     features_epochs, features_train_options)
+from pyg_mlic.engine.recipes import (FEATURES, FEATURES_MODEL, FEATURES_VAL_FRACTION,
+                                     features_candidates, features_epochs,
+                                     features_train_options)
 from pyg_mlic.models import build_model
 
 
@@ -66,7 +67,7 @@ def test_statistics_come_from_the_training_split_and_reload_with_the_checkpoint(
     raw.load_state_dict({k: v for k, v in enc.state_dict().items() if not k.startswith("input")})
     raw.eval(), enc.eval()
     xt = torch.from_numpy(te.features[:5])
-    z = (xt - enc.input_mean) / enc.input_std
+    z = ((xt - enc.input_mean) / enc.input_std).clamp(-enc.clip, enc.clip)  # the recipe's
     assert torch.allclose(enc(xt), raw(z), atol=1e-5)
 
 
@@ -207,6 +208,7 @@ def test_recipe_fills_only_what_the_user_did_not_give(splits):
     # the recipe's model options: dropout in the features MLP
     assert m["settings"]["model_config"]["encoder_dropout"] == 0.5
     assert m["settings"]["model_config"]["input_dropout"] == 0.2
+    assert m["settings"]["model_config"]["input_clip"] == FEATURES_MODEL["input_clip"] == 2.0
     applied = m["settings"]["features_recipe"]["applied"]
     assert not {"epochs", "lr", "optimizer"} & set(applied) and "weight_decay" in applied
     assert m["settings"]["features_recipe"]["val_holdout"] is None  # a val split was given
@@ -214,11 +216,13 @@ def test_recipe_fills_only_what_the_user_did_not_give(splits):
     assert features_train_options(len(tr))["epochs"] == features_epochs(len(tr))
     # a complete TrainConfig is used as is; the user's model option wins over the recipe's
     tc = TrainConfig(epochs=1, select="last", progress=False)
-    m = fit("baseline", tr, va, None, train_options=tc, model_options={"encoder_dropout": 0.1})
+    m = fit("baseline", tr, va, None, train_options=tc,
+            model_options={"encoder_dropout": 0.1, "input_clip": None})
     assert m["settings"]["train_config"]["optimizer"] == "sgd"
     assert "features_recipe" not in m["settings"]
     assert m["settings"]["model_config"]["encoder_dropout"] == 0.1
     assert m["settings"]["model_config"]["input_dropout"] == 0.2
+    assert m["settings"]["model_config"]["input_clip"] is None  # clipping turned off
 
 
 GRID = {"weight_decay": (1e-2, 1.0)}
@@ -293,6 +297,55 @@ def test_encoder_standardization_edge_cases():
     assert new.input_mean.abs().sum() == 0 and (new.input_std == 1).all()
 
 
+def test_encoder_standardization_floor():
+    """std_floor alpha: no feature's sigma below alpha x the median sigma of the
+    non-constant features (constant ones keep 1); 0 is plain standardisation."""
+    rng = np.random.default_rng(0)
+    scales = np.array([1e-3, 0.1, 1.0, 2.0, 10.0, 0.0])  # the last column is constant
+    X = rng.normal(size=(500, 6)) * scales + 3.0
+    sd = X.std(0)
+    med = np.median(sd[:5])  # over the five varying features
+    plain = MLPEncoder(6, hidden=(4,), out_features=2, standardize=True)
+    plain.fit_standardization(X)
+    np.testing.assert_allclose(plain.input_std.numpy(), np.append(sd[:5], 1.0), rtol=1e-5)
+    for alpha in (0.5, 1.0, 3.0):
+        enc = MLPEncoder(6, hidden=(4,), out_features=2, standardize=True, std_floor=alpha)
+        enc.fit_standardization(X)
+        want = np.append(np.maximum(sd[:5], alpha * med), 1.0)
+        np.testing.assert_allclose(enc.input_std.numpy(), want, rtol=1e-5)
+        assert f"std_floor={alpha}" in repr(enc)
+    # scale-free: multiplying every feature by one constant gives the same map
+    enc = MLPEncoder(6, hidden=(4,), out_features=2, standardize=True, std_floor=1.0)
+    enc.fit_standardization(X * 1e3)
+    np.testing.assert_allclose(enc.input_std.numpy()[:5], 1e3 * np.maximum(sd[:5], med),
+                               rtol=1e-5)
+    for bad in (-0.1, float("nan"), True, "1"):
+        with pytest.raises(ValueError, match="std_floor"):
+            MLPEncoder(6, standardize=True, std_floor=bad)
+    net = build_model("baseline", classes=["a", "b"], input_kind="features", in_features=6,
+                      input_std_floor=1.0, input_clip=5.0)
+    assert net.encoder.std_floor == 1.0 and net.encoder.clip == 5.0
+
+
+def test_encoder_clip():
+    """clip c: the standardised input is clipped to [-c, c] before the first layer (a spike
+    counts as c standard deviations), in training and in evaluation alike."""
+    enc = MLPEncoder(2, hidden=(), out_features=2, standardize=True, clip=2.0)
+    enc.input_mean.copy_(torch.tensor([1.0, 0.0]))
+    enc.input_std.copy_(torch.tensor([2.0, 0.5]))
+    with torch.no_grad():
+        enc.net[0].weight.copy_(torch.eye(2))
+        enc.net[0].bias.zero_()
+    x = torch.tensor([[3.0, 0.25], [11.0, -4.0], [1.0, 0.0]])
+    want = torch.tensor([[1.0, 0.5], [2.0, -2.0], [0.0, 0.0]])
+    for mode in (enc.train, enc.eval):
+        mode()
+        torch.testing.assert_close(enc(x), want)
+    assert "clip=2.0" in repr(enc)
+    for bad in (0.0, -1.0, float("inf"), True):
+        with pytest.raises(ValueError, match="clip"):
+            MLPEncoder(2, standardize=True, clip=bad)
+
 def test_fit_input_statistics_keeps_set_statistics(splits):
     tr = FeaturesDataset(splits["train"], split="train")
     net = build_model("baseline", **model_context(tr))
@@ -317,23 +370,34 @@ BCCD = Path(os.environ.get("PYG_MLIC_CACHE", "/tmp/pyg_mlic_cache")) / \
 @pytest.mark.heavy
 @pytest.mark.skipif(not (BCCD / "trainval.npz").is_file(),
                     reason="BCCD features not extracted (benchmarks/compare_features.py does)")
-def test_defaults_match_logistic_regression_on_real_bccd_features():
+def test_defaults_match_logistic_regression_on_real_bccd_features(tmp_path):
     """Real data: the baseline at library defaults (what ``pyg-mlic train --dataset
-    features`` does with no flag) within 1 mAP point of a standardised logistic
-    regression fitted on the same rows."""
+    features`` does with no flag), mean of three seeds, within 1 mAP point of a
+    standardised logistic regression fitted on the same rows, and not below it by more
+    than the 72 test images can tell (paired bootstrap: the 95 % interval of the gap
+    reaches above 0)."""
     pytest.importorskip("sklearn")
     from sklearn.linear_model import LogisticRegression
     from sklearn.multiclass import OneVsRestClassifier
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from pyg_mlic.metrics import multilabel_metrics
+    from pyg_mlic.engine import model_from_checkpoint, predict_dataset
+    from pyg_mlic.metrics import multilabel_metrics, paired_bootstrap_map
 
     tr = FeaturesDataset(BCCD / "trainval.npz", split="train")
     te = FeaturesDataset(BCCD / "test.npz", split="test")
-    m = fit("baseline", tr, None, te, train_options={"progress": False})
+    maps, logits = [], []
+    for seed in (0, 1, 2):
+        m = fit("baseline", tr, None, te, out_dir=tmp_path / str(seed),
+                train_options={"progress": False, "seed": seed})
+        maps.append(m["mAP"])
+        p = predict_dataset(model_from_checkpoint(tmp_path / str(seed) / "last.pt"), te)
+        assert multilabel_metrics(p["logits"], p["target"])["mAP"] == pytest.approx(m["mAP"])
+        logits.append(p["logits"])
     lr = make_pipeline(StandardScaler(), OneVsRestClassifier(LogisticRegression(
         max_iter=5000))).fit(tr.features, tr.labels)
-    ref = multilabel_metrics(lr.predict_proba(te.features), te.labels,
-                             scores_are="probabilities")["mAP"]
-    assert m["mAP"] >= ref - 0.01
+    prob = lr.predict_proba(te.features)
+    ref = multilabel_metrics(prob, te.labels, scores_are="probabilities")["mAP"]
+    assert np.mean(maps) >= ref - 0.01
+    assert paired_bootstrap_map(logits, prob, te.labels, num_resamples=1000)["ci"][1] > 0
