@@ -53,3 +53,16 @@ def test_engine_scores_from_the_checkpoint_and_the_paired_bootstrap(cf, tmp_path
     assert b["verdict"] == ("beats" if b["ci"][0] > 0 else "below" if b["ci"][1] < 0
                             else "matches")
     assert "baseline - logreg" in cf.format_bootstrap(boot)
+
+
+def test_report_tables(cf):
+    """The tables run_all.py renders: each model's test mAP and the bootstrap verdicts."""
+    m = {"mAP": 0.5, "mAP_runs": [0.4, 0.6]}
+    b = {"diff": -0.01, "ci": [-0.03, 0.02], "p_a_below_b": 0.7, "verdict": "matches"}
+    r = {"features": {"dataset": "X", "sizes": {"test": 9}},
+         "test": {"blk": {"baseline (engine defaults)": m}},
+         "bootstrap": {"blk": {"baseline - logreg": b}}}
+    t1, t2 = cf.report_tables(r)
+    assert t1["rows"] == [["baseline (engine defaults)", "50.00", "40.00 / 60.00"]]
+    assert t2["rows"] == [["baseline - logreg", "-1.00", "[-3.00, +2.00]", "0.70", "matches"]]
+    assert "9 test rows" in t2["title"] and len(t2["header"]) == len(t2["rows"][0])

@@ -79,28 +79,38 @@ train + val at these defaults; test mAP, mean of seeds 0-2; the MULAN sets conve
 ``benchmarks/mulan.py``, official test split, 20 % of the official training split as val
 with seed 0; best peer: scikit-learn's LogisticRegression, KNeighborsClassifier and
 MLPClassifier with ``compare_features``'s quick grids, each selected on val and refitted
-on train + val, the MLP over seeds 0-2, all measured in the same session):
+on train + val, the MLP over seeds 0-2; the peers measured in an earlier session on the
+same files, the engine in this one; "no clip": ``input_clip=None``, the recipe before):
 
-========  =================  ====  ==  ===========  ================  =====================
-set       rows (fit / test)  D     C   this recipe  weight decay 1.0  best peer
-========  =================  ====  ==  ===========  ================  =====================
-BCCD      292 / 72           1280  3   87.12        87.62             88.28 (logistic reg.)
-scene     1211 / 1196        294   6   82.96        83.59             82.77 (MLP)
-yeast     1500 / 917         103   14  49.43        49.39             49.36 (k-NN)
-emotions  391 / 202          72    6   73.43        73.10             73.91 (k-NN)
-birds     322 / 323          271   19  43.13        42.96             40.50 (MLP)
-flags     129 / 65           43    7   66.58        66.74             66.29 (logistic reg.)
-enron     1123 / 579         1001  53  24.08        23.81             25.94 (logistic reg.)
-medical   333 / 645          1449  45  47.85        n/m               48.16 (logistic reg.)
-========  =================  ====  ==  ===========  ================  =====================
+========  =================  ====  ==  ===============  ===============  ===============  =====================
+set       rows (fit / test)  D     C   baseline         ML-GCN           A-GCN            best peer
+                                       (no clip)        (no clip)        (no clip)
+========  =================  ====  ==  ===============  ===============  ===============  =====================
+BCCD      292 / 72           1280  3   87.73 (87.34)    86.47 (87.86)    AG_BCCD          88.28 (logistic reg.)
+scene     1211 / 1196        294   6   84.45 (82.80)    84.10 (82.76)    AG_scene         82.77 (MLP)
+yeast     1500 / 917         103   14  49.58 (49.44)    50.89 (50.03)    AG_yeast         49.36 (k-NN)
+emotions  391 / 202          72    6   72.73 (73.43)    73.91 (73.68)    AG_emotions      73.91 (k-NN)
+birds     322 / 323          271   19  48.67 (43.13)    46.62 (40.14)    AG_birds         40.50 (MLP)
+flags     129 / 65           43    7   69.95 (66.58)    70.09 (67.03)    AG_flags         66.29 (logistic reg.)
+enron     1123 / 579         1001  53  24.98 (22.83)    23.41 (22.21)    AG_enron         25.94 (logistic reg.)
+medical   333 / 645          1449  45  49.09 (47.69)    46.88 (43.04)    AG_medical       48.16 (logistic reg.)
+mean                                   60.90 (59.16)    60.29 (58.34)    AG_mean          59.40
+========  =================  ====  ==  ===============  ===============  ===============  =====================
 
-(The weight-decay column was measured in an earlier session, on BCCD features extracted on
-another machine and earlier conversions of scene and enron; n/m: not measured.) The
-recipe matches or beats the best peer on scene, yeast, birds and flags and trails it by
-0.3-1.2 mAP on medical, emotions and BCCD and by 1.9 on *enron* (bag-of-words e-mail
-features, 53 mostly rare labels, where an unscaled logistic regression with C = 0.1
-wins).
-Weight decay 1.0 moves the mean over the seven sets by +0.15 mAP (-0.33 to +0.73), within
+(The mean of the best peers is over the best peer of each set.) With the clipping the
+baseline matches or beats the best peer on scene, yeast, birds (+8.2), flags (+3.7) and
+medical, and trails it on emotions (-1.2), BCCD (-0.6) and enron (-1.0, bag-of-words
+e-mail features, 53 mostly rare labels, where an unscaled logistic regression with
+C = 0.1 wins); ML-GCN matches or beats it on five of the eight. On BCCD every engine
+model *matches* every peer by a paired bootstrap over the 72 test images (the 95 %
+intervals of the gaps hold 0; ``benchmarks/compare_features.py``), but its point
+estimates stay below logistic regression.
+
+Measured before the clipping (same protocol; the weight-decay figures in an earlier
+session, on BCCD features extracted on another machine and earlier conversions of scene
+and enron): weight decay 1.0 in place of 1e-2 gave 87.62 / 83.59 / 49.39 / 73.10 / 42.96
+/ 66.74 / 23.81 on the first seven sets against 87.12 / 82.96 / 49.43 / 73.43 / 43.13 /
+66.58 / 24.08. Weight decay 1.0 moves the mean over the seven sets by +0.15 mAP (-0.33 to +0.73), within
 the seed-to-seed spread (up to 3 mAP on BCCD's 72 test images), so the default stays
 1e-2. On BCCD (baseline, 3 seeds) none of these closed the gap to logistic regression
 either: choosing the weight decay among (1e-2, 1.0) on the hold-out (``"choose"``) 87.05
