@@ -83,10 +83,10 @@ class AGCN(MultiLabelModel):
             ResNet-101. (default: ``[D // 2]``, see
             :func:`~pyg_mlic.models.ml_gcn.default_gcn_hidden`)
         negative_slope (float): LeakyReLU slope :math:`\delta` (Eq. 3). (default: :obj:`0.2`)
-        encoder_hidden, encoder_out, encoder_dropout, input_dropout, input_std_floor,
-            input_clip: the MLP of feature datasets (see
-            :func:`~pyg_mlic.models.build_encoder`; ``fit``'s features recipe sets the
-            dropouts to 0.5 / 0.2 and the clipping to 2 unless given).
+        encoder_hidden, encoder_out, encoder_dropout, input_dropout, input_std_floor, input_clip:
+            the MLP of feature datasets (see :func:`~pyg_mlic.models.build_encoder`;
+            ``fit``'s features recipe sets the dropouts to 0.5 / 0.2 and the clipping to 2
+            unless given).
 
     Shapes:
         - **input:** batch with ``image`` :math:`(B, 3, H, W)` or ``features`` :math:`(B, F)`

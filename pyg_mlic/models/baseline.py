@@ -25,10 +25,10 @@ class Baseline(MultiLabelModel):
         pool (str): ``"max"`` or ``"avg"``. (default: :obj:`"max"`)
         in_features (int, optional): feature size for feature datasets.
         dropout (float): dropout before the classifier. (default: :obj:`0.0`)
-        encoder_hidden, encoder_out, encoder_dropout, input_dropout, input_std_floor,
-            input_clip: the MLP of feature datasets (see
-            :func:`~pyg_mlic.models.build_encoder`; ``fit``'s features recipe sets the
-            dropouts to 0.5 / 0.2 and the clipping to 2 unless given).
+        encoder_hidden, encoder_out, encoder_dropout, input_dropout, input_std_floor, input_clip:
+            the MLP of feature datasets (see :func:`~pyg_mlic.models.build_encoder`;
+            ``fit``'s features recipe sets the dropouts to 0.5 / 0.2 and the clipping to 2
+            unless given).
 
     Shapes:
         - **input:** batch with ``image`` :math:`(B, 3, H, W)` or ``features`` :math:`(B, F)`

@@ -288,10 +288,10 @@ class MLGCN(MultiLabelModel):
             PyG layer (``"gat"`` ...), ``"package.module:ClassName"`` or a factory.
             Stored in checkpoints by name / import string. (default: :obj:`"gcn"`)
         conv_kwargs (dict, optional): extra keyword arguments of every layer.
-        encoder_hidden, encoder_out, encoder_dropout, input_dropout, input_std_floor,
-            input_clip: the MLP of feature datasets (see
-            :func:`~pyg_mlic.models.build_encoder`; ``fit``'s features recipe sets the
-            dropouts to 0.5 / 0.2 and the clipping to 2 unless given).
+        encoder_hidden, encoder_out, encoder_dropout, input_dropout, input_std_floor, input_clip:
+            the MLP of feature datasets (see :func:`~pyg_mlic.models.build_encoder`;
+            ``fit``'s features recipe sets the dropouts to 0.5 / 0.2 and the clipping to 2
+            unless given).
     """
 
     default_train_config = dict(optimizer="sgd", lr=0.01, backbone_lr=0.001, momentum=0.9,
