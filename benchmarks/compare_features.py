@@ -1,4 +1,4 @@
-"""Engine heads on precomputed features, at library defaults, against scikit-learn peers.
+r"""Engine heads on precomputed features, at library defaults, against scikit-learn peers.
 
 The baseline, ML-GCN, A-GCN, ML-Decoder and Query2Label, trained as ``pyg-mlic train
 --dataset features`` does with no flag, against scikit-learn's logistic regression, k-NN and MLP on real features.
