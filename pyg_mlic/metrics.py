@@ -38,7 +38,8 @@ import torch
 from torch import Tensor
 
 __all__ = ["average_precision", "multilabel_metrics", "calibrate_thresholds", "long_tail_map",
-           "paired_bootstrap_map", "format_table", "format_long_tail", "METRIC_COLUMNS", "UndefinedAPWarning"]
+           "paired_bootstrap_map", "format_table", "format_long_tail", "METRIC_COLUMNS",
+           "UndefinedAPWarning"]
 
 ArrayLike = Union[Tensor, np.ndarray, Sequence]
 
@@ -833,30 +834,33 @@ def long_tail_map(ap_per_class: ArrayLike, train_counts: ArrayLike,
 
 
 def _weighted_ap(s: np.ndarray, tgt: np.ndarray, mask: Optional[np.ndarray],
-                 weights: np.ndarray) -> np.ndarray:
+                 weights: np.ndarray, chunk: int = 256) -> np.ndarray:
     r"""AP of every class under integer sample weights (resample counts).
 
     ``s`` float [N, C], ``tgt`` bool [N, C] (unmasked positives), ``mask`` bool [N, C] or
     ``None``, ``weights`` float [B, N]. Returns float64 [B, C]: row ``b`` is the AP of
     the data set in which sample :math:`i` appears ``weights[b, i]`` times (a duplicate
     ties with its original, so this is :func:`average_precision` of the resampled rows),
-    NaN where a class has no positive of positive weight."""
+    NaN where a class has no positive of positive weight. Each class is sorted once; the
+    weights are processed ``chunk`` rows at a time (memory ``chunk x N``)."""
     b, (n, c) = weights.shape[0], s.shape
     out = np.full((b, c), np.nan)
     for j in range(c):
         keep = np.ones(n, bool) if mask is None else mask[:, j]
         order = np.argsort(-s[keep, j], kind="stable")
         sc, yc = s[keep, j][order], tgt[keep, j][order].astype(np.float64)
-        w = weights[:, keep][:, order]
         if sc.size == 0:
             continue
         ends = np.append(np.nonzero(np.diff(sc))[0], sc.size - 1)  # last index of each tie group
-        tp = np.cumsum(w * yc, axis=1)[:, ends]
-        seen = np.cumsum(w, axis=1)[:, ends]
-        gain = np.diff(tp, axis=1, prepend=0.0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            prec = np.where(seen > 0, tp / np.where(seen > 0, seen, 1.0), 0.0)
-            out[:, j] = np.minimum((gain * prec).sum(1) / tp[:, -1], 1.0)
+        cols = np.flatnonzero(keep)[order]
+        for i in range(0, b, chunk):
+            w = weights[i:i + chunk, cols]
+            tp = np.cumsum(w * yc, axis=1)[:, ends]
+            seen = np.cumsum(w, axis=1)[:, ends]
+            gain = np.diff(tp, axis=1, prepend=0.0)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                prec = np.where(seen > 0, tp / np.where(seen > 0, seen, 1.0), 0.0)
+                out[i:i + chunk, j] = np.minimum((gain * prec).sum(1) / tp[:, -1], 1.0)
     return out
 
 
@@ -940,8 +944,7 @@ def paired_bootstrap_map(scores_a: Union[ArrayLike, Sequence[ArrayLike]],
     def mean_map(rs: List[Tensor]) -> np.ndarray:
         maps = []
         for s in rs:
-            ap = np.vstack([_weighted_ap(s.cpu().double().numpy(), tgt_np, m_np, w[i:i + 256])
-                            for i in range(0, len(w), 256)])
+            ap = _weighted_ap(s.cpu().double().numpy(), tgt_np, m_np, w)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # a resample with no class
                 maps.append(np.nanmean(ap, axis=1))

@@ -704,6 +704,9 @@ def test_bootstrap_resample_ap_is_sklearns_weighted_ap():
     mask = rng.random((50, 4)) > 0.2
     w = np.stack([np.bincount(rng.integers(0, 50, 50), minlength=50) for _ in range(6)])
     ap = metrics._weighted_ap(s, y & mask, mask, w.astype(float))
+    # processed a few resamples at a time: the same numbers
+    np.testing.assert_array_equal(metrics._weighted_ap(s, y & mask, mask, w.astype(float),
+                                                       chunk=4), ap)
     for b in range(len(w)):
         for c in range(4):
             keep = mask[:, c]

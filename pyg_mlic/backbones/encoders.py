@@ -3,7 +3,6 @@ precomputed features."""
 from __future__ import annotations
 
 import math
-
 from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import torch
