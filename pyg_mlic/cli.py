@@ -975,6 +975,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if debug:
         argv.remove("--debug")
     args = build_parser().parse_args(argv)
+    before = warnings.formatwarning
+    if not debug:  # one line per warning, like the errors (--debug: Python's own format)
+        warnings.formatwarning = _format_warning
     try:
         return int(args.func(args) or 0)
     except SystemExit as e:
@@ -985,6 +988,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if debug:
             raise
         return _report(str(e) or type(e).__name__)
+    finally:
+        warnings.formatwarning = before
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    text = " ".join(str(message).split()) or category.__name__
+    return f"pyg-mlic: warning: {text}\n"
 
 
 def _report(message: str) -> int:

@@ -731,7 +731,7 @@ def _(tmp):
         r = subprocess.run([sys.executable, "-m", "pyg_mlic.cli", *argv], capture_output=True,
                            text=True, timeout=300)
         lines = [ln for ln in r.stderr.splitlines() if ln.strip() and "Warning" not in ln
-                 and not ln.startswith("  warnings.warn")]
+                 and not ln.startswith(("  warnings.warn", "pyg-mlic: warning: "))]
         assert r.returncode == 2, r.stderr
         assert len(lines) == 1 and lines[0].startswith("pyg-mlic: error: "), r.stderr
         assert "Traceback" not in r.stderr
@@ -755,6 +755,101 @@ def _(tmp):
     tr, te = FeaturesDataset(tmp / "tr.npz"), FeaturesDataset(tmp / "te.npz")
     with pytest.raises(ClassMismatchError, match="feature size differs"):
         fit("baseline", tr, None, te)
+
+
+@case("class-not-teachable", "labels", "a class with no known positive (or no known "
+      "negative) label in the *training* split, or features equal on every training row",
+      "before training, a ``UserWarning`` naming the split and the classes "
+      "('1 of 3 class(es) have no known positive label ... 'c''); the command line prints it "
+      "as one line ``pyg-mlic: warning: ...``")
+def _(tmp):
+    from pyg_mlic.engine import fit
+
+    Y = _labels(40, 3)
+    Y[:, 2] = 0
+    _features_npz(tmp, "tr.npz", features=np.random.default_rng(0).normal(
+        size=(40, 4)).astype(np.float32), labels=Y)
+    from pyg_mlic.data.features import FeaturesDataset
+
+    with pytest.warns(UserWarning, match=r"training split \(train, 40 rows\): 1 of 3 "
+                                         r"class\(es\) have no known positive label.*'c'"):
+        tr = FeaturesDataset(tmp / "tr.npz")
+        fit("baseline", tr, None, tr, train_options=dict(epochs=1, progress=False))
+
+
+@case("beyond-float32", "data", "a float64 (or integer) features file with a value beyond "
+      "float32's range, or a column whose spread float32 cannot hold (e.g. 1e9 + x)",
+      "``DatasetError`` naming the value, row and column; for the lost spread a "
+      "``UserWarning`` naming the column and asking to subtract each column's mean")
+def _(tmp):
+    from pyg_mlic.data.features import FeaturesDataset
+
+    X = np.random.default_rng(0).normal(size=(6, 4))
+    X[2, 1] = 1e200
+    _features_npz(tmp, "big.npz", features=X)
+    with pytest.raises(DatasetError, match=r"value 1e\+200 \(row 2, column 1\) is beyond the "
+                                           r"float32 range"):
+        FeaturesDataset(tmp / "big.npz")
+    X[2, 1] = 0.0
+    X[:, 3] += 1e9
+    _features_npz(tmp, "off.npz", features=X)
+    with pytest.warns(UserWarning, match=r"1 feature column\(s\) lose their spread in float32"
+                                         r".*column 3"):
+        FeaturesDataset(tmp / "off.npz")
+
+
+@case("bad-learning-rate", "hyper-parameters", "a learning rate that is NaN, inf, 0 or "
+      "negative (``--lr``, ``--backbone-lr``, ``TrainConfig``)",
+      "``ValueError`` 'lr must be a finite learning rate > 0, got inf' before training "
+      "(``backbone_lr = 0`` freezes the backbone and is allowed)")
+def _(tmp):
+    from pyg_mlic.cli import main
+    from pyg_mlic.engine import TrainConfig
+
+    for lr in (float("nan"), float("inf"), 0.0, -1e-3):
+        with pytest.raises(ValueError, match=r"lr must be a finite learning rate > 0"):
+            TrainConfig(lr=lr)
+    with pytest.raises(ValueError, match=r"backbone_lr must be a finite learning rate >= 0"):
+        TrainConfig(lr=0.1, backbone_lr=float("nan"))
+    assert TrainConfig(lr=0.1, backbone_lr=0.0).backbone_lr == 0.0
+    make_features_npz(tmp / "tr.npz", n=64)
+    make_features_npz(tmp / "te.npz", n=32, seed=1)
+    assert main(_train_args(tmp, tmp / "o") + ["--lr", "inf"]) == 2
+    assert not (tmp / "o" / "last.pt").exists()
+
+
+@case("bad-val-fraction", "options", "``--val-fraction`` negative, NaN or >= 1",
+      "``ValueError`` 'validation fraction must be in (0, 1)' (0, the default, holds out "
+      "nothing)")
+def _(tmp):
+    from pyg_mlic.data.factory import build_splits
+
+    make_features_npz(tmp / "tr.npz", n=64)
+    make_features_npz(tmp / "te.npz", n=32, seed=1)
+    files = dict(train_file=str(tmp / "tr.npz"), test_file=str(tmp / "te.npz"))
+    for f in (-0.2, float("nan"), 1.0):
+        with pytest.raises(ValueError, match=r"validation fraction must be in \(0, 1\)"):
+            build_splits("features", val_fraction=f, **files)
+    assert build_splits("features", val_fraction=0.0, **files)[1] is None
+
+
+@case("unknown-device", "options", "``--device`` naming no torch device (``tpu``) or one "
+      "this machine lacks (``cuda`` without CUDA, ``cuda:3`` with two GPUs)",
+      "``ValueError`` 'device 'tpu' is not a torch device' / 'CUDA is not available on this "
+      "machine', before anything is written")
+def _(tmp):
+    from pyg_mlic.cli import main
+    from pyg_mlic.utils.device import resolve_device
+
+    with pytest.raises(ValueError, match="'tpu' is not a torch device"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available on this machine"):
+            resolve_device("cuda")
+    make_features_npz(tmp / "tr.npz", n=64)
+    make_features_npz(tmp / "te.npz", n=32, seed=1)
+    assert main(_train_args(tmp, tmp / "o") + ["--device", "tpu"]) == 2
+    assert not (tmp / "o").exists() or not any((tmp / "o").iterdir())
 
 
 @case("diverging-run", "training", "a run whose loss or gradient becomes inf/NaN (a "

@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from helpers_features import make_features_npz
@@ -378,3 +379,24 @@ def test_train_with_label_graph_file_uses_its_graph(tmp_path, capsys):
     assert main(["train", *tiny, "--model", "ml_gcn", "--label-graph",
                  str(tmp_path / "old.pt"), "--out", str(tmp_path / "d")]) == 2
     assert "never unpickled" in capsys.readouterr().err
+
+
+def test_warnings_print_as_one_line_naming_the_problem(tmp_path):
+    """The command line prints each warning as ``pyg-mlic: warning: ...`` on one line (no
+    source line), here a class without a positive in the training file, named."""
+    tr = make_features_npz(tmp_path / "A.npz", n=80, seed=0)
+    with np.load(tr) as z:
+        a = dict(z)
+    a["labels"][:, 2] = 0
+    np.savez(tr, **a)
+    te = make_features_npz(tmp_path / "B.npz", n=60, seed=1)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    p = subprocess.run([sys.executable, "-m", "pyg_mlic.cli", "train", "--dataset", "features",
+                        "--train-file", str(tr), "--test-file", str(te), "--model", "baseline",
+                        "--epochs", "1", "--no-progress", "--out", str(tmp_path / "run")],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr
+    lines = [s for s in p.stderr.splitlines() if "no known positive" in s]
+    assert lines and all(s.startswith("pyg-mlic: warning: training split") for s in lines)
+    assert "'class_2'" in lines[0]
+    assert "Warning:" not in p.stderr and "warnings.warn" not in p.stderr

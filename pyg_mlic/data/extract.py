@@ -97,7 +97,9 @@ def extract_features(dataset: MultiLabelDataset, encoder: nn.Module, batch_size:
     if int(batch_size) < 1:
         raise ValueError(f"extract_features: batch_size must be >= 1, got {batch_size}")
     params = list(encoder.parameters()) + list(encoder.buffers())
-    dev = torch.device(device) if device is not None else (
+    from pyg_mlic.utils.device import resolve_device
+
+    dev = resolve_device(device) if device is not None else (
         params[0].device if params else torch.device("cpu"))
     was_training = encoder.training
     encoder.eval().to(dev)

@@ -327,7 +327,7 @@ def build_splits(name: str, *, root: Optional[str] = None, train_file: Optional[
             val = FolderDataset(r, val_file, split="val", classes=train.classes, transform=test_tf)
     else:
         raise ValueError(f"unknown dataset {name!r}; choose from {list(DATASETS)}")
-    if val is None and val_fraction > 0:
+    if val is None and val_fraction:
         train, val = holdout_split(train, val_fraction, seed=seed,
                                    val_transform=test_tf if cfg is not None else None)
     if check:  # classes, input kind, feature size: caught at load

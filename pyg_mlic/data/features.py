@@ -21,6 +21,7 @@ so a crash never leaves a half-written file under the final name.
 from __future__ import annotations
 
 import os
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -47,6 +48,31 @@ def _as_numpy(x: ArrayLike) -> np.ndarray:
     return np.asarray(x)
 
 
+def _check_float32_cast(src: str, orig: np.ndarray, cast: np.ndarray) -> None:
+    """The models compute in float32: refuse values beyond its range and warn about
+    columns whose spread float32 cannot hold (a large offset: ``1e9 + x`` keeps steps of
+    64). Non-finite values in ``orig`` itself are reported by the caller."""
+    o = orig.astype(np.float64, copy=False)
+    if not np.isfinite(o).all():
+        return
+    over = ~np.isfinite(cast)
+    if over.any():
+        r, c = (int(i[0]) for i in np.nonzero(over))
+        raise DatasetError(f"{src}: 'features' value {o[r, c]:.6g} (row {r}, column {c}) is "
+                           f"beyond the float32 range (|x| <= 3.4e38) the models compute in; "
+                           f"rescale the features")
+    if len(o) < 2:
+        return
+    sd, sd32 = o.std(0), cast.astype(np.float64).std(0)
+    lost = np.flatnonzero((sd > 0) & (np.abs(sd32 - sd) > 1e-3 * sd))
+    if len(lost):
+        j = int(lost[0])
+        warnings.warn(f"{src}: {len(lost)} feature column(s) lose their spread in float32, "
+                      f"the precision the models compute in (column {j}: values about "
+                      f"{o[:, j].mean():.6g} with a standard deviation of {sd[j]:.3g}); "
+                      f"subtract each column's mean before saving", UserWarning, stacklevel=4)
+
+
 def _validate(src: str, features: np.ndarray, labels: np.ndarray, classes: np.ndarray,
               mask: Optional[np.ndarray], split: Optional[np.ndarray],
               image: Optional[np.ndarray]) -> dict:
@@ -61,7 +87,11 @@ def _validate(src: str, features: np.ndarray, labels: np.ndarray, classes: np.nd
     n, d = features.shape
     if d == 0:
         raise DatasetError(f"{src}: 'features' has zero columns (D = 0)")
-    features = features.astype(np.float32, copy=False)
+    if features.dtype != np.float32:
+        with np.errstate(over="ignore"):  # values beyond float32: refused just below
+            cast = features.astype(np.float32)
+        _check_float32_cast(src, features, cast)
+        features = cast
     finite = np.isfinite(features)
     if not finite.all():
         bad_row = int(np.flatnonzero(~finite.all(axis=1))[0])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -107,8 +108,13 @@ class TrainConfig:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.lr <= 0 or (self.backbone_lr is not None and self.backbone_lr < 0):
-            raise ValueError("learning rates must be positive")
+        for name, lr in (("lr", self.lr), ("backbone_lr", self.backbone_lr)):
+            if lr is None and name == "backbone_lr":
+                continue
+            if isinstance(lr, bool) or not isinstance(lr, (int, float)) \
+                    or not math.isfinite(lr) or lr < 0 or (lr == 0 and name == "lr"):
+                need = "> 0" if name == "lr" else ">= 0 (0 freezes the backbone)"
+                raise ValueError(f"{name} must be a finite learning rate {need}, got {lr!r}")
         if self.optimizer not in ("sgd", "adam", "adamw"):
             raise ValueError(f"optimizer must be 'sgd', 'adam' or 'adamw', got {self.optimizer!r}")
         if self.select not in ("last", "best_val"):

@@ -120,6 +120,8 @@ def init_distributed(device: Optional[str] = None, timeout_s: float = 1800.0) ->
     Raises:
         RuntimeError: ``torch.distributed`` is not available, or the launcher's
             environment is incomplete.
+        ValueError: ``device`` is not a device of this machine
+            (:func:`~pyg_mlic.utils.device.resolve_device`).
     """
     if dist.is_available() and dist.is_initialized():
         return current()
@@ -132,10 +134,10 @@ def init_distributed(device: Optional[str] = None, timeout_s: float = 1800.0) ->
         raise RuntimeError(f"distributed launch: environment variables {missing} are not set; "
                            "start the run with torchrun (or pyg-mlic train --nproc N)")
     local_rank = int(os.environ["LOCAL_RANK"])
-    use_cuda = (device.startswith("cuda") if device else torch.cuda.is_available())
+    from pyg_mlic.utils.device import resolve_device
+
+    use_cuda = resolve_device(device).type == "cuda"  # ValueError: a device not here
     if use_cuda:
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"--device {device} requested but CUDA is not available")
         torch.cuda.set_device(local_rank)
     backend = "nccl" if use_cuda else "gloo"
     dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))

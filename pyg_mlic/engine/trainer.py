@@ -120,6 +120,9 @@ def evaluate(model, dataset_or_loader, *, batch_size: int = 64, device=None,
     else:
         p = predict_dataset(model, dataset_or_loader, batch_size=batch_size, device=device,
                             progress=progress, num_workers=num_workers, amp=amp)
+    names = list(getattr(model, "classes", None) or [])
+    if len(names) == p["logits"].shape[1]:  # named in the warning about classes without AP
+        metric_kwargs.setdefault("class_names", names)
     return multilabel_metrics(p["logits"], p["target"], mask=p["mask"], scores_are="logits",
                               **metric_kwargs)
 
@@ -206,8 +209,9 @@ class Trainer:
         self.train_set, self.val_set, self.test_set = train_set, val_set, test_set
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.run_info = dict(run_info or {})
-        dev = self.config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.device = torch.device(dev)
+        from pyg_mlic.utils.device import resolve_device
+
+        self.device = resolve_device(self.config.device)
         self.history: List[Dict[str, Any]] = []
         self.best: Tuple[float, int] = (-math.inf, -1)
         self.start_epoch = 0
@@ -221,6 +225,8 @@ class Trainer:
                                  f"divisible by the number of processes ({ws})")
             if self.device.type == "cuda":
                 self.device = torch.device("cuda", self.dist.local_rank)
+        if self.dist.is_main:
+            warn_unlearnable(train_set)
 
     # ------------------------------------------------------------------ set-up
     def _build_optim(self, steps_per_epoch: Optional[int] = None):
@@ -634,7 +640,7 @@ class Trainer:
                                     progress=c.progress and self.dist.is_main,
                                     num_workers=c.num_workers)
         m = multilabel_metrics(test_pred["logits"], test_pred["target"], mask=test_pred["mask"],
-                               scores_are="logits")
+                               scores_are="logits", class_names=list(self.model.classes))
         m["eval_time_s"] = time.time() - t0
         m["train_time_s"] = train_time
         # no test split: the final number comes from the validation split; when that split
@@ -670,6 +676,43 @@ class Trainer:
         if self.out_dir is not None and self.dist.is_main:
             write_json(self.out_dir / "metrics.json", m)
         return m
+
+
+def _listed(names: List[str], limit: int = 8) -> str:
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return shown + (f" ... ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+def warn_unlearnable(dataset: Dataset) -> List[str]:
+    """Warn, before any training, about what a training split cannot teach: a class with
+    no known positive (or no known negative) label, whose scores the model can only
+    learn as a constant, and features that are the same on every row. Returns the
+    warnings' texts (``[]``: nothing to warn about)."""
+    import warnings
+
+    labels = getattr(dataset, "labels", None)
+    classes = list(getattr(dataset, "classes", []) or [])
+    where = f"training split ({getattr(dataset, 'split', '?')}, {len(dataset)} rows)"
+    out: List[str] = []
+    if labels is not None and len(labels) and len(classes) == np.asarray(labels).shape[1]:
+        y = np.asarray(labels) == 1
+        mask = getattr(dataset, "label_mask", None)
+        known = np.ones_like(y) if mask is None else np.asarray(mask, dtype=bool)
+        for what, missing in (("positive", ~(y & known).any(0)),
+                              ("negative", ~(~y & known).any(0))):
+            idx = np.flatnonzero(missing)
+            if len(idx):
+                out.append(f"{where}: {len(idx)} of {len(classes)} class(es) have no known "
+                           f"{what} label, so the model cannot learn to rank them: "
+                           f"{_listed([classes[i] for i in idx])}")
+    feats = getattr(dataset, "features", None)
+    if getattr(dataset, "input_kind", None) == "features" and isinstance(feats, np.ndarray) \
+            and len(feats) > 1 and bool(np.all(feats == feats[:1])):
+        out.append(f"{where}: every feature column is constant (all rows are the same "
+                   f"vector), so the model can learn nothing but the label frequencies")
+    for text in out:
+        warnings.warn(text, UserWarning, stacklevel=3)
+    return out
 
 
 def _check_has_positives(name: str, dataset: Optional[Dataset]) -> None:

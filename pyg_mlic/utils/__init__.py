@@ -1,5 +1,6 @@
-"""Low-level helpers shared by the whole library: atomic file writes (:mod:`.io`) and
-name registries (:mod:`.registry`).
+"""Low-level helpers shared by the whole library: atomic file writes (:mod:`.io`),
+name registries (:mod:`.registry`) and the checked device (:mod:`.device`, imported on
+its own: it needs torch).
 
 This package imports nothing from the rest of :mod:`pyg_mlic`, so any module may use it
 without creating an import cycle.

@@ -86,6 +86,34 @@ def test_nan_features_name_file_and_row(tmp_path, bccd_features):
     assert sorted(os.listdir(tmp_path)) == ["nan.npz"]
 
 
+def test_float64_beyond_float32_range_or_precision(tmp_path, bccd_features):
+    """The models compute in float32: a float64 value beyond its range is refused (not
+    reported as a NaN the file does not hold), and a column whose spread float32 cannot
+    keep (a large offset) is named in a warning; an offset float32 keeps is silent."""
+    X, Y, classes, _ = bccd_features
+    big = X.astype(np.float64)
+    big[5, 3] = 1e300
+    p = tmp_path / "big.npz"
+    np.savez(p, features=big, labels=Y, classes=np.array(classes))
+    with pytest.raises(DatasetError, match=r"big\.npz.*1e\+300 \(row 5, column 3\).*float32 range"):
+        FeaturesDataset(p)
+    off = X.astype(np.float64) * 255
+    off[:, 1] += 1e9  # float32 steps of 64 at 1e9: the column's spread (< 64) is lost
+    off[:, 2] += 1e4  # steps of 1e-3: kept
+    p = tmp_path / "offset.npz"
+    np.savez(p, features=off, labels=Y, classes=np.array(classes))
+    with pytest.warns(UserWarning, match=r"offset\.npz: 1 feature column\(s\) lose their "
+                                         r"spread in float32.*column 1"):
+        ds = FeaturesDataset(p)
+    assert ds.features.dtype == np.float32
+    np.testing.assert_allclose(ds.features[:, 2], off[:, 2], rtol=1e-7)
+    np.savez(p, features=X.astype(np.float64) + 100, labels=Y, classes=np.array(classes))
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        FeaturesDataset(p)
+
+
 def test_label_out_of_range(tmp_path, bccd_features):
     X, Y, classes, _ = bccd_features
     Y = Y.copy()

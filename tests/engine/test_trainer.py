@@ -178,3 +178,41 @@ def test_no_test_split_marks_the_final_number_selection_biased(feature_sets, tmp
     assert "SELECTION-BIASED" not in format_table([("a", m2), ("b", m3)])
     assert "top-3 label counts only if" in m2["protocol"]["topk_rule"]
 
+
+
+def test_training_split_that_cannot_teach_a_class_is_named_before_training(tmp_path):
+    """A class with no known positive (its only positive masked) or no known negative,
+    and features equal on every row, are warned about by name when the Trainer is built;
+    a split with both kinds of label for every class is silent."""
+    import warnings
+
+    from pyg_mlic.engine.trainer import warn_unlearnable
+
+    path = make_features_npz(tmp_path / "tr.npz", n=60, seed=0)
+    with np.load(path) as z:
+        a = dict(z)
+    assert warn_unlearnable(FeaturesDataset(path)) == []
+    a["labels"][:, 1] = 0
+    a["labels"][3, 1] = 1
+    a["mask"] = np.ones_like(a["labels"], dtype=bool)
+    a["mask"][3, 1] = False  # the one positive of class_1 is unknown
+    a["labels"][:, 4] = 1  # class_4: no negative
+    np.savez(tmp_path / "bad.npz", **a)
+    bad = FeaturesDataset(tmp_path / "bad.npz")
+    with pytest.warns(UserWarning) as rec:
+        Trainer(_model(bad), bad, None, None, _cfg(epochs=1))
+    texts = [str(w.message) for w in rec if "training split" in str(w.message)]
+    assert len(texts) == 2
+    assert "1 of 5 class(es) have no known positive label" in texts[0] and "'class_1'" in texts[0]
+    assert "no known negative label" in texts[1] and "'class_4'" in texts[1]
+    a = {k: v for k, v in a.items() if k != "mask"}
+    a["features"] = np.ones_like(a["features"])
+    np.savez(tmp_path / "flat.npz", **a)
+    with pytest.warns(UserWarning, match="every feature column is constant"):
+        texts = warn_unlearnable(FeaturesDataset(tmp_path / "flat.npz"))
+    (text,) = [t for t in texts if "feature" in t]
+    assert "every feature column is constant" in text
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tr = FeaturesDataset(path)
+        Trainer(_model(tr), tr, None, None, _cfg(epochs=1))
