@@ -28,6 +28,30 @@ def _parse_set(items: Optional[Sequence[str]]) -> Dict[str, Any]:
     return out
 
 
+def positive_int(text: str) -> int:
+    """An option that counts something (pixels, images, epochs, rows per batch, threads):
+    an integer >= 1; ``0`` or a negative number is refused at parse time, never replaced
+    by a default."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    """A seed or a number of workers: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     from pyg_mlic.data.factory import DATASETS
 
@@ -39,10 +63,10 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-fraction", type=float, default=0.0,
                    help="hold out this fraction of the training split for validation "
                         "when the dataset has no validation split (default: 0)")
-    p.add_argument("--image-size", type=int,
+    p.add_argument("--image-size", type=positive_int,
                    help="network input side (default: 448, the papers'; 64 for --dataset "
                         "synthetic)")
-    p.add_argument("--num-images", type=int,
+    p.add_argument("--num-images", type=positive_int,
                    help="synthetic scenes: training-set size (default: 800)")
     p.add_argument("--no-augment", action="store_true", help="no random crop/flip in training")
     p.add_argument("--drop-labels", type=float, default=0.0, metavar="FRACTION",
@@ -63,7 +87,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--region-opt", action="append", metavar="KEY=VALUE",
                    help="a region-backend argument, e.g. weights=PATH, mode=rpn, path=DIR "
                         "(repeatable)")
-    p.add_argument("--max-instances", type=int,
+    p.add_argument("--max-instances", type=positive_int,
                    help="ROIs kept per image by the region backend (default: the backend's)")
     p.add_argument("--region-cache", help="folder of the ROI cache (default: ~/.cache/pyg_mlic)")
 
@@ -313,6 +337,14 @@ def cmd_eval(args) -> int:
     from pyg_mlic.errors import check_same_classes
 
     check_same_classes("checkpoint", model.classes, f"dataset {args.dataset}", test.classes)
+    dim = model.build_kwargs.get("in_features")
+    if getattr(test, "input_kind", None) == "features" and dim is not None \
+            and int(dim) != test.feature_dim:
+        from pyg_mlic.errors import ClassMismatchError
+
+        raise ClassMismatchError(f"checkpoint {args.checkpoint} takes {int(dim)} features per "
+                                 f"row, the test split has {test.feature_dim} (were they "
+                                 f"extracted with the same backbone and pooling?)")
     m = evaluate(model, test, batch_size=args.batch_size, progress=True, threshold=threshold)
     m["threshold"] = described
     print(format_table([(ckpt["model_name"], m)]))
@@ -452,8 +484,10 @@ def cmd_export(args) -> int:
     out = args.out or str(Path(args.checkpoint).with_suffix(
         ".onnx" if args.format == "onnx" else ".torchscript.pt"))
     export_model(model, out, args.format, image_size=size)
-    print(f"wrote {out} ({args.format}; input [B, 3, {size}, {size}] or [B, F] -> logits "
-          f"[B, {model.num_classes}])")
+    kw = model.build_kwargs
+    shape = (f"[B, {int(kw['in_features'])}]" if kw.get("input_kind") == "features"
+             else f"[B, 3, {size}, {size}]")
+    print(f"wrote {out} ({args.format}; input {shape} -> logits [B, {model.num_classes}])")
     return 0
 
 
@@ -632,6 +666,13 @@ def cmd_extract_features(args) -> int:
         torch.set_num_threads(args.threads)
     cfg = data_config(args.backbone)  # the preprocessing the backbone's weights expect
     backbone = build_backbone(args.backbone, weights=args.backbone_weights)
+    if args.backbone_weights is None:
+        import warnings
+
+        warnings.warn(f"extract-features: no --backbone-weights, so {args.backbone} is randomly "
+                      f"initialised and its features say little about the images; pass "
+                      f"--backbone-weights imagenet (efficientnet_lite0, shipped offline) or a "
+                      f"local weights file", UserWarning, stacklevel=2)
     size = args.image_size or int(cfg["input_size"][-1])
     ds = build_extraction_dataset(args.dataset, root=args.root, split=args.split,
                                   image_size=size, classes=args.classes,
@@ -741,21 +782,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="train every model briefly on synthetic scenes; print the table")
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--epochs", type=int, default=None, help="epochs per model")
-    p.add_argument("--num-images", type=int, default=None, help="training images")
-    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--epochs", type=positive_int, default=None, help="epochs per model")
+    p.add_argument("--num-images", type=positive_int, default=None, help="training images")
+    p.add_argument("--image-size", type=positive_int, default=64)
     p.add_argument("--models", nargs="*", help="demo rows to run (default: all)")
     p.add_argument("--ablations", action="store_true", help="also run the ablation tables")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("info", help="parameter counts (total, backbone, head) of the models")
     p.add_argument("--model", nargs="*", help="models to count (default: every registered one)")
-    p.add_argument("--num-classes", type=int, default=80, help="number of classes (80 = COCO)")
+    p.add_argument("--num-classes", type=positive_int, default=80, help="number of classes (80 = COCO)")
     p.add_argument("--backbone", help="build every model with this backbone instead of its "
                    "paper default")
-    p.add_argument("--embedding-dim", type=int, default=300,
+    p.add_argument("--embedding-dim", type=positive_int, default=300,
                    help="label-embedding size for the GCN models (300 = GloVe; IML-GCN uses C)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_info)
@@ -790,8 +831,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(ml_gcn, ia_gcn, iml_gcn, gm_mlic)")
     p.add_argument("--backbone", help="backbone name (image datasets)")
     p.add_argument("--backbone-weights", help="local weights file for the backbone")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--epochs", type=positive_int)
+    p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--lr", type=float)
     p.add_argument("--backbone-lr", type=float)
     p.add_argument("--weight-decay", type=float)
@@ -813,8 +854,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ema", type=float, metavar="DECAY",
                    help="keep an exponential moving average of the weights with this decay "
                         "in (0, 1) (ASL: 0.9997); validation scores raw and EMA weights")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--seed", type=nonnegative_int, default=0)
+    p.add_argument("--num-workers", type=nonnegative_int, default=0)
     p.add_argument("--device")
     p.add_argument("--out", default="runs/train")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
@@ -834,7 +875,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     p.set_defaults(image_size=None)
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--threshold", type=threshold_spec, default=0.5,
                    metavar="calibrated|calibrated-global|X",
                    help="probability threshold of CP ... OF1 and top-3: a number in [0, 1) "
@@ -855,9 +896,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "one) or a number in [0, 1) (default: 'calibrated' when the checkpoint "
                         "stores thresholds, else 0.5)")
     p.add_argument("--topk", type=int, default=5, help="scores shown per image (table)")
-    p.add_argument("--image-size", type=int)
+    p.add_argument("--image-size", type=positive_int)
     p.add_argument("--format", choices=["table", "json"], default="table")
-    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (16)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="images per forward pass (16)")
     p.add_argument("--output", metavar="FILE", help="also write labels + scores to FILE.csv "
                    "(one probability column per class) or FILE.json")
     p.add_argument("--draw", metavar="DIR", help="write copies of the images with the "
@@ -869,7 +910,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
     p.add_argument("--out", help="output file (default: next to the checkpoint)")
-    p.add_argument("--image-size", type=int, help="example input side (default: training size)")
+    p.add_argument("--image-size", type=positive_int, help="example input side (default: training size)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(
@@ -935,14 +976,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "(efficientnet_lite0); default: random init")
     p.add_argument("--pool", default="avg", choices=["avg", "max"],
                    help="global pooling of the feature map (default: avg)")
-    p.add_argument("--image-size", type=int, help="input side (default: the backbone's, "
+    p.add_argument("--image-size", type=positive_int, help="input side (default: the backbone's, "
                    "224 for efficientnet_lite0)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--num-images", type=int, help="synthetic scenes: number of images")
-    p.add_argument("--seed", type=int, default=0, help="synthetic scenes: seed")
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--num-images", type=positive_int, help="synthetic scenes: number of images")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="synthetic scenes: seed")
     p.add_argument("--device")
-    p.add_argument("--num-workers", type=int, default=0)
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--num-workers", type=nonnegative_int, default=0)
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads")
     p.add_argument("--compress", action="store_true", help="np.savez_compressed")
     p.add_argument("--out", required=True, help="output .npz")
     p.add_argument("--no-progress", action="store_true")

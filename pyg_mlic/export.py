@@ -73,14 +73,17 @@ def export_model(model, path: Union[str, os.PathLike], fmt: str = "onnx",
             example = torch.randn(1, 3, image_size, image_size)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
+    import warnings
+
+    with torch.no_grad(), warnings.catch_warnings():
+        # the models' input-shape checks are constants of the trace (only the batch
+        # axis is dynamic): torch's warning about them is not the user's to act on
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         if fmt == "onnx":
             torch.onnx.export(frozen, (example,), str(path), dynamo=False, opset_version=opset,
                               input_names=["input"], output_names=["logits"],
                               dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
         elif fmt == "torchscript":
-            import warnings
-
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)
                 traced = torch.jit.trace(frozen, (example,))

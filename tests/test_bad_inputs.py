@@ -568,6 +568,20 @@ def _(tmp):
         main(["--debug", *_eval_args(tmp, ckpt)])
 
 
+@case("eval-feature-size-mismatch", "class lists", "``pyg-mlic eval`` of a features "
+      "checkpoint on a test file of another feature size",
+      "``ClassMismatchError`` 'checkpoint ... takes 16 features per row, the test split has "
+      "6' before any forward pass")
+def _(tmp):
+    from pyg_mlic.cli import main
+
+    ckpt = _trained_checkpoint(tmp)
+    make_features_npz(tmp / "te.npz", d=6, seed=3)
+    with pytest.raises(ClassMismatchError, match="takes 16 features per row, the test split "
+                                                 "has 6"):
+        main(["--debug", *_eval_args(tmp, ckpt)])
+
+
 # =========================================================================== checkpoints
 @case("truncated-checkpoint", "checkpoints", "a truncated checkpoint (``eval --checkpoint`` / "
       "``train --resume``)", "``CheckpointError`` 'not a loadable pyg_mlic checkpoint "

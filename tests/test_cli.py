@@ -400,3 +400,25 @@ def test_warnings_print_as_one_line_naming_the_problem(tmp_path):
     assert lines and all(s.startswith("pyg-mlic: warning: training split") for s in lines)
     assert "'class_2'" in lines[0]
     assert "Warning:" not in p.stderr and "warnings.warn" not in p.stderr
+
+
+@pytest.mark.parametrize("argv", [
+    ["extract-features", "--dataset", "voc2007", "--out", "x.npz", "--image-size", "0"],
+    ["extract-features", "--dataset", "voc2007", "--out", "x.npz", "--threads", "-2"],
+    ["train", "--dataset", "features", "--model", "baseline", "--epochs", "0"],
+    ["train", "--dataset", "features", "--model", "baseline", "--batch-size", "-1"],
+    ["train", "--dataset", "synthetic", "--model", "baseline", "--num-images", "0"],
+    ["train", "--dataset", "features", "--model", "baseline", "--seed", "-1"],
+    ["eval", "--dataset", "features", "--checkpoint", "c.pt", "--image-size", "x"],
+    ["demo", "--epochs", "0"],
+])
+def test_counts_below_one_are_refused_at_parse_time(argv, capsys):
+    """A size, count or seed out of range is a parse error naming the option, never
+    replaced by a default (``--image-size 0`` used to extract at 224 px)."""
+    from pyg_mlic.cli import build_parser
+
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {argv[-2]}: expected an integer >= " in err

@@ -55,10 +55,13 @@ def test_cli_extract_features_bccd_then_train(data_dir, tmp_path, capsys):
 
     root = data_dir / "images" / "bccd"
     for split in ("val", "test"):
-        assert main(["extract-features", "--dataset", "voc2007", "--root", str(root),
-                     "--split", split, "--classes", "WBC,RBC,Platelets", "--backbone",
-                     "small_cnn", "--image-size", "64", "--out", str(tmp_path / f"{split}.npz"),
-                     "--no-progress"]) == 0
+        # no --backbone-weights: random init, which the command says
+        with pytest.warns(UserWarning, match="no --backbone-weights, so small_cnn is randomly "
+                                             "initialised"):
+            assert main(["extract-features", "--dataset", "voc2007", "--root", str(root),
+                         "--split", split, "--classes", "WBC,RBC,Platelets", "--backbone",
+                         "small_cnn", "--image-size", "64", "--out",
+                         str(tmp_path / f"{split}.npz"), "--no-progress"]) == 0
     d = load_features(tmp_path / "test.npz")
     ref = VOCDataset(root, split="test", classes=BCCD)
     assert d["classes"] == BCCD and d["features"].shape == (len(ref), 128)

@@ -101,12 +101,23 @@ def test_features_training_checkpoint_and_export(tmp_path):
     with torch.no_grad():
         ref = m({"features": x}).logits
         torch.testing.assert_close(re({"features": x}).logits, ref)
-    path = export_model(re, tmp_path / "m.onnx", "onnx")
+    import warnings
+
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        path = export_model(re, tmp_path / "m.onnx", "onnx")
+        ts_path = export_model(re, tmp_path / "m.ts", "torchscript")
+    # the input-shape checks are constants of the trace: no TracerWarning reaches the user
+    assert not [w for w in rec if issubclass(w.category, torch.jit.TracerWarning)]
     sess = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (out,) = sess.run(None, {"input": x.numpy()})
     np.testing.assert_allclose(out, ref.numpy(), atol=1e-4, rtol=1e-4)
-    ts = torch.jit.load(str(export_model(re, tmp_path / "m.ts", "torchscript")))
+    ts = torch.jit.load(str(ts_path))
     torch.testing.assert_close(ts(x), ref, atol=1e-5, rtol=1e-5)
+    # a batch size other than the example's: the trace's shape checks hold for any batch
+    x2 = torch.from_numpy(np.load(tmp_path / "b.npz")["features"][:4])
+    with torch.no_grad():
+        torch.testing.assert_close(ts(x2), re({"features": x2}).logits, atol=1e-5, rtol=1e-5)
 
 
 def test_image_model_exports_to_onnx(voc, tmp_path):
