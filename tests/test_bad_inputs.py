@@ -167,15 +167,21 @@ def _(tmp):
 
 
 @case("missing-image", "data", "a label CSV row whose image file does not exist",
-      "``DatasetError`` 'image file not found: PATH' when the sample is loaded (and from "
-      "``dataset.verify()``)")
+      "``DatasetError`` '1 of 2 image files not found: PATH' when the splits are built "
+      "(``build_splits``, every ``pyg-mlic`` command), before training; 'image file not "
+      "found: PATH' when a sample is loaded directly (and from ``dataset.verify()``)")
 def _(tmp):
+    from pyg_mlic.data.factory import build_splits
     from pyg_mlic.data.folder import FolderDataset
 
     root = _image_folder(tmp, "img/ok.jpg,cat\nimg/gone.jpg,dog\n")
     ds = FolderDataset(root, root / "labels.csv")
     with pytest.raises(DatasetError, match=r"image file not found: .*gone\.jpg"):
         ds[1]
+    with pytest.raises(DatasetError, match=r"split 'train'\): 1 of 2 image files not found: "
+                                           r".*gone\.jpg"):
+        build_splits("folder", root=str(root), train_file=str(root / "labels.csv"),
+                     test_file=str(root / "labels.csv"), image_size=32)
 
 
 @case("missing-features-file", "data", "``--train-file`` pointing to no file",

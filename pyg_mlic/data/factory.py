@@ -327,6 +327,11 @@ def build_splits(name: str, *, root: Optional[str] = None, train_file: Optional[
             val = FolderDataset(r, val_file, split="val", classes=train.classes, transform=test_tf)
     else:
         raise ValueError(f"unknown dataset {name!r}; choose from {list(DATASETS)}")
+    from pyg_mlic.data._image_io import ImageDatasetMixin
+
+    for ds in (train, val, test):  # a missing image stops the load, not a later batch
+        if isinstance(ds, ImageDatasetMixin):
+            ds.check_files_exist()
     if val is None and val_fraction:
         train, val = holdout_split(train, val_fraction, seed=seed,
                                    val_transform=test_tf if cfg is not None else None)
