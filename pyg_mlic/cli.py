@@ -426,6 +426,16 @@ def cmd_predict(args) -> int:
     size = args.image_size or int(pre["image_size"])
     tf = build_transforms(train=False, size=size, mean=tuple(pre["mean"]), std=tuple(pre["std"]))
     paths = expand_image_paths(args.images)
+    from pyg_mlic.data._image_io import verify_images
+
+    # every file's header before any forward pass: a bad file found at image 9,000
+    # would otherwise end the run with nothing written
+    report = verify_images(paths, decode=False)
+    if not report.ok:
+        shown = "; ".join(f"{p} ({r})" for p, r in report.problems[:3])
+        more = " ..." if len(report.problems) > 3 else ""
+        raise SystemExit(f"predict: {len(report.problems)} of {report.checked} images cannot "
+                         f"be read, nothing was predicted: {shown}{more}")
     try:
         from pyg_mlic.utils.progress import tqdm
     except ImportError:  # pragma: no cover - tqdm is a dependency

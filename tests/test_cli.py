@@ -168,6 +168,14 @@ def test_predict_rejects_empty_folder_and_bad_output(tiny_image_checkpoint, data
     with pytest.raises(SystemExit, match=r"\.csv or \.json"):
         main(["--debug", "predict", str(img), "--checkpoint", str(tiny_image_checkpoint),
               "--output", str(tmp_path / "p.txt")])
+    # an unreadable file among real images: refused before any prediction, all named
+    (empty / "broken.jpg").write_bytes(b"")
+    with pytest.raises(SystemExit, match=r"2 of 3 images cannot be read, nothing was "
+                                         r"predicted: .*broken\.jpg .*; .*gone\.png \(image file "
+                                         r"not found\)"):
+        main(["--debug", "predict", str(img), str(empty / "broken.jpg"), str(empty / "gone.png"),
+              "--checkpoint", str(tiny_image_checkpoint), "--output", str(tmp_path / "p.csv")])
+    assert not (tmp_path / "p.csv").exists()
 
 
 def test_draw_predictions_writes_labels_on_a_copy(data_dir, tmp_path):
