@@ -60,6 +60,12 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-file", help="training annotations / list / features .npz")
     p.add_argument("--test-file", help="test annotations / list / features .npz")
     p.add_argument("--val-file", help="validation annotations / list / features .npz")
+    p.add_argument("--classes", metavar="NAMES",
+                   help="coco / voc2007: the label columns, comma-separated (e.g. "
+                        "WBC,RBC,Platelets for the VOC-format BCCD), or 'infer' (VOC: the "
+                        "names in the training split's annotations, sorted); default: the "
+                        "dataset's own (COCO: the file's categories; VOC: the 20 VOC "
+                        "classes); eval: the checkpoint's")
     p.add_argument("--val-fraction", type=float, default=0.0,
                    help="hold out this fraction of the training split for validation "
                         "when the dataset has no validation split (default: 0)")
@@ -103,7 +109,8 @@ def _drop_fraction(args) -> float:
 
 
 def _splits(args, *, model: Optional[str] = None, backbone: Optional[str] = None,
-            data_config: Optional[Dict[str, Any]] = None, check: bool = True):
+            data_config: Optional[Dict[str, Any]] = None, check: bool = True,
+            classes: Optional[Sequence[str]] = None):
     """The splits of ``args.dataset`` with the transforms of the run
     (:func:`pyg_mlic.data.factory.resolve_data_config`): the normalisation of the backbone
     the model uses and the augmentation of the model's paper, ``--data-opt`` over both.
@@ -113,7 +120,9 @@ def _splits(args, *, model: Optional[str] = None, backbone: Optional[str] = None
     otherwise, ``small_cnn`` on the synthetic scenes as the demo recipe), ``eval``'s
     checkpoint (its recorded data config). ``data_config`` entries override
     ``--data-opt``'s. ``check=False``: the splits are not checked against each other (``eval``
-    reads only the test split; the checkpoint's classes are checked instead)."""
+    reads only the test split; the checkpoint's classes are checked instead). ``classes``:
+    the label columns of coco / voc2007 when ``--classes`` is not given (``eval``: the
+    checkpoint's)."""
     from pyg_mlic.data.factory import build_splits, checkpoint_data_config
 
     overrides = _parse_set(getattr(args, "data_opt", None))
@@ -144,7 +153,9 @@ def _splits(args, *, model: Optional[str] = None, backbone: Optional[str] = None
                           seed=getattr(args, "seed", 0), num_images=args.num_images,
                           augment=not args.no_augment, model=model_cls, backbone=backbone,
                           data_config={**overrides, **(data_config or {})}, check=check,
-                          drop_labels=0.0 if regions else drop)
+                          drop_labels=0.0 if regions else drop,
+                          classes=_class_list(getattr(args, "classes", None),
+                                              args.command) or classes)
     if not regions:
         return splits
     from pyg_mlic.data.partial import drop_labels
@@ -332,8 +343,9 @@ def cmd_eval(args) -> int:
     if args.image_size is None:
         args.image_size = int(ckpt.get("run_info", {}).get("image_size") or 448)
     recorded = {} if args.dataset == "features" else checkpoint_data_config(ckpt)
-    _, _, test = _splits(args, backbone=recorded.get("backbone"), check=False, data_config={
-        k: recorded[k] for k in ("mean", "std") if k in recorded})
+    own = list(model.classes) if args.dataset in ("coco", "voc2007") else None
+    _, _, test = _splits(args, backbone=recorded.get("backbone"), check=False, classes=own,
+                         data_config={k: recorded[k] for k in ("mean", "std") if k in recorded})
     from pyg_mlic.errors import check_same_classes
 
     check_same_classes("checkpoint", model.classes, f"dataset {args.dataset}", test.classes)
@@ -506,13 +518,13 @@ def cmd_export(args) -> int:
 _GRAPH_DEFAULTS = dict(tau=0.4, p=0.2, scheme="reweighted", convention="paper")
 
 
-def _graph_classes(text: Optional[str]):
+def _class_list(text: Optional[str], command: str):
     """``--classes``: ``None``, ``"infer"`` or a comma-separated list of names."""
     if text is None or text.strip().lower() == "infer":
         return None if text is None else "infer"
     names = [c.strip() for c in text.split(",") if c.strip()]
     if not names:
-        raise SystemExit(f"graph: --classes {text!r} names no class")
+        raise SystemExit(f"{command}: --classes {text!r} names no class")
     return names
 
 
@@ -553,13 +565,15 @@ def build_label_graph(args):
                          "--labels FILE.npz, --dataset NAME (e.g. folder --train-file "
                          "LABELS.csv) or --load GRAPH.npz"
                          + (f" (got {', '.join('--' + s for s in sources)})" if sources else ""))
-    if args.classes is not None and sources[0] not in ("coco", "voc"):
-        raise SystemExit("graph: --classes selects the columns of --coco or --voc labels; "
-                         "other sources carry their class list")
+    if args.classes is not None and sources[0] not in ("coco", "voc") and not (
+            sources[0] == "dataset" and args.dataset in ("coco", "voc2007")):
+        raise SystemExit("graph: --classes selects the columns of --coco or --voc labels "
+                         "(or of --dataset coco / voc2007); other sources carry their class "
+                         "list")
     given = {k: getattr(args, k) for k in ("tau", "p", "scheme", "convention")
              if getattr(args, k) is not None}
     kw = {**_GRAPH_DEFAULTS, **given}
-    classes = _graph_classes(args.classes)
+    classes = _class_list(args.classes, "graph")
     if args.load:
         if given:
             raise SystemExit(f"graph: {', '.join('--' + k for k in given)} cannot change a "
@@ -575,9 +589,10 @@ def build_label_graph(args):
             split = "all"
             if not args.split and "split" in d.files:
                 splits = sorted(set(d["split"].tolist()))
+                train_like = [s for s in splits if "train" in s.lower()] or splits
                 raise SystemExit(f"graph: {args.labels} holds the splits {splits}: pass "
                                  f"--split (label statistics come from the training split "
-                                 f"only, e.g. --split {splits[0]})")
+                                 f"only, e.g. --split {train_like[0]})")
             if args.split and "split" not in d.files:
                 raise SystemExit(f"graph: {args.labels} has no 'split' array, so --split "
                                  f"{args.split} cannot select rows")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 from pyg_mlic.data.base import MultiLabelDataset, check_splits, holdout_split
 from pyg_mlic.data.transforms import TRAIN_TRANSFORMS, build_transforms
@@ -227,7 +227,8 @@ def build_splits(name: str, *, root: Optional[str] = None, train_file: Optional[
                  num_images: Optional[int] = None, augment: bool = True,
                  model: Any = None, backbone: Optional[str] = None,
                  data_config: Optional[Mapping[str, Any]] = None,
-                 check: bool = True, drop_labels: float = 0.0) -> Splits:
+                 check: bool = True, drop_labels: float = 0.0,
+                 classes: Union[None, str, Sequence[str]] = None) -> Splits:
     """Return ``(train, val, test)`` for dataset ``name`` (one of :data:`DATASETS`).
 
     The transforms follow :func:`resolve_data_config` (the backbone's normalisation,
@@ -258,6 +259,12 @@ def build_splits(name: str, *, root: Optional[str] = None, train_file: Optional[
             *training* split's known label entries, seeded by ``seed``
             (:func:`pyg_mlic.data.partial.drop_labels`; the returned training split
             records it in ``partial_labels``); validation and test labels are untouched.
+        classes (None, "infer" or list of str): coco / voc2007 only: the label columns,
+            in order, for every split (a VOC-format folder of another dataset, e.g. BCCD's
+            ``["WBC", "RBC", "Platelets"]``, or a subset of COCO's categories); ``"infer"``:
+            VOC: the names in the training split's annotations (sorted), COCO: the file's
+            categories. ``None``: the dataset's own (COCO: the training file's categories;
+            VOC: the 20 VOC classes).
             (default: ``0``, none)
     """
     from pyg_mlic.data.partial import check_drop_fraction
@@ -269,6 +276,9 @@ def build_splits(name: str, *, root: Optional[str] = None, train_file: Optional[
                                   augment=augment, data_config=data_config)
         train_tf, test_tf = transforms_from_config(cfg)
     val = None
+    if classes is not None and name not in ("coco", "voc2007"):
+        raise ValueError(f"classes= (--classes) chooses the label columns of coco and "
+                         f"voc2007; {name!r} carries its own class list")
     if name == "synthetic":
         from pyg_mlic.data.synthetic import SyntheticScenes
 
@@ -288,7 +298,8 @@ def build_splits(name: str, *, root: Optional[str] = None, train_file: Optional[
             r, "annotations/instances_train2014.json", "annotations/instances_train2017.json")
         te_ann = Path(test_file) if test_file else _first_existing(
             r, "annotations/instances_val2014.json", "annotations/instances_val2017.json")
-        train = COCODataset(r, tr_ann, split="train", transform=train_tf)
+        train = COCODataset(r, tr_ann, split="train", transform=train_tf,
+                            classes=None if classes == "infer" else classes)
         test = COCODataset(r, te_ann, split="test", transform=test_tf, classes=train.classes)
         if val_file:
             val = COCODataset(r, val_file, split="val", transform=test_tf, classes=train.classes)
@@ -298,10 +309,12 @@ def build_splits(name: str, *, root: Optional[str] = None, train_file: Optional[
         r = Path(_need(root, "--root", name))
         if (r / "VOCdevkit" / "VOC2007").is_dir():
             r = r / "VOCdevkit" / "VOC2007"
-        train = VOCDataset(r, split=train_file or "trainval", transform=train_tf)
-        test = VOCDataset(r, split=test_file or "test", transform=test_tf)
+        train = VOCDataset(r, split=train_file or "trainval", transform=train_tf,
+                           classes=classes)
+        test = VOCDataset(r, split=test_file or "test", transform=test_tf,
+                          classes=train.classes)
         if val_file:
-            val = VOCDataset(r, split=val_file, transform=test_tf)
+            val = VOCDataset(r, split=val_file, transform=test_tf, classes=train.classes)
     elif name == "nuswide":
         from pyg_mlic.data.nuswide import NUSWIDEDataset
 

@@ -176,8 +176,10 @@ def _load_voc(root: PathLike, split: str, classes: Union[None, str, Sequence[str
             j = col.get(name)
             if j is None:
                 raise DatasetError(f"{vroot / 'Annotations' / (i + '.xml')}: unknown class "
-                                   f"name {name!r} (classes: {classes}); pass classes=[...] "
-                                   f"or classes='infer'")
+                                   f"name {name!r} (classes: {classes}); pass the dataset's "
+                                   f"classes (classes=[...], --classes A,B,...) or infer "
+                                   f"them from the annotations (classes='infer', "
+                                   f"--classes infer)")
             if not diff:
                 labels[r, j] = 1
             elif labels[r, j] < 0:

@@ -255,3 +255,40 @@ def test_region_dataset_keeps_the_data_config(coco8):
     tr.transform.generator = random.Random(0)
     rd = RegionDataset(tr, GroundTruthRegionExtractor("small_cnn", image_size=32), cache=False)
     assert rd.data_config is tr.data_config and rd.roi_augment == "follow"
+
+
+# ------------------------------------------------------------------ --classes
+def test_classes_choose_the_columns_of_a_voc_format_folder_and_of_coco(data_dir, coco8,
+                                                                        tmp_path):
+    """A VOC-format folder of another dataset (BCCD) trains from the command line with
+    ``--classes`` (or ``infer``), every split in the training split's column order, and
+    ``eval`` reads the test split with the checkpoint's classes; a COCO subset keeps only
+    the named categories; a source that carries its own classes refuses the option."""
+    from pyg_mlic.cli import main
+    from pyg_mlic.data.voc import voc_labels
+
+    bccd = data_dir / "images" / "bccd"
+    tr, va, te = build_splits("voc2007", root=str(bccd), classes=["WBC", "RBC", "Platelets"],
+                              val_file="val", image_size=32)
+    assert tr.classes == va.classes == te.classes == ["WBC", "RBC", "Platelets"]
+    _, Y, _ = voc_labels(bccd, "test", classes=["WBC", "RBC", "Platelets"])
+    assert (te.labels == (Y == 1)).all()
+    tr, _, te = build_splits("voc2007", root=str(bccd), classes="infer", image_size=32)
+    assert tr.classes == te.classes == ["Platelets", "RBC", "WBC"]
+    tr, _, te = build_splits("coco", root=str(coco8), train_file=str(coco8 / "instances_train.json"),
+                             test_file=str(coco8 / "instances_val.json"),
+                             classes=["person", "dog"], image_size=32)
+    assert tr.classes == te.classes == ["person", "dog"] and tr.labels.shape[1] == 2
+    with pytest.raises(ValueError, match=r"--classes\) chooses the label columns of coco and "
+                                         r"voc2007; 'synthetic' carries its own"):
+        build_splits("synthetic", classes=["a"], num_images=8, image_size=32)
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", "voc2007", "--root", str(bccd), "--classes",
+                 "WBC,RBC,Platelets", "--model", "baseline", "--backbone", "small_cnn",
+                 "--image-size", "32", "--epochs", "1", "--batch-size", "64", "--no-progress",
+                 "--out", str(run)]) == 0
+    m = json.loads((run / "metrics.json").read_text())
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--dataset", "voc2007", "--root", str(bccd), "--checkpoint",
+                 str(run / "last.pt"), "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["mAP"] == pytest.approx(m["mAP"], abs=1e-6)
