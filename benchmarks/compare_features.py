@@ -325,7 +325,9 @@ def engine_cli(model: str, train: Path, test: Path, seeds: Sequence[int], out: P
             argv += ["--val-file", str(val)]
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            cli_main(argv)
+            rc = cli_main(argv)
+        if rc:  # never read a metrics.json the command did not write
+            raise RuntimeError(f"compare_features: `pyg-mlic {' '.join(argv)}` exited {rc}")
         runs.append(json.loads((run_dir / "metrics.json").read_text()))
         if scores_out is not None:
             scores_out.append(_checkpoint_scores(run_dir, runs[-1], test))

@@ -184,6 +184,7 @@ def cmd_train(args) -> int:
 
     if getattr(args, "nproc", 1) < 1:
         raise SystemExit(f"train: --nproc must be >= 1, got {args.nproc}")
+    _check_out_dir(args)
     if getattr(args, "nproc", 1) > 1 and not distributed.under_launcher():
         # --nproc N: re-run this command in N processes under torch.distributed.run
         return distributed.relaunch(args._train_parser, args, "train", args.nproc)
@@ -192,6 +193,36 @@ def cmd_train(args) -> int:
         return _train(args)
     finally:
         distributed.destroy()
+
+
+#: what a run writes directly under OUT (``--overwrite`` removes these, nothing else)
+RUN_FILES = ("last.pt", "best.pt", "metrics.json", "history.json", "stages.json")
+
+
+def _check_out_dir(args) -> None:
+    """``--out`` must be a folder; one that holds a run already is continued
+    (``--resume``), replaced (``--overwrite``: its run files are removed first, so no
+    checkpoint of the old run is left beside the new one) or refused, never silently
+    written over."""
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"train: --out {out} is a file, not a folder")
+    held = [f for f in RUN_FILES if (out / f).is_file()]
+    if not held or args.resume:
+        return
+    if not getattr(args, "overwrite", False):
+        raise SystemExit(f"train: {out} already holds a run ({', '.join(held)}); pass "
+                         f"--resume to continue it, --overwrite to replace it, or another "
+                         f"--out")
+    from pyg_mlic.engine import distributed
+
+    if distributed.under_launcher():  # the parent (--nproc) or rank 0 removes them
+        import os
+
+        if int(os.environ.get("RANK", "0")) != 0:
+            return
+    for f in held:
+        (out / f).unlink()
 
 
 def _train(args) -> int:
@@ -884,6 +915,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device")
     p.add_argument("--out", default="runs/train")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run OUT holds (its checkpoints, metrics and history "
+                        "are removed first); without it, or --resume, an OUT that holds a "
+                        "run is refused")
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE",
                    help="model options (tau=0.4 ...); an unknown key is an error")
     p.add_argument("--sync-bn", action="store_true",

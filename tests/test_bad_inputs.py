@@ -655,6 +655,30 @@ def _(tmp):
     assert load_checkpoint(tmp / "run" / "last.pt")["epoch"] == 1
 
 
+@case("out-holds-a-run", "checkpoints", "``pyg-mlic train --out DIR`` where DIR holds a run "
+      "already (without ``--resume``), or where ``--out`` is a file",
+      "exits with 'train: DIR already holds a run (last.pt, ...); pass --resume to continue "
+      "it, --overwrite to replace it, or another --out', the old run untouched; "
+      "``--overwrite`` removes the old run's files (no stale ``best.pt``) and trains anew")
+def _(tmp):
+    from pyg_mlic.cli import main
+
+    make_features_npz(tmp / "tr.npz", n=64)
+    make_features_npz(tmp / "te.npz", n=32, seed=1)
+    out = tmp / "o"
+    args = _train_args(tmp, out) + ["--epochs", "1"]
+    assert main(args + ["--val-fraction", "0.25", "--select", "best_val"]) == 0
+    before = {f: (out / f).read_bytes() for f in ("last.pt", "best.pt", "metrics.json")}
+    with pytest.raises(SystemExit, match=r"already holds a run \(last\.pt, best\.pt, "
+                                         r"metrics\.json, history\.json\); pass --resume"):
+        main(["--debug", *args])
+    assert {f: (out / f).read_bytes() for f in before} == before
+    assert main(args + ["--overwrite"]) == 0
+    assert not (out / "best.pt").exists() and (out / "last.pt").read_bytes() != before["last.pt"]
+    with pytest.raises(SystemExit, match=r"--out .*te\.npz is a file, not a folder"):
+        main(["--debug", *_train_args(tmp, tmp / "te.npz")])
+
+
 @case("nproc-invalid", "distributed", "``pyg-mlic train --nproc 0`` (or negative)",
       "exits with 'train: --nproc must be >= 1'")
 def _(tmp):
