@@ -955,7 +955,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "and stored in the checkpoint), 'calibrated-global' (the stored global "
                         "one) or a number in [0, 1) (default: 'calibrated' when the checkpoint "
                         "stores thresholds, else 0.5)")
-    p.add_argument("--topk", type=int, default=5, help="scores shown per image (table)")
+    p.add_argument("--topk", type=nonnegative_int, default=5,
+                   help="scores shown per image (table; 0: none)")
     p.add_argument("--image-size", type=positive_int)
     p.add_argument("--format", choices=["table", "json"], default="table")
     p.add_argument("--batch-size", type=positive_int, default=16, help="images per forward pass (16)")

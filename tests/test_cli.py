@@ -419,6 +419,7 @@ def test_warnings_print_as_one_line_naming_the_problem(tmp_path):
     ["train", "--dataset", "features", "--model", "baseline", "--seed", "-1"],
     ["eval", "--dataset", "features", "--checkpoint", "c.pt", "--image-size", "x"],
     ["demo", "--epochs", "0"],
+    ["predict", "x.jpg", "--checkpoint", "c.pt", "--topk", "-1"],
 ])
 def test_counts_below_one_are_refused_at_parse_time(argv, capsys):
     """A size, count or seed out of range is a parse error naming the option, never
