@@ -862,6 +862,38 @@ def _(tmp):
     assert not (tmp / "o" / "last.pt").exists()
 
 
+@case("not-a-dataset", "options", "``fit`` given a path, an array or a list where a split "
+      "belongs", "``TypeError`` 'the training split must be a dataset of this library (... "
+      "FeaturesDataset(path) ...), got str', before any work")
+def _(tmp):
+    from pyg_mlic.engine import fit
+
+    make_features_npz(tmp / "tr.npz", n=32)
+    from pyg_mlic.data.features import FeaturesDataset
+
+    tr = FeaturesDataset(tmp / "tr.npz")
+    with pytest.raises(TypeError, match=r"the training split must be a dataset of this "
+                                        r"library .*got str"):
+        fit("baseline", str(tmp / "tr.npz"), None, tr)
+    with pytest.raises(TypeError, match=r"the test split must be .*got ndarray"):
+        fit("baseline", tr, None, np.zeros((4, 4)))
+
+
+@case("non-integer-count", "hyper-parameters", "``epochs``, ``batch_size``, ``seed``, "
+      "``num_workers`` or ``eval_every`` that is not an integer (``'3'``, ``16.5``, "
+      "``None``)", "``ValueError`` 'epochs must be an integer, got '3''; integral numbers "
+      "(``3.0``, ``numpy.int64(3)``) are taken as ints")
+def _(tmp):
+    from pyg_mlic.engine import TrainConfig
+
+    for kw in (dict(epochs="3"), dict(batch_size=16.5), dict(seed=None), dict(eval_every=True)):
+        (name,) = kw
+        with pytest.raises(ValueError, match=rf"{name} must be an integer, got"):
+            TrainConfig(**kw)
+    c = TrainConfig(epochs=3.0, batch_size=np.int64(8))
+    assert (c.epochs, c.batch_size) == (3, 8) and type(c.batch_size) is int
+
+
 @case("bad-val-fraction", "options", "``--val-fraction`` negative, NaN or >= 1",
       "``ValueError`` 'validation fraction must be in (0, 1)' (0, the default, holds out "
       "nothing)")

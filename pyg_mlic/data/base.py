@@ -128,6 +128,15 @@ def check_splits(train_set, val_set=None, test_set=None) -> None:
     input kind, or feature size than the training split."""
     from pyg_mlic.errors import ClassMismatchError, check_same_classes
 
+    for name, ds in (("training", train_set), ("validation", val_set), ("test", test_set)):
+        if ds is None and name != "training":
+            continue
+        if not (hasattr(ds, "classes") and hasattr(ds, "__getitem__")
+                and hasattr(ds, "__len__")):
+            raise TypeError(f"the {name} split must be a dataset of this library (a "
+                            f"MultiLabelDataset: e.g. FeaturesDataset(path) for a features "
+                            f".npz, or the splits of pyg_mlic.data.build_splits), got "
+                            f"{type(ds).__name__}")
     kind = getattr(train_set, "input_kind", "image")
     dim = getattr(train_set, "feature_dim", None)
     for name, ds in (("validation", val_set), ("test", test_set)):

@@ -104,6 +104,16 @@ class TrainConfig:
     extra: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "num_workers", "seed", "eval_every"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                try:  # numpy integers and integral floats (e.g. from a JSON / YAML config)
+                    ok = not isinstance(v, (bool, str)) and float(v) == int(v)
+                except (TypeError, ValueError, OverflowError):
+                    ok = False
+                if not ok:
+                    raise ValueError(f"{name} must be an integer, got {v!r}")
+                setattr(self, name, int(v))
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:

@@ -707,7 +707,7 @@ def warn_unlearnable(dataset: Dataset) -> List[str]:
                            f"{_listed([classes[i] for i in idx])}")
     feats = getattr(dataset, "features", None)
     if getattr(dataset, "input_kind", None) == "features" and isinstance(feats, np.ndarray) \
-            and len(feats) > 1 and bool(np.all(feats == feats[:1])):
+            and len(feats) > 1 and not bool(np.ptp(feats, axis=0).any()):
         out.append(f"{where}: every feature column is constant (all rows are the same "
                    f"vector), so the model can learn nothing but the label frequencies")
     for text in out:
