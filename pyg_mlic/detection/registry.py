@@ -69,19 +69,27 @@ _BUILTIN_CLASSES = {
 }
 
 
-def _backend_options(key: str) -> Optional[set]:
-    """Keyword arguments the backend ``key`` takes (``None``: anything, ``**kwargs``)."""
+def _backend_params(key: str) -> Optional[Dict[str, inspect.Parameter]]:
+    """The keyword parameters of backend ``key``'s constructor (``None``: anything,
+    ``**kwargs``; ``{}``: an unknown backend)."""
     if key in _BUILTIN_CLASSES:
         mod, name = _BUILTIN_CLASSES[key]
         fn: Callable = getattr(importlib.import_module(mod), name).__init__
     elif key in _BACKENDS:
         fn = _BACKENDS.get(key)
     else:
-        return set()
-    params = inspect.signature(fn).parameters.values()
-    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return {}
+    params = inspect.signature(fn).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return None
-    return {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    return {n: p for n, p in params.items()
+            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and n != "self"}
+
+
+def _backend_options(key: str) -> Optional[set]:
+    """Keyword arguments the backend ``key`` takes (``None``: anything, ``**kwargs``)."""
+    params = _backend_params(key)
+    return None if params is None else set(params)
 
 
 def model_region_options(model: Any, backend: str = "auto",
@@ -169,8 +177,27 @@ def build_region_extractor(backend: str = "auto", verbose: bool = True, *,
     key = resolve_backend(backend, verbose=verbose)
     if key not in _BACKENDS:
         raise _BACKENDS.unknown(backend, valid=["auto"] + list_region_backends())
+    cls = _BACKENDS.get(key)
+    _check_backend_arguments(key, kwargs)  # the user's, before the model's recipe
     if model is not None:
         kwargs = model_region_options(model, key, kwargs)
         if kwargs:
             logger.info("pyg_mlic.detection: %s regions with %s", key, kwargs)
-    return _BACKENDS.get(key)(**kwargs)
+    return cls(**kwargs)
+
+
+def _check_backend_arguments(key: str, kwargs: Dict[str, Any]) -> None:
+    """A misspelt or missing backend argument is an :class:`~pyg_mlic.errors.OptionError`
+    naming the valid ones (``--region-opt KEY=VALUE``), not a ``TypeError`` from the
+    constructor."""
+    from pyg_mlic.errors import OptionError, check_options
+
+    params = _backend_params(key)
+    if params is None:
+        return
+    check_options(f"region backend {key!r}", kwargs, params, kind="argument")
+    missing = [n for n, p in params.items() if p.default is p.empty and n not in kwargs]
+    if missing:
+        raise OptionError(f"region backend {key!r} needs the argument(s) "
+                          f"{', '.join(map(repr, missing))} (--region-opt "
+                          f"{missing[0]}=...)")

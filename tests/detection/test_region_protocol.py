@@ -133,6 +133,19 @@ def test_registry_and_auto_choice(capsys):
     assert resolve_backend("torchvision") == "torchvision"
 
 
+def test_misspelt_or_missing_backend_arguments_are_named():
+    """``--region-opt`` typos and missing required arguments are OptionErrors naming the
+    valid arguments, raised before any detector is built (no TypeError)."""
+    from pyg_mlic.errors import OptionError
+
+    with pytest.raises(OptionError, match=r"region backend 'torchvision' got an unknown "
+                                          r"argument 'wieghts'; did you mean 'weights'\?"):
+        build_region_extractor("torchvision", wieghts="x")
+    with pytest.raises(OptionError, match=r"region backend 'precomputed' needs the "
+                                          r"argument\(s\) 'path' \(--region-opt path=\.\.\.\)"):
+        build_region_extractor("precomputed")
+
+
 def test_model_region_recipe_fills_options_the_backend_takes():
     """GM-MLIC's recipe asks for the detector's detections (the paper's setting); it only
     fills options the backend has and never overrides the user's."""
