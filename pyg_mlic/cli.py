@@ -181,6 +181,17 @@ def cmd_train(args) -> int:
     # a typo in --model / --set is caught here, before any process or data is started
     check_fit_options(args.model, _parse_set(args.set), label_embeddings=args.label_embeddings,
                       label_graph=args.label_graph)
+    if args.regions:  # a detection pass over every image for a model that reads no ROI
+        from pyg_mlic.models import list_models
+        from pyg_mlic.models.registry import model_option_names
+
+        if "rois" not in model_option_names(args.model):
+            import warnings
+
+            readers = [m for m in list_models() if "rois" in model_option_names(m)]
+            warnings.warn(f"{args.model} reads no regions: --regions {args.regions} only "
+                          f"builds the ROI cache (shared with the models that read it: "
+                          f"{', '.join(readers)})", UserWarning, stacklevel=2)
 
     if getattr(args, "nproc", 1) < 1:
         raise SystemExit(f"train: --nproc must be >= 1, got {args.nproc}")

@@ -40,3 +40,20 @@ def test_unknown_region_backend_is_a_clear_error(tmp_path):
                 "--out", tmp_path / "r", check=False)
     assert p.returncode != 0
     assert "unknown region backend 'nope'" in (p.stdout + p.stderr)
+
+
+def test_regions_for_a_model_that_reads_none_is_said(tmp_path):
+    """``--regions`` with the baseline (which reads no ROI) trains, and says that the
+    detection pass only fills the shared ROI cache."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    p = subprocess.run([sys.executable, "-m", "pyg_mlic.cli", "train", "--model", "baseline",
+                        *REGION_ARGS, "--region-cache", str(tmp_path / "cache"), "--out",
+                        str(tmp_path / "run")], capture_output=True, text=True, env=env,
+                       timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert ("pyg-mlic: warning: baseline reads no regions: --regions groundtruth only builds "
+            "the ROI cache (shared with the models that read it: ia_gcn, gm_mlic)") in p.stderr
