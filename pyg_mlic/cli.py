@@ -28,28 +28,27 @@ def _parse_set(items: Optional[Sequence[str]]) -> Dict[str, Any]:
     return out
 
 
-def positive_int(text: str) -> int:
-    """An option that counts something (pixels, images, epochs, rows per batch, threads):
-    an integer >= 1; ``0`` or a negative number is refused at parse time, never replaced
-    by a default."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
+def _int_at_least(low: int, what: str):
+    """An argparse ``type``: an integer ``>= low``; anything else is refused at parse
+    time, never replaced by a default (``--image-size 0`` is an error, not 224 px)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}")
+        return value
+
+    parse.__name__ = parse.__qualname__ = what
+    parse.__doc__ = f"An integer >= {low} ({what})."
+    return parse
 
 
-def nonnegative_int(text: str) -> int:
-    """A seed or a number of workers: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
+#: options that count something: pixels, images, epochs, rows per batch, threads
+positive_int = _int_at_least(1, "positive_int")
+#: seeds, numbers of workers, top-k shown
+nonnegative_int = _int_at_least(0, "nonnegative_int")
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -464,8 +463,6 @@ def cmd_predict(args) -> int:
     out_file = Path(args.output) if getattr(args, "output", None) else None
     if out_file is not None and out_file.suffix.lower() not in (".csv", ".json"):
         raise SystemExit(f"predict: --output must end in .csv or .json, got {out_file}")
-    if args.batch_size < 1:
-        raise SystemExit(f"predict: --batch-size must be >= 1, got {args.batch_size}")
     ckpt = load_checkpoint(args.checkpoint)
     model = model_from_checkpoint(ckpt).eval()
     threshold, described = resolve_threshold(args.threshold, ckpt, args.checkpoint)
@@ -860,7 +857,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="parameter counts (total, backbone, head) of the models")
     p.add_argument("--model", nargs="*", help="models to count (default: every registered one)")
-    p.add_argument("--num-classes", type=positive_int, default=80, help="number of classes (80 = COCO)")
+    p.add_argument("--num-classes", type=positive_int, default=80,
+                   help="number of classes (80 = COCO)")
     p.add_argument("--backbone", help="build every model with this backbone instead of its "
                    "paper default")
     p.add_argument("--embedding-dim", type=positive_int, default=300,
@@ -970,7 +968,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scores shown per image (table; 0: none)")
     p.add_argument("--image-size", type=positive_int)
     p.add_argument("--format", choices=["table", "json"], default="table")
-    p.add_argument("--batch-size", type=positive_int, default=16, help="images per forward pass (16)")
+    p.add_argument("--batch-size", type=positive_int, default=16,
+                   help="images per forward pass (16)")
     p.add_argument("--output", metavar="FILE", help="also write labels + scores to FILE.csv "
                    "(one probability column per class) or FILE.json")
     p.add_argument("--draw", metavar="DIR", help="write copies of the images with the "
@@ -982,7 +981,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
     p.add_argument("--out", help="output file (default: next to the checkpoint)")
-    p.add_argument("--image-size", type=positive_int, help="example input side (default: training size)")
+    p.add_argument("--image-size", type=positive_int,
+                   help="example input side (default: training size)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(
@@ -1048,8 +1048,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(efficientnet_lite0); default: random init")
     p.add_argument("--pool", default="avg", choices=["avg", "max"],
                    help="global pooling of the feature map (default: avg)")
-    p.add_argument("--image-size", type=positive_int, help="input side (default: the backbone's, "
-                   "224 for efficientnet_lite0)")
+    p.add_argument("--image-size", type=positive_int,
+                   help="input side (default: the backbone's, 224 for efficientnet_lite0)")
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--num-images", type=positive_int, help="synthetic scenes: number of images")
     p.add_argument("--seed", type=nonnegative_int, default=0, help="synthetic scenes: seed")

@@ -259,13 +259,13 @@ def build_splits(name: str, *, root: Optional[str] = None, train_file: Optional[
             *training* split's known label entries, seeded by ``seed``
             (:func:`pyg_mlic.data.partial.drop_labels`; the returned training split
             records it in ``partial_labels``); validation and test labels are untouched.
+            (default: ``0``, none)
         classes (None, "infer" or list of str): coco / voc2007 only: the label columns,
             in order, for every split (a VOC-format folder of another dataset, e.g. BCCD's
             ``["WBC", "RBC", "Platelets"]``, or a subset of COCO's categories); ``"infer"``:
             VOC: the names in the training split's annotations (sorted), COCO: the file's
             categories. ``None``: the dataset's own (COCO: the training file's categories;
-            VOC: the 20 VOC classes).
-            (default: ``0``, none)
+            VOC: the 20 VOC classes). (default: :obj:`None`)
     """
     from pyg_mlic.data.partial import check_drop_fraction
 

@@ -177,27 +177,29 @@ def build_region_extractor(backend: str = "auto", verbose: bool = True, *,
     key = resolve_backend(backend, verbose=verbose)
     if key not in _BACKENDS:
         raise _BACKENDS.unknown(backend, valid=["auto"] + list_region_backends())
-    cls = _BACKENDS.get(key)
-    _check_backend_arguments(key, kwargs)  # the user's, before the model's recipe
+    _check_backend_arguments(key, kwargs)  # the user's typos, before the model's recipe
     if model is not None:
         kwargs = model_region_options(model, key, kwargs)
         if kwargs:
             logger.info("pyg_mlic.detection: %s regions with %s", key, kwargs)
-    return cls(**kwargs)
+    _check_backend_arguments(key, kwargs, missing=True)
+    return _BACKENDS.get(key)(**kwargs)
 
 
-def _check_backend_arguments(key: str, kwargs: Dict[str, Any]) -> None:
-    """A misspelt or missing backend argument is an :class:`~pyg_mlic.errors.OptionError`
-    naming the valid ones (``--region-opt KEY=VALUE``), not a ``TypeError`` from the
-    constructor."""
+def _check_backend_arguments(key: str, kwargs: Dict[str, Any], missing: bool = False) -> None:
+    """A misspelt backend argument (or, with ``missing``, a required one not given) is an
+    :class:`~pyg_mlic.errors.OptionError` naming the valid ones (``--region-opt
+    KEY=VALUE``), not a ``TypeError`` from the constructor."""
     from pyg_mlic.errors import OptionError, check_options
 
     params = _backend_params(key)
     if params is None:
         return
-    check_options(f"region backend {key!r}", kwargs, params, kind="argument")
-    missing = [n for n, p in params.items() if p.default is p.empty and n not in kwargs]
-    if missing:
+    if not missing:
+        check_options(f"region backend {key!r}", kwargs, params, kind="argument")
+        return
+    absent = [n for n, p in params.items() if p.default is p.empty and n not in kwargs]
+    if absent:
         raise OptionError(f"region backend {key!r} needs the argument(s) "
-                          f"{', '.join(map(repr, missing))} (--region-opt "
-                          f"{missing[0]}=...)")
+                          f"{', '.join(map(repr, absent))} (--region-opt "
+                          f"{absent[0]}=...)")

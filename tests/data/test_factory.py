@@ -275,7 +275,8 @@ def test_classes_choose_the_columns_of_a_voc_format_folder_and_of_coco(data_dir,
     assert (te.labels == (Y == 1)).all()
     tr, _, te = build_splits("voc2007", root=str(bccd), classes="infer", image_size=32)
     assert tr.classes == te.classes == ["Platelets", "RBC", "WBC"]
-    tr, _, te = build_splits("coco", root=str(coco8), train_file=str(coco8 / "instances_train.json"),
+    tr, _, te = build_splits("coco", root=str(coco8),
+                             train_file=str(coco8 / "instances_train.json"),
                              test_file=str(coco8 / "instances_val.json"),
                              classes=["person", "dog"], image_size=32)
     assert tr.classes == te.classes == ["person", "dog"] and tr.labels.shape[1] == 2
