@@ -880,7 +880,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "the hidden layer (--set input_clip=, input_dropout=, encoder_dropout=), "
                     "AdamW lr 1e-3 weight decay 1e-2, batch 64, about 4000 steps (20-200 "
                     "epochs), weights of the best validation epoch; without --val-file / "
-                    "--val-fraction a seeded 15%% of the training file is held out to choose "
+                    "--val-fraction a seeded 15% of the training file is held out to choose "
                     "the epoch, then the model is retrained on the whole file for that many "
                     "epochs). Flags you give win.")
     _add_data_args(p)

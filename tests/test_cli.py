@@ -431,3 +431,18 @@ def test_counts_below_one_are_refused_at_parse_time(argv, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert f"argument {argv[-2]}: expected an integer >= " in err
+
+
+def test_every_help_text_formats_cleanly():
+    """Every command's --help renders, with no unformatted ``%%`` or ``%(...)s`` left (a
+    description is not %-formatted by argparse unless it names ``%(prog)``)."""
+    import argparse
+
+    from pyg_mlic.cli import build_parser
+
+    ap = build_parser()
+    subs = next(a for a in ap._actions if isinstance(a, argparse._SubParsersAction))
+    assert subs.choices, "no sub-commands"
+    for name, parser in subs.choices.items():
+        text = parser.format_help()
+        assert "%%" not in text and "%(" not in text, (name, text)
