@@ -109,7 +109,7 @@ def _drop_fraction(args) -> float:
 
 def _splits(args, *, model: Optional[str] = None, backbone: Optional[str] = None,
             data_config: Optional[Dict[str, Any]] = None, check: bool = True,
-            classes: Optional[Sequence[str]] = None):
+            classes: Optional[Sequence[str]] = None, test_only: bool = False):
     """The splits of ``args.dataset`` with the transforms of the run
     (:func:`pyg_mlic.data.factory.resolve_data_config`): the normalisation of the backbone
     the model uses and the augmentation of the model's paper, ``--data-opt`` over both.
@@ -121,7 +121,8 @@ def _splits(args, *, model: Optional[str] = None, backbone: Optional[str] = None
     ``--data-opt``'s. ``check=False``: the splits are not checked against each other (``eval``
     reads only the test split; the checkpoint's classes are checked instead). ``classes``:
     the label columns of coco / voc2007 when ``--classes`` is not given (``eval``: the
-    checkpoint's)."""
+    checkpoint's). ``test_only``: ``(None, None, test)``, no training file read
+    (``eval``)."""
     from pyg_mlic.data.factory import build_splits, checkpoint_data_config
 
     overrides = _parse_set(getattr(args, "data_opt", None))
@@ -154,7 +155,8 @@ def _splits(args, *, model: Optional[str] = None, backbone: Optional[str] = None
                           data_config={**overrides, **(data_config or {})}, check=check,
                           drop_labels=0.0 if regions else drop,
                           classes=_class_list(getattr(args, "classes", None),
-                                              args.command) or classes)
+                                              args.command) or classes,
+                          test_only=test_only)
     if not regions:
         return splits
     from pyg_mlic.data.partial import drop_labels
@@ -169,7 +171,8 @@ def _splits(args, *, model: Optional[str] = None, backbone: Optional[str] = None
                     for ds in splits)
     # --drop-labels after the wrap (the same entries build_splits would hide): the ROI
     # cache stays keyed by the images alone, shared with runs on complete labels
-    return (drop_labels(train, drop, seed=getattr(args, "seed", 0)), *rest)
+    return (train if train is None else drop_labels(train, drop, seed=getattr(args, "seed", 0)),
+            *rest)
 
 
 # ---------------------------------------------------------------------------- train
@@ -384,9 +387,10 @@ def cmd_eval(args) -> int:
     if args.image_size is None:
         args.image_size = int(ckpt.get("run_info", {}).get("image_size") or 448)
     recorded = {} if args.dataset == "features" else checkpoint_data_config(ckpt)
-    own = list(model.classes) if args.dataset in ("coco", "voc2007") else None
+    own = list(model.classes) if args.dataset in ("coco", "voc2007", "folder") else None
     _, _, test = _splits(args, backbone=recorded.get("backbone"), check=False, classes=own,
-                         data_config={k: recorded[k] for k in ("mean", "std") if k in recorded})
+                         data_config={k: recorded[k] for k in ("mean", "std") if k in recorded},
+                         test_only=True)
     from pyg_mlic.errors import check_same_classes
 
     check_same_classes("checkpoint", model.classes, f"dataset {args.dataset}", test.classes)

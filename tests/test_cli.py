@@ -45,8 +45,9 @@ def test_train_eval_on_features_files(tmp_path):
     refit = m["settings"]["features_recipe"]["refit"]
     assert m["settings"]["train_config"]["epochs"] == refit["epochs"] <= 5
     assert len(refit["held_out_history"]) == 5
+    # eval reads the test file alone (no --train-file)
     e = run_cli("eval", "--checkpoint", out / "last.pt", "--dataset", "features",
-                "--train-file", tr, "--test-file", te, "--out", tmp_path / "e.json")
+                "--test-file", te, "--out", tmp_path / "e.json")
     assert json.loads((tmp_path / "e.json").read_text())["mAP"] == pytest.approx(m["mAP"])
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 from pyg_mlic.data.base import MultiLabelDataset, check_splits, holdout_split
 from pyg_mlic.data.transforms import TRAIN_TRANSFORMS, build_transforms
@@ -228,7 +228,8 @@ def build_splits(name: str, *, root: Optional[str] = None, train_file: Optional[
                  model: Any = None, backbone: Optional[str] = None,
                  data_config: Optional[Mapping[str, Any]] = None,
                  check: bool = True, drop_labels: float = 0.0,
-                 classes: Union[None, str, Sequence[str]] = None) -> Splits:
+                 classes: Union[None, str, Sequence[str]] = None,
+                 test_only: bool = False) -> Splits:
     """Return ``(train, val, test)`` for dataset ``name`` (one of :data:`DATASETS`).
 
     The transforms follow :func:`resolve_data_config` (the backbone's normalisation,
@@ -266,19 +267,27 @@ def build_splits(name: str, *, root: Optional[str] = None, train_file: Optional[
             VOC: the names in the training split's annotations (sorted), COCO: the file's
             categories. ``None``: the dataset's own (COCO: the training file's categories;
             VOC: the 20 VOC classes). (default: :obj:`None`)
+        test_only (bool): build the test split alone and return ``(None, None, test)``
+            (``pyg-mlic eval``): no training annotations are read (COCO's
+            ``instances_train*.json``, a folder's training CSV) and ``train_file`` is not
+            needed; ``classes`` then fixes the test split's columns for coco, voc2007
+            and folder (eval passes the checkpoint's). (default: :obj:`False`)
     """
     from pyg_mlic.data.partial import check_drop_fraction
 
     drop = check_drop_fraction(drop_labels, "drop_labels")
-    cfg = None
+    cfg, train_tf, test_tf = None, None, None
     if name != "features":
         cfg = resolve_data_config(name, model=model, backbone=backbone, image_size=image_size,
                                   augment=augment, data_config=data_config)
         train_tf, test_tf = transforms_from_config(cfg)
     val = None
-    if classes is not None and name not in ("coco", "voc2007"):
+    if classes is not None and name not in ("coco", "voc2007") and \
+            not (test_only and name == "folder"):
         raise ValueError(f"classes= (--classes) chooses the label columns of coco and "
                          f"voc2007; {name!r} carries its own class list")
+    if test_only and name != "synthetic":
+        return _record(cfg, None, None, _test_split(name, root, test_file, test_tf, classes))
     if name == "synthetic":
         from pyg_mlic.data.synthetic import SyntheticScenes
 
@@ -286,9 +295,11 @@ def build_splits(name: str, *, root: Optional[str] = None, train_file: Optional[
         if num_images:
             n_val, n_test = max(num_images // 4, 8), max(num_images // 2, 8)
         kw = dict(image_size=image_size, seed=seed)
+        test = SyntheticScenes("test", num_images=n_test, transform=test_tf, **kw)
+        if test_only:
+            return _record(cfg, None, None, test)
         train = SyntheticScenes("train", num_images=num_images, transform=train_tf, **kw)
         val = SyntheticScenes("val", num_images=n_val, transform=test_tf, **kw)
-        test = SyntheticScenes("test", num_images=n_test, transform=test_tf, **kw)
         return _record(cfg, _drop(train, drop, seed), val, test)
     if name == "coco":
         from pyg_mlic.data.coco import COCODataset
@@ -296,23 +307,18 @@ def build_splits(name: str, *, root: Optional[str] = None, train_file: Optional[
         r = Path(_need(root, "--root", name))
         tr_ann = Path(train_file) if train_file else _first_existing(
             r, "annotations/instances_train2014.json", "annotations/instances_train2017.json")
-        te_ann = Path(test_file) if test_file else _first_existing(
-            r, "annotations/instances_val2014.json", "annotations/instances_val2017.json")
         train = COCODataset(r, tr_ann, split="train", transform=train_tf,
                             classes=None if classes == "infer" else classes)
-        test = COCODataset(r, te_ann, split="test", transform=test_tf, classes=train.classes)
+        test = _test_split(name, root, test_file, test_tf, train.classes)
         if val_file:
             val = COCODataset(r, val_file, split="val", transform=test_tf, classes=train.classes)
     elif name == "voc2007":
         from pyg_mlic.data.voc import VOCDataset
 
-        r = Path(_need(root, "--root", name))
-        if (r / "VOCdevkit" / "VOC2007").is_dir():
-            r = r / "VOCdevkit" / "VOC2007"
+        r = _voc_root(root)
         train = VOCDataset(r, split=train_file or "trainval", transform=train_tf,
                            classes=classes)
-        test = VOCDataset(r, split=test_file or "test", transform=test_tf,
-                          classes=train.classes)
+        test = _test_split(name, root, test_file, test_tf, train.classes)
         if val_file:
             val = VOCDataset(r, split=val_file, transform=test_tf, classes=train.classes)
     elif name == "nuswide":
@@ -320,12 +326,12 @@ def build_splits(name: str, *, root: Optional[str] = None, train_file: Optional[
 
         r = _need(root, "--root", name)
         train = NUSWIDEDataset(r, split="train", transform=train_tf)
-        test = NUSWIDEDataset(r, split="test", transform=test_tf)
+        test = _test_split(name, root, test_file, test_tf, None)
     elif name == "features":
         from pyg_mlic.data.features import FeaturesDataset
 
         train = FeaturesDataset(_need(train_file, "--train-file", name), split="train")
-        test = FeaturesDataset(_need(test_file, "--test-file", name), split="test")
+        test = _test_split(name, root, test_file, None, None)
         if val_file:
             val = FeaturesDataset(val_file, split="val")
     elif name == "folder":
@@ -334,15 +340,15 @@ def build_splits(name: str, *, root: Optional[str] = None, train_file: Optional[
         r = _need(root, "--root", name)
         train = FolderDataset(r, _need(train_file, "--train-file", name), split="train",
                               transform=train_tf)
-        test = FolderDataset(r, _need(test_file, "--test-file", name), split="test",
-                             classes=train.classes, transform=test_tf)
+        test = _test_split(name, root, test_file, test_tf, train.classes)
         if val_file:
             val = FolderDataset(r, val_file, split="val", classes=train.classes, transform=test_tf)
     else:
         raise ValueError(f"unknown dataset {name!r}; choose from {list(DATASETS)}")
     from pyg_mlic.data._image_io import ImageDatasetMixin
 
-    for ds in (train, val, test):  # a missing image stops the load, not a later batch
+    for ds in (train, val):  # a missing image stops the load, not a later batch (test:
+        # _test_split)
         if isinstance(ds, ImageDatasetMixin):
             ds.check_files_exist()
     if val is None and val_fraction:
@@ -351,6 +357,52 @@ def build_splits(name: str, *, root: Optional[str] = None, train_file: Optional[
     if check:  # classes, input kind, feature size: caught at load
         check_splits(train, val, test)
     return _record(cfg, _drop(train, drop, seed), val, test)
+
+
+def _voc_root(root: Optional[str]) -> Path:
+    """``--root`` of voc2007: the folder itself or the ``VOCdevkit/VOC2007`` under it."""
+    r = Path(_need(root, "--root", "voc2007"))
+    return r / "VOCdevkit" / "VOC2007" if (r / "VOCdevkit" / "VOC2007").is_dir() else r
+
+
+def _test_split(name: str, root: Optional[str], test_file: Optional[str],
+                transform: Optional[Callable], classes: Union[None, str, Sequence[str]]
+                ) -> MultiLabelDataset:
+    """The test split of dataset ``name`` with the columns ``classes`` (coco, voc2007,
+    folder; ``None`` / ``"infer"``: the file's own), for :func:`build_splits`."""
+    cols = None if classes == "infer" else classes
+    if name == "coco":
+        from pyg_mlic.data.coco import COCODataset
+
+        r = Path(_need(root, "--root", name))
+        ann = Path(test_file) if test_file else _first_existing(
+            r, "annotations/instances_val2014.json", "annotations/instances_val2017.json")
+        test = COCODataset(r, ann, split="test", transform=transform, classes=cols)
+    elif name == "voc2007":
+        from pyg_mlic.data.voc import VOCDataset
+
+        test = VOCDataset(_voc_root(root), split=test_file or "test", transform=transform,
+                          classes=classes)
+    elif name == "nuswide":
+        from pyg_mlic.data.nuswide import NUSWIDEDataset
+
+        test = NUSWIDEDataset(_need(root, "--root", name), split="test", transform=transform)
+    elif name == "features":
+        from pyg_mlic.data.features import FeaturesDataset
+
+        test = FeaturesDataset(_need(test_file, "--test-file", name), split="test")
+    elif name == "folder":
+        from pyg_mlic.data.folder import FolderDataset
+
+        test = FolderDataset(_need(root, "--root", name), _need(test_file, "--test-file", name),
+                             split="test", classes=cols, transform=transform)
+    else:
+        raise ValueError(f"unknown dataset {name!r}; choose from {list(DATASETS)}")
+    from pyg_mlic.data._image_io import ImageDatasetMixin
+
+    if isinstance(test, ImageDatasetMixin):
+        test.check_files_exist()
+    return test
 
 
 def _drop(train: MultiLabelDataset, fraction: float, seed: int) -> MultiLabelDataset:

@@ -293,3 +293,31 @@ def test_classes_choose_the_columns_of_a_voc_format_folder_and_of_coco(data_dir,
     assert main(["eval", "--dataset", "voc2007", "--root", str(bccd), "--checkpoint",
                  str(run / "last.pt"), "--out", str(out)]) == 0
     assert json.loads(out.read_text())["mAP"] == pytest.approx(m["mAP"], abs=1e-6)
+
+
+def test_eval_reads_the_test_split_alone(coco8, tmp_path):
+    """``build_splits(test_only=True)`` (what ``pyg-mlic eval`` calls) builds the test split
+    with the given columns and reads no training annotations: COCO evaluates without an
+    ``instances_train*.json`` (coco8 has none under ``annotations/``), with the
+    checkpoint's classes and the mAP of :func:`~pyg_mlic.engine.evaluate`."""
+    from pyg_mlic.cli import main
+    from pyg_mlic.engine import evaluate, save_checkpoint
+    from pyg_mlic.models import build_model
+
+    val_json = str(coco8 / "instances_val.json")
+    tr, va, te = build_splits("coco", root=str(coco8), train_file=str(tmp_path / "none.json"),
+                              test_file=val_json, classes=["person", "dog"], image_size=32,
+                              test_only=True)
+    assert tr is None and va is None and te.classes == ["person", "dog"]
+    full = build_splits("coco", root=str(coco8), train_file=str(coco8 / "instances_train.json"),
+                        test_file=val_json, classes=["person", "dog"], image_size=32)[2]
+    assert (te.labels == full.labels).all() and te.image_files == full.image_files
+    torch.manual_seed(0)
+    model = build_model("baseline", classes=["person", "dog"], backbone="small_cnn").eval()
+    ckpt = tmp_path / "m.pt"
+    save_checkpoint(ckpt, model=model, extra={"run_info": {"image_size": 32}})
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--dataset", "coco", "--root", str(coco8), "--test-file", val_json,
+                 "--checkpoint", str(ckpt), "--out", str(out)]) == 0
+    want = evaluate(model, te, batch_size=32, progress=False)["mAP"]
+    assert json.loads(out.read_text())["mAP"] == pytest.approx(want, abs=1e-6)
