@@ -435,6 +435,39 @@ def expand_image_paths(items: Sequence[str]) -> List[Path]:
     return paths
 
 
+def read_feature_rows(items: Sequence[str], dim: int, checkpoint: str):
+    """The rows ``pyg-mlic predict`` scores with a features checkpoint: every features
+    ``.npz`` in ``items`` (the format of ``--dataset features``; ``labels`` / ``classes``
+    are optional and not used), all read and checked before any forward pass. Returns
+    the row names (the file's ``image`` entry, else ``FILE[i]``) and a float32 tensor
+    ``[N, dim]``."""
+    import torch
+
+    from pyg_mlic.data.features import load_features
+
+    names: List[str] = []
+    blocks = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir() or p.suffix.lower() != ".npz":
+            raise SystemExit(f"predict: checkpoint {checkpoint} takes precomputed features: "
+                             f"give features .npz files (pyg-mlic extract-features), got {p}")
+        d = load_features(p, labels_required=False)
+        if d["features"].shape[1] != dim:
+            from pyg_mlic.errors import ClassMismatchError
+
+            raise ClassMismatchError(f"checkpoint {checkpoint} takes {dim} features per row, "
+                                     f"{p} has {d['features'].shape[1]} (were they extracted "
+                                     f"with the same backbone and pooling?)")
+        n = len(d["features"])
+        if n == 0:
+            raise SystemExit(f"predict: {p} holds no rows, nothing was predicted")
+        names += ([str(s) for s in d["image"].tolist()] if d["image"] is not None
+                  else [f"{p}[{i}]" for i in range(n)])
+        blocks.append(torch.from_numpy(d["features"]))
+    return names, torch.cat(blocks)
+
+
 def write_predictions(results: List[Dict[str, Any]], classes: Sequence[str], path: Path) -> None:
     """``results`` of :func:`cmd_predict` to ``.json`` (the list as printed) or ``.csv``
     (columns ``image``, ``labels`` joined by ``;``, then one probability column per class),
@@ -473,40 +506,54 @@ def cmd_predict(args) -> int:
     # one threshold per class: p > thr[c]
     thr = torch.as_tensor(threshold, dtype=torch.float64).expand(len(model.classes))
     print(f"predict: labels above the {_describe_threshold(described)}", file=sys.stderr)
-    if model.build_kwargs.get("input_kind", "image") != "image":
-        raise SystemExit(f"predict: checkpoint {args.checkpoint} was trained on precomputed "
-                         "features (input_kind='features'); predict needs an image model")
-    # the test transform of the run, normalised as the model's backbone expects
-    pre = checkpoint_data_config(ckpt)
-    size = args.image_size or int(pre["image_size"])
-    tf = build_transforms(train=False, size=size, mean=tuple(pre["mean"]), std=tuple(pre["std"]))
-    paths = expand_image_paths(args.images)
-    from pyg_mlic.data._image_io import verify_images
+    bs = args.batch_size
+    if model.build_kwargs.get("input_kind", "image") == "features":
+        if args.draw:
+            raise SystemExit(f"predict: --draw draws on images; checkpoint {args.checkpoint} "
+                             f"takes precomputed features")
+        names, X = read_feature_rows(args.images, int(model.build_kwargs["in_features"]),
+                                     args.checkpoint)
+        batches = ((names[i:i + bs], {"features": X[i:i + bs]}, None)
+                   for i in range(0, len(names), bs))
+        total, unit = len(names), "row"
+    else:
+        # the test transform of the run, normalised as the model's backbone expects
+        pre = checkpoint_data_config(ckpt)
+        size = args.image_size or int(pre["image_size"])
+        tf = build_transforms(train=False, size=size, mean=tuple(pre["mean"]),
+                              std=tuple(pre["std"]))
+        paths = expand_image_paths(args.images)
+        from pyg_mlic.data._image_io import verify_images
 
-    # every file's header before any forward pass: a bad file found at image 9,000
-    # would otherwise end the run with nothing written
-    report = verify_images(paths, decode=False)
-    if not report.ok:
-        shown = "; ".join(f"{p} ({r})" for p, r in report.problems[:3])
-        more = " ..." if len(report.problems) > 3 else ""
-        raise SystemExit(f"predict: {len(report.problems)} of {report.checked} images cannot "
-                         f"be read, nothing was predicted: {shown}{more}")
+        # every file's header before any forward pass: a bad file found at image 9,000
+        # would otherwise end the run with nothing written
+        report = verify_images(paths, decode=False)
+        if not report.ok:
+            shown = "; ".join(f"{p} ({r})" for p, r in report.problems[:3])
+            more = " ..." if len(report.problems) > 3 else ""
+            raise SystemExit(f"predict: {len(report.problems)} of {report.checked} images "
+                             f"cannot be read, nothing was predicted: {shown}{more}")
+
+        def image_batches():
+            for start in range(0, len(paths), bs):
+                chunk = paths[start:start + bs]
+                pil = [load_image(p) for p in chunk]
+                yield chunk, {"image": torch.stack([tf(im, None)[0] for im in pil])}, pil
+
+        batches, total, unit = image_batches(), len(paths), "img"
     try:
         from pyg_mlic.utils.progress import tqdm
     except ImportError:  # pragma: no cover - tqdm is a dependency
         tqdm = None
     bar = None
-    if tqdm is not None and not args.no_progress and len(paths) > 1:
-        bar = tqdm(total=len(paths), desc="predict", unit="img", file=sys.stderr)
+    if tqdm is not None and not args.no_progress and total > 1:
+        bar = tqdm(total=total, desc="predict", unit=unit, file=sys.stderr)
     results = []
     used_names: Dict[str, int] = {}
     with torch.no_grad():
-        for start in range(0, len(paths), args.batch_size):
-            chunk = paths[start:start + args.batch_size]
-            pil = [load_image(p) for p in chunk]
-            x = torch.stack([tf(im, None)[0] for im in pil])
-            probs_b = torch.sigmoid(model({"image": x}).logits.float())
-            for p, im, probs in zip(chunk, pil, probs_b):
+        for chunk, batch, pil in batches:
+            probs_b = torch.sigmoid(model(batch).logits.float())
+            for j, (p, probs) in enumerate(zip(chunk, probs_b)):
                 order = torch.argsort(probs, descending=True)
                 labels = [model.classes[i] for i in order.tolist() if probs[i] > thr[i]]
                 scores = {model.classes[i]: round(float(probs[i]), 6) for i in order.tolist()}
@@ -517,14 +564,14 @@ def cmd_predict(args) -> int:
                     k = used_names.get(p.name, 0)
                     used_names[p.name] = k + 1
                     name = p.name if k == 0 else f"{p.stem}_{k}{p.suffix}"
-                    draw_predictions(im, labels, scores, Path(args.draw) / name)
+                    draw_predictions(pil[j], labels, scores, Path(args.draw) / name)
             if bar is not None:
                 bar.update(len(chunk))
     if bar is not None:
         bar.close()
     if out_file is not None:
         write_predictions(results, model.classes, out_file)
-        print(f"wrote {out_file} ({len(results)} images)", file=sys.stderr)
+        print(f"wrote {out_file} ({len(results)} {unit}s)", file=sys.stderr)
     if args.draw:
         print(f"wrote {len(results)} annotated images to {args.draw}", file=sys.stderr)
     if args.format == "json":
@@ -959,7 +1006,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="labels and scores for images")
-    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("images", nargs="+",
+                   help="image files or folders; with a checkpoint trained on precomputed "
+                        "features, features .npz files (their labels are not needed)")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--threshold", type=threshold_spec, default=None,
                    metavar="calibrated|calibrated-global|X",

@@ -588,6 +588,22 @@ def _(tmp):
         main(["--debug", *_eval_args(tmp, ckpt)])
 
 
+@case("predict-feature-size-mismatch", "class lists", "``pyg-mlic predict`` of a features "
+      "checkpoint on a features file of another feature size",
+      "``ClassMismatchError`` 'checkpoint ... takes 16 features per row, ... has 6' before "
+      "any forward pass, nothing written")
+def _(tmp):
+    from pyg_mlic.cli import main
+
+    ckpt = _trained_checkpoint(tmp)
+    make_features_npz(tmp / "ok.npz", seed=3)
+    make_features_npz(tmp / "other.npz", d=6, seed=3)
+    with pytest.raises(ClassMismatchError, match="takes 16 features per row, .*other.npz has 6"):
+        main(["--debug", "predict", str(tmp / "ok.npz"), str(tmp / "other.npz"),
+              "--checkpoint", str(ckpt), "--output", str(tmp / "p.csv")])
+    assert not (tmp / "p.csv").exists()
+
+
 # =========================================================================== checkpoints
 @case("truncated-checkpoint", "checkpoints", "a truncated checkpoint (``eval --checkpoint`` / "
       "``train --resume``)", "``CheckpointError`` 'not a loadable pyg_mlic checkpoint "

@@ -447,3 +447,45 @@ def test_every_help_text_formats_cleanly():
     for name, parser in subs.choices.items():
         text = parser.format_help()
         assert "%%" not in text and "%(" not in text, (name, text)
+
+
+def test_predict_scores_features_rows_with_a_features_checkpoint(tmp_path, capsys):
+    """``pyg-mlic predict`` with a checkpoint trained on features scores the rows of
+    features ``.npz`` files, labelled or not (``features`` alone, with ``image`` names):
+    the probabilities of the model's forward pass, names from the file's ``image`` array
+    (else ``FILE[i]``), the CSV of ``--output``; ``--draw`` and folders are refused."""
+    import torch
+
+    from pyg_mlic.cli import main
+    from pyg_mlic.data.features import FeaturesDataset
+    from pyg_mlic.engine import model_from_checkpoint
+
+    tr = make_features_npz(tmp_path / "A.npz", seed=0)
+    te = make_features_npz(tmp_path / "B.npz", n=10, seed=1)
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "features", "--train-file", str(tr), "--test-file",
+                 str(te), "--model", "baseline", "--epochs", "2", "--no-progress",
+                 "--out", str(out)]) == 0
+    ckpt = out / "last.pt"  # no validation file: hold-out, then refit on every row
+    net = model_from_checkpoint(ckpt).eval()
+    X = torch.from_numpy(FeaturesDataset(te).features)
+    with torch.no_grad():
+        ref = torch.sigmoid(net({"features": X}).logits)
+    raw = tmp_path / "rows.npz"  # no labels / classes: rows to predict
+    np.savez(raw, features=X[:3].numpy(), image=np.array(["x.jpg", "y.jpg", "z.jpg"]))
+    capsys.readouterr()
+    assert main(["predict", str(te), str(raw), "--checkpoint", str(ckpt), "--format", "json",
+                 "--batch-size", "4", "--output", str(tmp_path / "p.csv"),
+                 "--no-progress"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert [r["image"] for r in got] == [f"{te}[{i}]" for i in range(10)] + \
+        ["x.jpg", "y.jpg", "z.jpg"]
+    for r, p in zip(got, torch.cat([ref, ref[:3]])):
+        assert [r["scores"][c] for c in net.classes] == pytest.approx(p.tolist(), abs=1e-5)
+    rows = (tmp_path / "p.csv").read_text().splitlines()
+    assert rows[0] == "image,labels," + ",".join(net.classes) and len(rows) == 14
+    for bad, msg in ((["--draw", str(tmp_path / "d")], "--draw draws on images"),
+                     ([], "give features .npz files")):
+        item = str(te) if bad else str(tmp_path)
+        p = run_cli("predict", item, "--checkpoint", ckpt, *bad, check=False)
+        assert p.returncode != 0 and msg in p.stderr

@@ -143,11 +143,14 @@ def _validate(src: str, features: np.ndarray, labels: np.ndarray, classes: np.nd
                 split=split, image=image)
 
 
-def load_features(path: PathLike) -> dict:
+def load_features(path: PathLike, labels_required: bool = True) -> dict:
     """Read and validate a features ``.npz`` file (never unpickles).
 
     Args:
         path (str or os.PathLike): the ``.npz`` file.
+        labels_required (bool): ``False``: a file with ``features`` and neither
+            ``labels`` nor ``classes`` (rows to predict, ``pyg-mlic predict``) loads with
+            ``labels`` ``[N, 0]`` and ``classes`` ``[]``. (default: :obj:`True`)
 
     Returns:
         dict: ``features`` float32 [N, D], ``labels`` uint8 [N, C], ``classes`` (list of
@@ -172,7 +175,8 @@ def load_features(path: PathLike) -> dict:
     try:
         with np.load(path, allow_pickle=False) as z:
             missing = [k for k in _REQUIRED if k not in z.files]
-            if missing:
+            unlabelled = not labels_required and set(missing) == {"labels", "classes"}
+            if missing and not unlabelled:
                 raise DatasetError(f"{src}: missing key(s) {missing}; the file has "
                                    f"{sorted(z.files)}, a features file needs "
                                    f"{list(_REQUIRED)} (+ optional {list(_OPTIONAL)})")
@@ -194,6 +198,9 @@ def load_features(path: PathLike) -> dict:
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise DatasetError(f"{src}: not a readable .npz file ({type(e).__name__}: {e})") \
             from None
+    if "labels" not in arrays:  # labels_required=False, no labels / classes in the file
+        arrays["labels"] = np.zeros((len(arrays["features"]), 0), np.uint8)
+        arrays["classes"] = np.zeros(0, np.str_)
     return _validate(src, arrays["features"], arrays["labels"], arrays["classes"],
                      arrays.get("mask"), arrays.get("split"), arrays.get("image"))
 
