@@ -895,6 +895,22 @@ def _(tmp):
         fit("baseline", tr, None, np.zeros((4, 4)))
 
 
+@case("options-not-a-dict", "options", "``fit`` given a list or a string as "
+      "``train_options`` / ``model_options`` (e.g. ``train_options=['epochs', 2]``)",
+      "``TypeError`` 'fit: train_options must be a dict or a TrainConfig (option name -> "
+      "value), got list', before any work")
+def _(tmp):
+    from pyg_mlic.data.features import FeaturesDataset
+    from pyg_mlic.engine import fit
+
+    tr = FeaturesDataset(make_features_npz(tmp / "tr.npz", n=32))
+    with pytest.raises(TypeError, match=r"fit: train_options must be a dict or a TrainConfig "
+                                        r"\(option name -> value\), got list"):
+        fit("baseline", tr, None, tr, train_options=["epochs", 2])
+    with pytest.raises(TypeError, match=r"fit: model_options must be a dict .*got str"):
+        fit("baseline", tr, None, tr, model_options="dropout=0.1")
+
+
 @case("non-integer-count", "hyper-parameters", "``epochs``, ``batch_size``, ``seed``, "
       "``num_workers`` or ``eval_every`` that is not an integer (``'3'``, ``16.5``, "
       "``None``)", "``ValueError`` 'epochs must be an integer, got '3''; integral numbers "

@@ -188,6 +188,13 @@ def fit(model: Any, train_set, val_set=None, test_set=None, *,
     from pyg_mlic.models.base import MultiLabelModel
 
     check_splits(train_set, val_set, test_set)
+    for name, value, kinds in (("model_options", model_options, "a dict"),
+                               ("train_options", train_options, "a dict or a TrainConfig"),
+                               ("run_info", run_info, "a dict")):
+        if value is not None and not isinstance(value, Mapping) and \
+                not (name == "train_options" and isinstance(value, TrainConfig)):
+            raise TypeError(f"fit: {name} must be {kinds} (option name -> value), got "
+                            f"{type(value).__name__}")
     options = dict(model_options or {})
     info: Dict[str, Any] = dict(run_info or {})
     # partial labels (pyg_mlic.data.partial.drop_labels): what was hidden, with its seed
