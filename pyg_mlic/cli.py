@@ -212,6 +212,14 @@ def cmd_train(args) -> int:
 RUN_FILES = ("last.pt", "best.pt", "metrics.json", "history.json", "stages.json")
 
 
+def _check_output_file(command: str, flag: str, path: Optional[str]) -> None:
+    """An output file option (``--out`` of eval / export / graph / extract-features,
+    ``--output``, ``--plot``) that names a folder is refused before any work, not after
+    it when the write fails."""
+    if path and Path(path).is_dir():
+        raise SystemExit(f"{command}: {flag} {path} is a folder; name the file to write")
+
+
 def _check_out_dir(args) -> None:
     """``--out`` must be a folder; one that holds a run already is continued
     (``--resume``), replaced (``--overwrite``: its run files are removed first, so no
@@ -380,6 +388,7 @@ def cmd_eval(args) -> int:
 
     from pyg_mlic.data.factory import checkpoint_data_config
 
+    _check_output_file("eval", "--out", args.out)
     ckpt = load_checkpoint(args.checkpoint)
     model = model_from_checkpoint(ckpt)
     # checked before the (possibly long) dataset load
@@ -500,6 +509,7 @@ def cmd_predict(args) -> int:
     out_file = Path(args.output) if getattr(args, "output", None) else None
     if out_file is not None and out_file.suffix.lower() not in (".csv", ".json"):
         raise SystemExit(f"predict: --output must end in .csv or .json, got {out_file}")
+    _check_output_file("predict", "--output", args.output)
     ckpt = load_checkpoint(args.checkpoint)
     model = model_from_checkpoint(ckpt).eval()
     threshold, described = resolve_threshold(args.threshold, ckpt, args.checkpoint)
@@ -595,6 +605,7 @@ def cmd_export(args) -> int:
     size = args.image_size or int(ckpt.get("run_info", {}).get("image_size") or 448)
     out = args.out or str(Path(args.checkpoint).with_suffix(
         ".onnx" if args.format == "onnx" else ".torchscript.pt"))
+    _check_output_file("export", "--out", out)
     export_model(model, out, args.format, image_size=size)
     kw = model.build_kwargs
     shape = (f"[B, {int(kw['in_features'])}]" if kw.get("input_kind") == "features"
@@ -730,6 +741,8 @@ def cmd_graph(args) -> int:
     if out and not str(out).lower().endswith(".npz"):
         raise SystemExit(f"graph: --out must name a .npz file (plain arrays, no pickle), got "
                          f"{out!r}")
+    _check_output_file("graph", "--out", out)
+    _check_output_file("graph", "--plot", args.plot)
     g = build_label_graph(args)
     print(g)
     print(f"classes: {g.num_classes}, statistics from split {g.split!r} of "
@@ -777,6 +790,7 @@ def cmd_extract_features(args) -> int:
     from pyg_mlic.data.extract import build_extraction_dataset, extract_features
     from pyg_mlic.data.features import save_features
 
+    _check_output_file("extract-features", "--out", args.out)
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = data_config(args.backbone)  # the preprocessing the backbone's weights expect
@@ -900,7 +914,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=positive_int, default=None, help="epochs per model")
     p.add_argument("--num-images", type=positive_int, default=None, help="training images")
     p.add_argument("--image-size", type=positive_int, default=64)
-    p.add_argument("--models", nargs="*", help="demo rows to run (default: all)")
+    p.add_argument("--models", nargs="+", help="demo rows to run (default: all)")
     p.add_argument("--ablations", action="store_true", help="also run the ablation tables")
     p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--no-progress", action="store_true")

@@ -93,6 +93,8 @@ def run_demo(out: str = "runs/demo", epochs: Optional[int] = None,
     image_size = image_size or DEMO_DEFAULTS["image_size"]
     torch.set_num_threads(max(1, torch.get_num_threads()))
     out_dir = Path(out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"demo: out {out} is a file, not a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = demo_rows()
     if models:

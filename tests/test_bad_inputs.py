@@ -895,6 +895,36 @@ def _(tmp):
         fit("baseline", tr, None, np.zeros((4, 4)))
 
 
+@case("output-is-a-folder", "options", "an output file option naming a folder: ``eval --out``, "
+      "``predict --output``, ``export --out``, ``graph --out`` / ``--plot``, "
+      "``extract-features --out``; ``demo --out`` naming a file",
+      "one-line error ``--out DIR is a folder; name the file to write`` before any work "
+      "(extract-features failed after extracting every image)")
+def _(tmp):
+    from pyg_mlic.cli import main
+
+    ckpt = _trained_checkpoint(tmp)
+    d = tmp / "dir.npz"
+    d.mkdir()
+    runs = {
+        "eval": _eval_args(tmp, ckpt) + ["--out", str(d)],
+        "predict": ["predict", str(tmp / "te.npz"), "--checkpoint", str(ckpt), "--output",
+                    str(tmp / "dir.csv")],
+        "export": ["export", "--checkpoint", str(ckpt), "--out", str(d)],
+        "graph": ["graph", "--labels", str(tmp / "tr.npz"), "--out", str(d)],
+        "extract-features": ["extract-features", "--dataset", "synthetic", "--num-images", "8",
+                             "--backbone", "small_cnn", "--out", str(d)],
+    }
+    (tmp / "dir.csv").mkdir()
+    for command, argv in runs.items():
+        with pytest.raises(SystemExit, match=f"{command}: --out.* is a folder; name the file"):
+            main(["--debug", *argv])
+    with pytest.raises(SystemExit, match="graph: --plot .* is a folder"):
+        main(["--debug", "graph", "--labels", str(tmp / "tr.npz"), "--plot", str(d)])
+    with pytest.raises(ValueError, match="demo: out .*tr.npz is a file, not a folder"):
+        main(["--debug", "demo", "--out", str(tmp / "tr.npz"), "--models", "baseline"])
+
+
 @case("options-not-a-dict", "options", "``fit`` given a list or a string as "
       "``train_options`` / ``model_options`` (e.g. ``train_options=['epochs', 2]``)",
       "``TypeError`` 'fit: train_options must be a dict or a TrainConfig (option name -> "
