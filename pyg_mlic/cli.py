@@ -988,8 +988,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=nonnegative_int, default=0)
     p.add_argument("--device")
     p.add_argument("--out", default="runs/train")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    p.add_argument("--overwrite", action="store_true",
+    run_mode = p.add_mutually_exclusive_group()  # continue the run, or replace it
+    run_mode.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    run_mode.add_argument("--overwrite", action="store_true",
                    help="replace the run OUT holds (its checkpoints, metrics and history "
                         "are removed first); without it, or --resume, an OUT that holds a "
                         "run is refused")

@@ -675,7 +675,8 @@ def _(tmp):
       "already (without ``--resume``), or where ``--out`` is a file",
       "exits with 'train: DIR already holds a run (last.pt, ...); pass --resume to continue "
       "it, --overwrite to replace it, or another --out', the old run untouched; "
-      "``--overwrite`` removes the old run's files (no stale ``best.pt``) and trains anew")
+      "``--overwrite`` removes the old run's files (no stale ``best.pt``) and trains anew; "
+      "``--resume --overwrite`` together is a usage error")
 def _(tmp):
     from pyg_mlic.cli import main
 
@@ -693,6 +694,10 @@ def _(tmp):
     assert not (out / "best.pt").exists() and (out / "last.pt").read_bytes() != before["last.pt"]
     with pytest.raises(SystemExit, match=r"--out .*te\.npz is a file, not a folder"):
         main(["--debug", *_train_args(tmp, tmp / "te.npz")])
+    last = (out / "last.pt").read_bytes()
+    with pytest.raises(SystemExit):  # argparse: not allowed with argument --resume
+        main(args + ["--resume", "--overwrite"])
+    assert (out / "last.pt").read_bytes() == last
 
 
 @case("nproc-invalid", "distributed", "``pyg-mlic train --nproc 0`` (or negative)",
