@@ -27,6 +27,7 @@ import math
 import os
 import random
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -339,6 +340,11 @@ class Trainer:
         self.best = (float(ckpt.get("best_val_map", -math.inf)), int(ckpt.get("best_epoch", -1)))
         self.best_weights = str(ckpt.get("best_weights", "raw"))
         self.start_epoch = int(ckpt["epoch"]) + 1
+        if self.start_epoch > self.config.epochs and self.dist.rank == 0:
+            warnings.warn(f"{path}: the run trained {self.start_epoch} epochs already, more "
+                          f"than epochs={self.config.epochs}; nothing is trained, the "
+                          f"checkpoint is evaluated as it is (give a larger --epochs to train "
+                          f"on)", stacklevel=2)
 
     # ------------------------------------------------------------------ loop
     def fit(self, resume: bool = False) -> Dict[str, Any]:
@@ -493,9 +499,6 @@ class Trainer:
 
     def _train_epoch(self, loader: DataLoader, epoch: int) -> Dict[str, float]:
         from pyg_mlic.engine import distributed as D
-
-        import warnings
-
         from pyg_mlic.engine.amp import MAX_CONSECUTIVE_SKIPS
 
         c = self.config
@@ -656,8 +659,6 @@ class Trainer:
                          "a top-3 label counts only if its probability is also > 0.5 "
                          "(ML-GCN's released evaluation, as the papers report)"}
         if biased:
-            import warnings
-
             warnings.warn(f"{self.model.model_name}: no test split, so the final metrics are "
                           f"computed on the validation split ({getattr(test, 'split', '?')}) "
                           f"that chose the weights (select='best_val'): they are "
@@ -688,8 +689,6 @@ def warn_unlearnable(dataset: Dataset) -> List[str]:
     no known positive (or no known negative) label, whose scores the model can only
     learn as a constant, and features that are the same on every row. Returns the
     warnings' texts (``[]``: nothing to warn about)."""
-    import warnings
-
     labels = getattr(dataset, "labels", None)
     classes = list(getattr(dataset, "classes", []) or [])
     where = f"training split ({getattr(dataset, 'split', '?')}, {len(dataset)} rows)"
@@ -762,8 +761,6 @@ def _calibrate_on_validation(trainer: "Trainer", test: Dataset,
     only; ``test_pred`` (the final evaluation's predictions) is reused when there is no test
     split (then the evaluated split is the calibration split: ``selection_biased``).
     """
-    import warnings
-
     from pyg_mlic.engine.checkpoint import update_checkpoint
     from pyg_mlic.engine.distributed import barrier
     from pyg_mlic.metrics import UndefinedAPWarning, calibrate_thresholds, multilabel_metrics

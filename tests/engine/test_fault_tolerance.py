@@ -96,3 +96,17 @@ def test_checkpoint_carries_what_resume_and_eval_need(files):
     assert ckpt["run_info"]["dataset"] == "features"
     assert ckpt["epoch"] == 0 and "optimizer" in ckpt and "scheduler" in ckpt
 
+
+
+def test_resume_with_fewer_epochs_than_trained_warns_and_trains_nothing(files):
+    """``--resume --epochs 1`` on a run that trained 2 epochs: a warning says nothing is
+    trained, and the checkpoint is evaluated as it is (its weights are not changed)."""
+    tmp = files
+    assert main(_argv(tmp, tmp / "run", epochs=2)) == 0
+    before = load_checkpoint(tmp / "run" / "last.pt")
+    with pytest.warns(UserWarning, match=r"trained 2 epochs already, more than epochs=1; "
+                                         r"nothing is trained"):
+        assert main(_argv(tmp, tmp / "run", epochs=1) + ["--resume"]) == 0
+    after = load_checkpoint(tmp / "run" / "last.pt")
+    assert after["epoch"] == before["epoch"] == 1
+    assert all((after["state_dict"][k] == v).all() for k, v in before["state_dict"].items())
