@@ -413,8 +413,18 @@ def cmd_eval(args) -> int:
                                  f"extracted with the same backbone and pooling?)")
     m = evaluate(model, test, batch_size=args.batch_size, progress=True, threshold=threshold)
     m["threshold"] = described
+    counts = ckpt.get("train_label_counts")  # absent from older checkpoints
+    if counts is not None and len(counts) == len(m["AP"]):
+        from pyg_mlic.metrics import long_tail_map
+
+        m["long_tail"] = long_tail_map(m["AP"], counts)
     print(format_table([(ckpt["model_name"], m)]))
     print(f"CP ... OF1 and top-3 at {_describe_threshold(described)}")
+    from pyg_mlic.metrics import format_long_tail
+
+    long_tail = format_long_tail([(ckpt["model_name"], m)])
+    if long_tail:
+        print("\n" + long_tail)
     if args.out:
         write_json(Path(args.out), m)
         print(f"wrote {args.out}")

@@ -48,7 +48,13 @@ def test_train_eval_on_features_files(tmp_path):
     # eval reads the test file alone (no --train-file)
     e = run_cli("eval", "--checkpoint", out / "last.pt", "--dataset", "features",
                 "--test-file", te, "--out", tmp_path / "e.json")
-    assert json.loads((tmp_path / "e.json").read_text())["mAP"] == pytest.approx(m["mAP"])
+    ev = json.loads((tmp_path / "e.json").read_text())
+    assert ev["mAP"] == pytest.approx(m["mAP"])
+    # head / medium / tail from the training counts stored in the checkpoint
+    lt, want = ev["long_tail"], m["long_tail"]
+    assert lt["bounds"] == want["bounds"] and lt["num_classes"] == want["num_classes"]
+    assert [lt[g] for g in ("head", "medium", "tail")] == pytest.approx(
+        [want[g] for g in ("head", "medium", "tail")]) and "mAP by training-label" in e.stdout
 
 
 def test_train_rejects_mismatched_feature_files(tmp_path):

@@ -270,7 +270,9 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(), "history": self.history,
                 "best_val_map": self.best[0], "best_epoch": self.best[1],
                 "train_config": self.config.to_dict(), "run_info": self.run_info,
-                "weights": weights, "best_weights": getattr(self, "best_weights", "raw")}
+                "weights": weights, "best_weights": getattr(self, "best_weights", "raw"),
+                # eval's head / medium / tail groups of another test split
+                "train_label_counts": _train_label_counts(self.train_set).tolist()}
             if ema is not None:  # each set of weights once: as state_dict or beside it
                 extra["ema"] = {"decay": ema.decay, "updates": ema.updates}
                 if weights == "ema":
