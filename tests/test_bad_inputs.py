@@ -182,6 +182,10 @@ def _(tmp):
                                            r".*gone\.jpg"):
         build_splits("folder", root=str(root), train_file=str(root / "labels.csv"),
                      test_file=str(root / "labels.csv"), image_size=32)
+    with pytest.raises(DatasetError, match=r"split 'test'\): 1 of 2 image files not found: "
+                                           r".*gone\.jpg"):  # eval: the test split alone
+        build_splits("folder", root=str(root), test_file=str(root / "labels.csv"),
+                     image_size=32, test_only=True)
 
 
 @case("missing-features-file", "data", "``--train-file`` pointing to no file",

@@ -287,7 +287,12 @@ def build_splits(name: str, *, root: Optional[str] = None, train_file: Optional[
         raise ValueError(f"classes= (--classes) chooses the label columns of coco and "
                          f"voc2007; {name!r} carries its own class list")
     if test_only and name != "synthetic":
-        return _record(cfg, None, None, _test_split(name, root, test_file, test_tf, classes))
+        test = _test_split(name, root, test_file, test_tf, classes)
+        from pyg_mlic.data._image_io import ImageDatasetMixin
+
+        if isinstance(test, ImageDatasetMixin):  # a missing image stops the load
+            test.check_files_exist()
+        return _record(cfg, None, None, test)
     if name == "synthetic":
         from pyg_mlic.data.synthetic import SyntheticScenes
 
@@ -347,8 +352,7 @@ def build_splits(name: str, *, root: Optional[str] = None, train_file: Optional[
         raise ValueError(f"unknown dataset {name!r}; choose from {list(DATASETS)}")
     from pyg_mlic.data._image_io import ImageDatasetMixin
 
-    for ds in (train, val):  # a missing image stops the load, not a later batch (test:
-        # _test_split)
+    for ds in (train, val, test):  # a missing image stops the load, not a later batch
         if isinstance(ds, ImageDatasetMixin):
             ds.check_files_exist()
     if val is None and val_fraction:
@@ -398,10 +402,6 @@ def _test_split(name: str, root: Optional[str], test_file: Optional[str],
                              split="test", classes=cols, transform=transform)
     else:
         raise ValueError(f"unknown dataset {name!r}; choose from {list(DATASETS)}")
-    from pyg_mlic.data._image_io import ImageDatasetMixin
-
-    if isinstance(test, ImageDatasetMixin):
-        test.check_files_exist()
     return test
 
 
