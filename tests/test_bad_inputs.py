@@ -379,6 +379,31 @@ def _(tmp):
     assert torch.isfinite(out.logits).all()
 
 
+@case("graph-source-without-positives", "graphs", "a label graph built from a source with no "
+      "positive label at all (a COCO file without ``annotations``, all-zero labels)",
+      "``UserWarning`` 'no label has a positive, so ... the operator is the identity' "
+      "(from ``LabelGraph.from_labels`` / ``from_counts`` / ``pyg-mlic graph``); the "
+      "identity operator, finite")
+def _(tmp):
+    from pyg_mlic.graphs import LabelGraph
+
+    with pytest.warns(UserWarning, match="no label has a positive, so every node keeps only "
+                                         "its self-loop"):
+        P = LabelGraph.from_labels(np.zeros((5, 4)), split="empty").propagation()
+    assert torch.equal(P, torch.eye(4))
+    with pytest.warns(UserWarning, match="split 'c'.*no label has a positive"):
+        LabelGraph.from_counts(np.zeros((3, 3)), np.zeros(3), split="c")
+    coco = {"images": [{"id": i, "file_name": f"{i}.jpg", "width": 8, "height": 8}
+                       for i in (1, 2)],
+            "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}]}
+    (tmp / "noann.json").write_text(json.dumps(coco))  # no 'annotations' list
+    with pytest.warns(UserWarning, match="no label has a positive"):
+        LabelGraph.from_coco(tmp / "noann.json")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        LabelGraph.from_labels(_labels())  # a source with positives: no warning
+
+
 @case("isolated-graph-node", "graphs", "a label whose conditional probabilities are all below "
       "tau (a node left with no neighbour)", "the node aggregates only itself (row of P = "
       "e_i, its self weight 1 rather than 1 - p, so re-weighting never divides by an empty "

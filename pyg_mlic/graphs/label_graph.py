@@ -159,6 +159,16 @@ def _check_choice(value: Any, name: str, valid: Sequence[str]) -> str:
     return value
 
 
+def _warn_if_no_positive(positives: float, split: str) -> None:
+    """Statistics with no positive label at all give the identity operator (every node
+    keeps only its self-loop): almost always an empty or unlabelled source."""
+    if positives == 0:
+        warnings.warn(f"label graph of split {split!r}: no label has a positive, so every "
+                      f"node keeps only its self-loop and the operator is the identity (an "
+                      f"empty or unlabelled source? e.g. a COCO file without 'annotations')",
+                      UserWarning, stacklevel=3)
+
+
 def _check_counts(counts: Any, nums: Any) -> Tuple[Tensor, Tensor]:
     """Validate precomputed co-occurrence statistics; return CPU int64 tensors.
 
@@ -717,6 +727,7 @@ class LabelGraph:
         scheme = _check_choice(scheme, "scheme", SCHEMES)
         convention = _check_choice(convention, "convention", CONVENTIONS)
         M, n = _check_counts(counts, nums)
+        _warn_if_no_positive(float(n.sum()), split)
         return cls._build(M, n, embeddings, tau, p, scheme, convention, classes, split)
 
     @classmethod
@@ -752,8 +763,11 @@ class LabelGraph:
         Yt, _ = _check_labels(Y)
         if mask is None:
             M, n = _cooccurrence_tensor(Yt)
+            _warn_if_no_positive(float(n.sum()), split)
         else:
-            M, n = _cooccurrence_masked(Yt, _check_mask(mask, Yt))
+            known = _check_mask(mask, Yt)
+            M, n = _cooccurrence_masked(Yt, known)
+            _warn_if_no_positive(float(((Yt == 1) & known.bool()).sum()), split)
         return cls._build(M.cpu(), n.cpu(), embeddings, tau, p, scheme, convention, classes,
                           split)
 
