@@ -959,6 +959,30 @@ def _(tmp):
         main(["--debug", "demo", "--out", str(tmp / "tr.npz"), "--models", "baseline"])
 
 
+@case("malformed-layer-widths", "options", "``--set encoder_hidden=[1,`` (an unclosed list "
+      "left as a string), ``encoder_hidden=512`` or ``[16.5]``; ``--data-opt`` with "
+      "``--dataset features``",
+      "``ValueError`` 'hidden (encoder_hidden) must be a list of integer layer widths, e.g. "
+      "[512] ..., got '[1,'' (was 'invalid literal for int()'); 'data_config (--data-opt) "
+      "sets image transforms; --dataset features has none' (was silently ignored)")
+def _(tmp):
+    from pyg_mlic.cli import main
+
+    make_features_npz(tmp / "tr.npz", n=64)
+    make_features_npz(tmp / "te.npz", n=32, seed=1)
+    base = ["--debug", "train", "--dataset", "features", "--train-file", str(tmp / "tr.npz"),
+            "--test-file", str(tmp / "te.npz"), "--model", "ml_gcn", "--epochs", "1",
+            "--no-progress"]
+    for i, value in enumerate(("[1,", "512", "[16.5]")):
+        with pytest.raises(ValueError, match=r"hidden \(encoder_hidden\) must be a list of "
+                                             r"integer layer widths, e\.g\. \[512\]"):
+            main(base + ["--out", str(tmp / f"o{i}"), "--set", f"encoder_hidden={value}"])
+    with pytest.raises(ValueError, match=r"--data-opt\) sets image transforms; --dataset "
+                                         r"features has none \(got \['crop'\]\)"):
+        main(base + ["--out", str(tmp / "d"), "--data-opt", "crop=64"])
+    assert not any((tmp / f"o{i}").exists() for i in range(3))
+
+
 @case("options-not-a-dict", "options", "``fit`` given a list or a string as "
       "``train_options`` / ``model_options`` (e.g. ``train_options=['epochs', 2]``)",
       "``TypeError`` 'fit: train_options must be a dict or a TrainConfig (option name -> "

@@ -3,7 +3,8 @@ precomputed features."""
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Optional, Sequence, Union
+import numbers
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -61,6 +62,19 @@ class _ReLUDropout(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+def _layer_sizes(hidden: Any) -> Tuple[int, ...]:
+    """``hidden`` of :class:`MLPEncoder` (``encoder_hidden`` of the models) as a tuple of
+    ints: a list or tuple of integers; anything else (a string such as ``--set
+    encoder_hidden=[1,`` leaves, a bare number, 16.5) is a ValueError naming it."""
+    ok = isinstance(hidden, Sequence) and not isinstance(hidden, (str, bytes)) and all(
+        isinstance(h, numbers.Integral) and not isinstance(h, bool)
+        or isinstance(h, float) and h.is_integer() for h in hidden)
+    if not ok:
+        raise ValueError(f"MLPEncoder: hidden (encoder_hidden) must be a list of integer "
+                         f"layer widths, e.g. [512] or [] for none, got {hidden!r}")
+    return tuple(int(h) for h in hidden)
 
 
 class MLPEncoder(nn.Module):
@@ -122,7 +136,7 @@ class MLPEncoder(nn.Module):
                  standardize: bool = False, shortcut: bool = False,
                  std_floor: float = 0.0, clip: Optional[float] = None) -> None:
         super().__init__()
-        hidden = tuple(int(h) for h in hidden)
+        hidden = _layer_sizes(hidden)
         if int(in_features) < 1 or int(out_features) < 1 or any(h < 1 for h in hidden):
             raise ValueError(f"MLPEncoder: sizes must be positive (in_features={in_features}, "
                              f"hidden={hidden}, out_features={out_features})")

@@ -277,6 +277,9 @@ def build_splits(name: str, *, root: Optional[str] = None, train_file: Optional[
 
     drop = check_drop_fraction(drop_labels, "drop_labels")
     cfg, train_tf, test_tf = None, None, None
+    if name == "features" and data_config:
+        raise ValueError(f"data_config (--data-opt) sets image transforms; --dataset features "
+                         f"has none (got {sorted(data_config)})")
     if name != "features":
         cfg = resolve_data_config(name, model=model, backbone=backbone, image_size=image_size,
                                   augment=augment, data_config=data_config)

@@ -242,7 +242,7 @@ def build_encoder(input_kind: str = "image", *, backbone: str = "resnet101",
     if input_kind == "features":
         if not in_features:
             raise ValueError("input_kind='features' needs in_features (the feature dimension)")
-        return B.MLPEncoder(int(in_features), hidden=tuple(encoder_hidden),
+        return B.MLPEncoder(int(in_features), hidden=encoder_hidden,
                             out_features=int(encoder_out), dropout=float(encoder_dropout),
                             input_dropout=float(input_dropout), standardize=True,
                             std_floor=input_std_floor, clip=input_clip)
