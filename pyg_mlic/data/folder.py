@@ -109,7 +109,9 @@ def read_label_csv(path: PathLike, classes: Optional[Sequence[str]] = None,
         if classes is None:
             classes = sorted({n for names in names_per_row for n in names})
             if not classes:
-                raise DatasetError(f"{path}: no label name in any row, cannot infer classes")
+                raise DatasetError(f"{path}: no label name in any row, cannot infer classes; "
+                                   f"name them with classes= (--classes), e.g. for unlabelled "
+                                   f"images")
         classes = [str(c) for c in classes]
         _check_unique(classes, f"classes given for {path}")
         index = {c: i for i, c in enumerate(classes)}
