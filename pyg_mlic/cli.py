@@ -1016,7 +1016,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "evenly over the processes. Multi-node: use torchrun (docs/distributed)")
     p.set_defaults(func=cmd_train, _train_parser=p)
 
-    p = sub.add_parser("eval", help="evaluate a checkpoint on a dataset's test split")
+    p = sub.add_parser("eval", help="evaluate a checkpoint on a dataset's test split",
+                       description="Evaluate a checkpoint on the test split of a dataset "
+                                   "(--test-file, or the dataset's own test split under "
+                                   "--root), read alone with the checkpoint's classes and "
+                                   "normalisation: no training file is needed or opened.")
     _add_data_args(p)
     p.set_defaults(image_size=None)
     p.add_argument("--checkpoint", required=True)
