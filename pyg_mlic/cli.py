@@ -404,13 +404,8 @@ def cmd_eval(args) -> int:
 
     check_same_classes("checkpoint", model.classes, f"dataset {args.dataset}", test.classes)
     dim = model.build_kwargs.get("in_features")
-    if getattr(test, "input_kind", None) == "features" and dim is not None \
-            and int(dim) != test.feature_dim:
-        from pyg_mlic.errors import ClassMismatchError
-
-        raise ClassMismatchError(f"checkpoint {args.checkpoint} takes {int(dim)} features per "
-                                 f"row, the test split has {test.feature_dim} (were they "
-                                 f"extracted with the same backbone and pooling?)")
+    if getattr(test, "input_kind", None) == "features" and dim is not None:
+        _check_feature_dim(args.checkpoint, int(dim), test.feature_dim, "the test split")
     m = evaluate(model, test, batch_size=args.batch_size, progress=True, threshold=threshold)
     m["threshold"] = described
     counts = ckpt.get("train_label_counts")  # absent from older checkpoints
@@ -454,6 +449,16 @@ def expand_image_paths(items: Sequence[str]) -> List[Path]:
     return paths
 
 
+def _check_feature_dim(checkpoint: str, dim: int, got: int, where: str) -> None:
+    """A features checkpoint (``dim`` inputs per row) against the rows of ``where``."""
+    if got != dim:
+        from pyg_mlic.errors import ClassMismatchError
+
+        raise ClassMismatchError(f"checkpoint {checkpoint} takes {dim} features per row, "
+                                 f"{where} has {got} (were they extracted with the same "
+                                 f"backbone and pooling?)")
+
+
 def read_feature_rows(items: Sequence[str], dim: int, checkpoint: str):
     """The rows ``pyg-mlic predict`` scores with a features checkpoint: every features
     ``.npz`` in ``items`` (the format of ``--dataset features``; ``labels`` / ``classes``
@@ -472,12 +477,7 @@ def read_feature_rows(items: Sequence[str], dim: int, checkpoint: str):
             raise SystemExit(f"predict: checkpoint {checkpoint} takes precomputed features: "
                              f"give features .npz files (pyg-mlic extract-features), got {p}")
         d = load_features(p, labels_required=False)
-        if d["features"].shape[1] != dim:
-            from pyg_mlic.errors import ClassMismatchError
-
-            raise ClassMismatchError(f"checkpoint {checkpoint} takes {dim} features per row, "
-                                     f"{p} has {d['features'].shape[1]} (were they extracted "
-                                     f"with the same backbone and pooling?)")
+        _check_feature_dim(checkpoint, dim, d["features"].shape[1], str(p))
         n = len(d["features"])
         if n == 0:
             raise SystemExit(f"predict: {p} holds no rows, nothing was predicted")

@@ -208,6 +208,9 @@ class Trainer:
             _check_has_positives(name, ds)
         self.model = model
         self.train_set, self.val_set, self.test_set = train_set, val_set, test_set
+        # unmasked positives per class of the training split: the long-tail groups of the
+        # final evaluation, and stored in every checkpoint for eval's
+        self.train_label_counts = _train_label_counts(train_set)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.run_info = dict(run_info or {})
         from pyg_mlic.utils.device import resolve_device
@@ -271,8 +274,7 @@ class Trainer:
                 "best_val_map": self.best[0], "best_epoch": self.best[1],
                 "train_config": self.config.to_dict(), "run_info": self.run_info,
                 "weights": weights, "best_weights": getattr(self, "best_weights", "raw"),
-                # eval's head / medium / tail groups of another test split
-                "train_label_counts": _train_label_counts(self.train_set).tolist()}
+                "train_label_counts": self.train_label_counts.tolist()}
             if ema is not None:  # each set of weights once: as state_dict or beside it
                 extra["ema"] = {"decay": ema.decay, "updates": ema.updates}
                 if weights == "ema":
@@ -674,7 +676,7 @@ class Trainer:
         # mAP of head / medium / tail classes (terciles of the training-label counts), and
         # thresholds calibrated on the validation split (never the test split), stored in
         # the checkpoint the evaluated weights came from
-        m["long_tail"] = long_tail_map(m["AP"], _train_label_counts(self.train_set))
+        m["long_tail"] = long_tail_map(m["AP"], self.train_label_counts)
         m["calibrated"] = _calibrate_on_validation(self, test, test_pred, chosen)
         if self.out_dir is not None and self.dist.is_main:
             write_json(self.out_dir / "metrics.json", m)
