@@ -51,6 +51,15 @@ positive_int = _int_at_least(1, "positive_int")
 nonnegative_int = _int_at_least(0, "nonnegative_int")
 
 
+def _add_inference_args(p: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--amp`` of the commands that run a trained model (eval, predict)."""
+    p.add_argument("--device", help="where the forward passes run: cpu, cuda, cuda:N, mps "
+                   "(default: cuda when available, else cpu)")
+    p.add_argument("--amp", choices=["bf16", "fp16"],
+                   help="autocast the forward pass to bfloat16 or float16 (scores are "
+                        "computed on fp32 logits); default: full precision")
+
+
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     from pyg_mlic.data.factory import DATASETS
 
@@ -382,6 +391,17 @@ def _describe_threshold(desc: Dict[str, Any]) -> str:
             f"(chosen on split {desc.get('split')!r}, stored in the checkpoint)")
 
 
+def _inference_device(args):
+    """``--device`` of eval / predict (default: ``cuda`` when available, as ``train``),
+    with ``--amp`` checked against it: both refused in one line before any data is read."""
+    from pyg_mlic.engine.amp import check_amp
+    from pyg_mlic.utils.device import resolve_device
+
+    device = resolve_device(args.device)
+    check_amp(args.amp, device)
+    return device
+
+
 def cmd_eval(args) -> int:
     from pyg_mlic.engine import evaluate, load_checkpoint, model_from_checkpoint, write_json
     from pyg_mlic.metrics import format_table
@@ -393,6 +413,8 @@ def cmd_eval(args) -> int:
     model = model_from_checkpoint(ckpt)
     # checked before the (possibly long) dataset load
     threshold, described = resolve_threshold(args.threshold, ckpt, args.checkpoint)
+    device = _inference_device(args)
+    model.to(device)
     if args.image_size is None:
         args.image_size = int(ckpt.get("run_info", {}).get("image_size") or 448)
     recorded = {} if args.dataset == "features" else checkpoint_data_config(ckpt)
@@ -406,7 +428,9 @@ def cmd_eval(args) -> int:
     dim = model.build_kwargs.get("in_features")
     if getattr(test, "input_kind", None) == "features" and dim is not None:
         _check_feature_dim(args.checkpoint, int(dim), test.feature_dim, "the test split")
-    m = evaluate(model, test, batch_size=args.batch_size, progress=True, threshold=threshold)
+    m = evaluate(model, test, batch_size=args.batch_size, device=device,
+                 progress=not args.no_progress, num_workers=args.num_workers, amp=args.amp,
+                 threshold=threshold)
     m["threshold"] = described
     counts = ckpt.get("train_label_counts")  # absent from older checkpoints
     if counts is not None and len(counts) == len(m["AP"]):
@@ -523,6 +547,8 @@ def cmd_predict(args) -> int:
     ckpt = load_checkpoint(args.checkpoint)
     model = model_from_checkpoint(ckpt).eval()
     threshold, described = resolve_threshold(args.threshold, ckpt, args.checkpoint)
+    device = _inference_device(args)
+    model.to(device)
     # one threshold per class: p > thr[c]
     thr = torch.as_tensor(threshold, dtype=torch.float64).expand(len(model.classes))
     print(f"predict: labels above the {_describe_threshold(described)}", file=sys.stderr)
@@ -570,9 +596,14 @@ def cmd_predict(args) -> int:
         bar = tqdm(total=total, desc="predict", unit=unit, file=sys.stderr)
     results = []
     used_names: Dict[str, int] = {}
+    from pyg_mlic.data.loader import to_device
+    from pyg_mlic.engine.amp import autocast
+
     with torch.no_grad():
         for chunk, batch, pil in batches:
-            probs_b = torch.sigmoid(model(batch).logits.float())
+            with autocast(device, args.amp):
+                logits = model(to_device(batch, device)).logits
+            probs_b = torch.sigmoid(logits.float()).cpu()
             for j, (p, probs) in enumerate(zip(chunk, probs_b)):
                 order = torch.argsort(probs, descending=True)
                 labels = [model.classes[i] for i in order.tolist() if probs[i] > thr[i]]
@@ -1031,6 +1062,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: 0.5, the papers' protocol), 'calibrated' (the per-class "
                         "thresholds chosen on the validation split after training and stored "
                         "in the checkpoint) or 'calibrated-global' (the stored global one)")
+    _add_inference_args(p)
+    p.add_argument("--num-workers", type=nonnegative_int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--out", help="write the metrics to this JSON file")
     p.set_defaults(func=cmd_eval)
 
@@ -1056,6 +1090,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(one probability column per class) or FILE.json")
     p.add_argument("--draw", metavar="DIR", help="write copies of the images with the "
                    "predicted labels drawn on them to DIR")
+    _add_inference_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
 
