@@ -20,7 +20,8 @@ Let :math:`S` be the optimisation steps per epoch, :math:`E` the epochs,
 
 - ``"onecycle"``: :class:`torch.optim.lr_scheduler.OneCycleLR` with ASL's settings
   (Ridnik et al., ICCV 2021, official ``train.py``): ``max_lr`` = each group's learning
-  rate, ``pct_start=0.2`` (the first 20 % of the steps warm up from ``max_lr / 25``),
+  rate, ``pct_start=0.2`` (the first 20 % of the steps warm up from ``max_lr / 25``;
+  runs under 8 steps: :func:`onecycle_pct_start`),
   cosine annealing to ``max_lr / 25e4``, and momentum (SGD) / Adam's :math:`\beta_1`
   cycled between 0.95 and 0.85 (not cycled for SGD without momentum); stepped per
   batch. It has its own warm-up: ``warmup_epochs`` must be 0.
@@ -38,7 +39,7 @@ from typing import Optional, Tuple
 
 import torch
 
-__all__ = ["SCHEDULES", "build_scheduler", "per_step"]
+__all__ = ["SCHEDULES", "build_scheduler", "onecycle_pct_start", "per_step"]
 
 #: valid ``TrainConfig.schedule`` values
 SCHEDULES = ("step", "cosine", "onecycle")
@@ -56,6 +57,15 @@ def _decays(config, epoch: int) -> int:
     if config.lr_step:
         return epoch // config.lr_step
     return 0
+
+
+def onecycle_pct_start(total_steps: int) -> float:
+    r"""``pct_start`` of ``"onecycle"`` for a run of :math:`T` steps: ASL's 0.2, raised to
+    :math:`\min(1.5 / T, 0.75)` for :math:`T < 8`. OneCycleLR's warm-up ends at step
+    :math:`0.2\,T - 1`, which is 0 for :math:`T = 5` (a division by zero inside torch) and
+    negative below (no warm-up at all); with this value it ends half a step or more after
+    the first, so every short run (a debug run, a tiny split) warms up and anneals."""
+    return max(0.2, min(1.5 / max(int(total_steps), 1), 0.75))
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config,
@@ -87,7 +97,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config,
         cycle = c.optimizer != "sgd" or c.momentum > 0
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total,
-            pct_start=0.2, cycle_momentum=cycle), True
+            pct_start=onecycle_pct_start(total), cycle_momentum=cycle), True
     warm = min(int(round(c.warmup_epochs * steps_per_epoch)), total - 1)
 
     def warmup(t: int) -> float:

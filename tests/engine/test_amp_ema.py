@@ -323,6 +323,19 @@ def test_schedules(sets):
     assert abs(peak - 0.2 * S * E) <= 1 and lrs[-1] < lr / 1e3
 
 
+def test_onecycle_short_runs_build_and_warm_up(sets):
+    """Runs of 1-9 steps (a debug run, a tiny split): OneCycleLR's own pct_start=0.2
+    divides by zero at 5 steps; every length builds, steps, and (from 3 steps) warms up
+    from max_lr / 25 before it anneals."""
+    tr, _, _ = sets
+    lr = 0.1
+    for total in range(1, 10):
+        lrs, _ = _lrs(_cfg(epochs=1, lr=lr, schedule="onecycle"), tr, total)
+        assert len(lrs) == total and all(0 < x <= lr * (1 + 1e-9) for x in lrs), total
+        if total >= 3:
+            assert lrs[0] == pytest.approx(lr / 25) and max(lrs) > 10 * lrs[0], total
+
+
 class _CrashingFeatures(FeaturesDataset):
     """Raises after ``fail_after`` samples (a crash in the middle of an epoch)."""
 
