@@ -424,7 +424,7 @@ def _features_recipe(model_cls, train_set, val_set,
 
     user = {k: v for k, v in dict(train_options or {}).items() if v is not None}
     check_options(f"{owner} training", user, TrainConfig.fields(), kind="training option")
-    resolved = features_train_options(len(train_set), user)
+    resolved = features_train_options(len(train_set), user, model=owner)
     applied = {k: v for k, v in resolved.items() if k not in user}
     tcfg = TrainConfig(**resolved)
     held_out, full = None, train_set
