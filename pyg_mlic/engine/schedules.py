@@ -64,7 +64,8 @@ def onecycle_pct_start(total_steps: int) -> float:
     :math:`\min(1.5 / T, 0.75)` for :math:`T < 8`. OneCycleLR's warm-up ends at step
     :math:`0.2\,T - 1`, which is 0 for :math:`T = 5` (a division by zero inside torch) and
     negative below (no warm-up at all); with this value it ends half a step or more after
-    the first, so every short run (a debug run, a tiny split) warms up and anneals."""
+    the first: every short run (a debug run, a tiny split) builds and steps, and from
+    3 steps on it warms up before it anneals."""
     return max(0.2, min(1.5 / max(int(total_steps), 1), 0.75))
 
 
