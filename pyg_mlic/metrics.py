@@ -758,7 +758,12 @@ def long_tail_map(ap_per_class: ArrayLike, train_counts: ArrayLike,
     :math:`b_1, b_2` are the terciles of the :math:`n_c` (the :math:`1/3` and :math:`2/3`
     quantiles, :func:`numpy.quantile` with linear interpolation): with :math:`3k` distinct
     counts each group holds :math:`k` classes. Classes with equal counts always share a
-    group, so ties can leave a group smaller (or empty: its mAP is then ``None``).
+    group, so ties can leave a group smaller (or empty: its mAP is then ``None``). A count
+    held by two or more classes that falls *on* the lower tercile (a block of ties
+    straddling it, as the many classes with zero or one training positive of a long-tailed
+    set do) goes to the tail: :math:`b_1` moves up to the next larger count (and
+    :math:`b_2` to at least :math:`b_1`), so that the rarest classes are never reported as
+    medium or head. When every class has the same count there is no tail: all are head.
 
     Args:
         ap_per_class (sequence): :math:`(C)` per-class AP (the ``"AP"`` list of
@@ -808,6 +813,11 @@ def long_tail_map(ap_per_class: ArrayLike, train_counts: ArrayLike,
         raise ValueError(f"{fn}: `train_counts` must be finite and >= 0")
     if bounds is None:
         lo, hi = (float(b) for b in np.quantile(counts, [1.0 / 3.0, 2.0 / 3.0]))
+        values, held = np.unique(counts, return_counts=True)
+        if bool(((values == lo) & (held > 1)).any()) and bool((values > lo).any()):
+            # ties on the lower tercile join the tail (zero-positive classes never head)
+            lo = float(values[values > lo][0])
+            hi = max(hi, lo)
         rule = "terciles"
     else:
         try:

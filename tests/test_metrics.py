@@ -676,6 +676,14 @@ def test_long_tail_terciles_by_hand():
     # equal counts share a group: all in the head, the other groups empty (None, not NaN)
     same = long_tail_map([0.5, 0.7], [4, 4])
     assert same["head"] == pytest.approx(0.6) and same["medium"] is None and same["tail"] is None
+    # ties on the lower tercile join the tail: classes without a training positive are
+    # never head (the terciles of [0, 0, 0, 9] are 0 and 0), nor are the five classes
+    # seen once of a long-tailed set (terciles 1 and 3)
+    zeros = long_tail_map([0.1, 0.2, 0.3, 0.9], [0, 0, 0, 9])
+    assert zeros["num_classes"] == {"head": 1, "medium": 0, "tail": 3}
+    assert zeros["tail"] == pytest.approx(0.2) and zeros["bounds"] == [9.0, 9.0]
+    rare = long_tail_map([0.5] * 9, [1, 1, 1, 1, 1, 2, 5, 100, 200])
+    assert rare["num_classes"] == {"head": 3, "medium": 1, "tail": 5}
     table = format_long_tail([("model", {"long_tail": lt}), ("no long tail", {})])
     assert "80.0" in table and "50.0" in table and "20.0" in table
     assert "(+1 without AP)" in table and "no long tail" not in table
