@@ -727,7 +727,15 @@ def build_label_graph(args):
         source = g.data.source
     elif args.labels:
         with np.load(args.labels, allow_pickle=False) as d:
+            missing = [k for k in ("labels", "classes") if k not in d.files]
+            if missing:
+                raise SystemExit(f"graph: {args.labels} has no {' or '.join(missing)} array "
+                                 f"(a labels file holds labels [N, C] and classes [C], e.g. "
+                                 f"a features .npz or shared/data/labels)")
             Y, names = d["labels"], [str(c) for c in d["classes"]]
+            # a known-mask (features files: False = unknown label): only pairs of known
+            # entries are counted, as every training route counts them
+            known = d["mask"] if "mask" in d.files else None
             split = "all"
             if not args.split and "split" in d.files:
                 splits = sorted(set(d["split"].tolist()))
@@ -744,9 +752,11 @@ def build_label_graph(args):
                     raise SystemExit(f"split {args.split!r} not in {args.labels} "
                                      f"(splits: {sorted(set(d['split'].tolist()))})")
                 Y, split = Y[sel], args.split
-        if Y.min() < 0:  # VOC convention: 1 present, 0 difficult, -1 absent
-            Y = (Y == 1)
-        g = LabelGraph.from_labels(Y.astype(np.uint8), classes=names, split=split, **kw)
+                known = None if known is None else known[sel]
+        if Y.size and Y.min() < 0:  # VOC convention: 1 present, 0 difficult, -1 absent
+            Y = (Y == 1)  # positives only, difficult excluded (the ML-GCN release, as --voc)
+        g = LabelGraph.from_labels(Y.astype(np.uint8), classes=names, split=split,
+                                   mask=known, **kw)
         source = f"labels:{args.labels} (split {split})"
     elif args.coco:
         g = LabelGraph.from_coco(args.coco, classes=classes, split=args.split, **kw)
@@ -1117,7 +1127,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "Annotations); counts the image set --split (default: trainval), "
                      "positives only")
     grp.add_argument("--labels", metavar="FILE.npz",
-                     help=".npz with labels [N,C] and classes (e.g. shared/data/labels)")
+                     help=".npz with labels [N,C] and classes (e.g. shared/data/labels); an "
+                          "optional mask [N,C] (False = unknown) leaves entries uncounted")
     grp.add_argument("--dataset", choices=["synthetic", "coco", "voc2007", "nuswide",
                                            "features", "folder"],
                      help="the training split `pyg-mlic train --dataset` reads (folder: "

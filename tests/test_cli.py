@@ -90,6 +90,34 @@ def test_graph_requires_split_when_the_file_has_one(data_dir, tmp_path):
     assert main(["graph", "--labels", str(tmp_path / "nosplit.npz")]) == 0
 
 
+def test_graph_labels_file_counts_only_known_pairs(tmp_path):
+    """A labels file's known-mask (``mask``, False = unknown) is honoured: ``graph
+    --labels`` gives the graph of ``graph --dataset features`` on the same file and of
+    LabelGraph.from_labels(..., mask=...), not the graph of every entry counted as known."""
+    from pyg_mlic.cli import main
+    from pyg_mlic.graphs import LabelGraph
+
+    rng = np.random.default_rng(1)
+    Y = (rng.random((100, 4)) < 0.4).astype(np.uint8)
+    K = rng.random((100, 4)) < 0.7
+    np.savez(tmp_path / "m.npz", features=rng.normal(size=(100, 6)).astype(np.float32),
+             labels=Y, classes=np.array(list("abcd")), mask=K)
+    assert main(["graph", "--labels", str(tmp_path / "m.npz"), "--out",
+                 str(tmp_path / "a.npz")]) == 0
+    assert main(["graph", "--dataset", "features", "--train-file", str(tmp_path / "m.npz"),
+                 "--out", str(tmp_path / "b.npz")]) == 0
+    a, b = LabelGraph.load(tmp_path / "a.npz"), LabelGraph.load(tmp_path / "b.npz")
+    masked = LabelGraph.from_labels(Y, classes=list("abcd"), mask=K)
+    unmasked = LabelGraph.from_labels(Y, classes=list("abcd"))
+    for g in (a, b):
+        assert g.data.edge_index.tolist() == masked.data.edge_index.tolist()
+        assert g.data.edge_weight.tolist() == pytest.approx(masked.data.edge_weight.tolist())
+    assert a.data.edge_index.shape != unmasked.data.edge_index.shape  # the mask matters here
+    np.savez(tmp_path / "nolabels.npz", features=np.zeros((3, 2), np.float32))
+    with pytest.raises(SystemExit, match="has no labels or classes array"):
+        main(["--debug", "graph", "--labels", str(tmp_path / "nolabels.npz")])
+
+
 def test_demo_runs_the_baseline_row(tmp_path, data_dir):
     p = run_cli("demo", "--out", tmp_path, "--epochs", "1", "--num-images", "64",
                 "--image-size", "32", "--models", "baseline", "--no-progress")
