@@ -166,6 +166,27 @@ def _(tmp):
         ds.verify(progress=False)
 
 
+@case("image-without-known-scale", "data",
+      "a 16-bit greyscale PNG, and a float TIFF with values outside [0, 1], in a label CSV",
+      "the 16-bit image is scaled to 8 bits (255 / 65535), not clipped to white as PIL's "
+      "``convert('RGB')`` does; the float image raises ``DatasetError`` 'mode F (float) "
+      "image with values in [lo, hi], not [0, 1]: its scale is unknown', naming the file")
+def _(tmp):
+    from PIL import Image
+
+    from pyg_mlic.data.folder import FolderDataset
+
+    root = _image_folder(tmp, "img/ok.jpg,cat\nimg/g16.png,dog\nimg/f.tiff,cat\n")
+    Image.fromarray(np.linspace(0, 65535, 32 * 32).reshape(32, 32).astype(np.uint16)).save(
+        root / "img" / "g16.png")
+    Image.fromarray(np.full((32, 32), 4.0, np.float32)).save(root / "img" / "f.tiff")
+    ds = FolderDataset(root, root / "labels.csv")
+    img = np.asarray(ds.load_image(1))
+    assert img.max() == 255 and (img == 255).mean() < 0.01  # a ramp, not a white square
+    with pytest.raises(DatasetError, match=r"mode F .*scale is unknown.*f\.tiff"):
+        ds[2]
+
+
 @case("missing-image", "data", "a label CSV row whose image file does not exist",
       "``DatasetError`` '1 of 2 image files not found: PATH' when the splits are built "
       "(``build_splits``, every ``pyg-mlic`` command), before training; 'image file not "

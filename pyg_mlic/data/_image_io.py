@@ -36,12 +36,46 @@ __all__ = ["load_image", "resolve_under", "verify_images", "VerifyReport",
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
 
+def _to_rgb(img: Image.Image) -> Tuple[Optional[Image.Image], str]:
+    """``img`` as 8-bit RGB; ``(None, reason)`` when its values have no known scale.
+
+    PIL's own ``convert("RGB")`` clips high-bit-depth greyscale to 255 instead of
+    scaling it: a 16-bit PNG or TIFF (microscopy, medical, depth images) would become an
+    almost white image. Here 16-bit modes (``I;16*``) and 32-bit integer images (``I``)
+    with values in :math:`[0, 65535]` are scaled by :math:`255 / 65535`, float images
+    (``F``) with values in :math:`[0, 1]` by 255; other value ranges are refused (no
+    scale can be assumed: convert such files to 8 or 16 bits first)."""
+    import numpy as np
+
+    mode = img.mode
+    if not (mode.startswith("I") or mode == "F"):
+        return img.convert("RGB"), ""
+    a = np.asarray(img, dtype=np.float64)
+    if a.size and not np.isfinite(a).all():
+        return None, f"mode {mode} image with non-finite pixel values"
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if mode == "F":
+        if lo < 0.0 or hi > 1.0:
+            return None, (f"mode F (float) image with values in [{lo:.4g}, {hi:.4g}], not "
+                          f"[0, 1]: its scale is unknown; save it as 8- or 16-bit")
+        scale = 255.0
+    else:
+        if lo < 0.0 or hi > 65535.0:
+            return None, (f"mode {mode} (integer) image with values in [{lo:.0f}, {hi:.0f}], "
+                          f"outside the 16-bit range: its scale is unknown; save it as 8- "
+                          f"or 16-bit")
+        scale = 255.0 / 65535.0
+    g = np.clip(np.rint(a * scale), 0, 255).astype(np.uint8)
+    return Image.fromarray(g, mode="L").convert("RGB"), ""
+
+
 def _decode(path: Path) -> Tuple[Optional[Image.Image], str]:
-    """Decode ``path`` to RGB; return ``(image, "")`` or ``(None, reason)``."""
+    """Decode ``path`` to 8-bit RGB (:func:`_to_rgb`); return ``(image, "")`` or
+    ``(None, reason)``."""
     try:
         with Image.open(path) as img:
             img.load()
-            return img.convert("RGB"), ""
+            return _to_rgb(img)
     except FileNotFoundError:
         return None, "image file not found"
     except IsADirectoryError:
@@ -62,7 +96,8 @@ def load_image(path: PathLike) -> Image.Image:
     The pixel data is decoded here (``Image.load``), not lazily later, so a truncated
     or corrupt file fails at this call. ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` is
     left at its default (``False``): a truncated JPEG is an error, not a grey patch.
-    EXIF orientation is *not* applied, because box annotations (COCO, VOC) refer to
+    High-bit-depth greyscale (16-bit PNG / TIFF, ``I``, float ``F``) is scaled to 8 bits,
+    not clipped (:func:`_to_rgb`). EXIF orientation is *not* applied, because box annotations (COCO, VOC) refer to
     the stored pixel grid.
 
     Args:

@@ -171,6 +171,28 @@ def test_load_image_modes_and_errors(tmp_path):
     assert "text.jpg" in str(rep) and "no.png" in str(rep)
 
 
+def test_load_image_scales_high_bit_depth_instead_of_clipping(tmp_path):
+    """A 16-bit greyscale PNG and a float TIFF in [0, 1] are scaled to 8 bits (PIL's
+    convert("RGB") clips them: a 16-bit ramp became 99.6 % white); a float or 32-bit image
+    without a known scale is refused in one line naming the file."""
+    ramp = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode.startswith("I")
+    g = np.asarray(load_image(tmp_path / "g16.png"))
+    assert g.shape == (64, 64, 3) and g.dtype == np.uint8
+    np.testing.assert_array_equal(g[..., 0], np.rint(ramp.astype(np.float64) * 255 / 65535).astype(np.uint8))
+    assert (g == 255).mean() < 0.01 and (g[..., 0] == g[..., 2]).all()
+    Image.fromarray((ramp.astype(np.float64) / 65535).astype(np.float32)).save(tmp_path / "f.tiff")
+    f = np.asarray(load_image(tmp_path / "f.tiff"))[..., 0].astype(int)
+    assert np.abs(f - np.rint(ramp.astype(np.float64) * 255 / 65535)).max() <= 1
+    Image.fromarray(np.full((4, 4), 3.0, np.float32)).save(tmp_path / "f3.tiff")
+    with pytest.raises(DatasetError, match=r"mode F .* not \[0, 1\].*f3\.tiff"):
+        load_image(tmp_path / "f3.tiff")
+    Image.fromarray(np.full((4, 4), 70000, np.int32)).save(tmp_path / "i32.tiff")
+    with pytest.raises(DatasetError, match=r"outside the 16-bit range.*i32\.tiff"):
+        load_image(tmp_path / "i32.tiff")
+
+
 def test_resolve_under(tmp_path):
     assert resolve_under(tmp_path, "a/b.jpg") == tmp_path / "a" / "b.jpg"
     assert resolve_under(tmp_path, "a\\b.jpg") == tmp_path / "a" / "b.jpg"
