@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
@@ -45,8 +46,6 @@ def _to_rgb(img: Image.Image) -> Tuple[Optional[Image.Image], str]:
     with values in :math:`[0, 65535]` are scaled by :math:`255 / 65535`, float images
     (``F``) with values in :math:`[0, 1]` by 255; other value ranges are refused (no
     scale can be assumed: convert such files to 8 or 16 bits first)."""
-    import numpy as np
-
     mode = img.mode
     if not (mode.startswith("I") or mode == "F"):
         return img.convert("RGB"), ""
