@@ -268,7 +268,7 @@ def _train(args) -> int:
         optimizer=args.optimizer, seed=args.seed, select=args.select,
         num_workers=args.num_workers, device=args.device, weight_decay=args.weight_decay,
         sync_bn=args.sync_bn or None, progress=False if args.no_progress else None,
-        amp=args.amp, ema=args.ema, schedule=args.schedule, warmup_epochs=args.warmup_epochs,
+        amp=args.amp, ema=args.ema, mixup=args.mixup, schedule=args.schedule, warmup_epochs=args.warmup_epochs,
         grad_clip=args.grad_clip).items()
         if v is not None}
     graph = None
@@ -1035,6 +1035,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ema", type=float, metavar="DECAY",
                    help="keep an exponential moving average of the weights with this decay "
                         "in (0, 1) (ASL: 0.9997); validation scores raw and EMA weights")
+    p.add_argument("--mixup", type=float, metavar="ALPHA",
+                   help="mixup of training batches: inputs and targets blended with "
+                        "lambda ~ Beta(ALPHA, ALPHA) (e.g. 0.4); not for region models")
     p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--num-workers", type=nonnegative_int, default=0)
     p.add_argument("--device")

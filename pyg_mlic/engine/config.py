@@ -101,6 +101,7 @@ class TrainConfig:
     warmup_epochs: float = 0
     amp: Optional[str] = None
     ema: Optional[float] = None
+    mixup: Optional[float] = None
     extra: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -147,6 +148,10 @@ class TrainConfig:
             raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {self.amp!r}")
         if self.ema is not None:
             check_ema_decay(self.ema)
+        if self.mixup is not None:
+            from pyg_mlic.engine.mixup import check_mixup_alpha
+
+            self.mixup = check_mixup_alpha(self.mixup)
         if self.grad_clip is not None and (isinstance(self.grad_clip, bool) or
                                            not self.grad_clip > 0):
             raise ValueError(f"grad_clip must be a positive gradient norm or None, got "

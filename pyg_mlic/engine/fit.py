@@ -63,10 +63,15 @@ def uses_two_stage(model: str, label_embeddings: Any = None) -> bool:
 def _train_config(model_cls, train_options: Union[None, TrainConfig, Mapping[str, Any]],
                   owner: str) -> TrainConfig:
     if isinstance(train_options, TrainConfig):
-        return train_options
-    opts = dict(train_options or {})
-    check_options(f"{owner} training", opts, TrainConfig.fields(), kind="training option")
-    return TrainConfig.for_model(model_cls, **opts)
+        tc = train_options
+    else:
+        opts = dict(train_options or {})
+        check_options(f"{owner} training", opts, TrainConfig.fields(), kind="training option")
+        tc = TrainConfig.for_model(model_cls, **opts)
+    if tc.mixup is not None and getattr(model_cls, "reads_regions", False):
+        raise OptionError(f"{owner} reads detector regions of each image, which a mixup "
+                          f"blend of two images does not have: train it without mixup")
+    return tc
 
 
 def check_fit_options(model: str, model_options: Optional[Mapping[str, Any]] = None,

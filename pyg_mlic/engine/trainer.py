@@ -40,6 +40,7 @@ from pyg_mlic.data.loader import epoch_seed as _epoch_seed
 from pyg_mlic.data.loader import to_device as _to_device
 from pyg_mlic.engine.checkpoint import load_checkpoint, save_checkpoint
 from pyg_mlic.engine.config import TrainConfig
+from pyg_mlic.engine.mixup import mixup_batch, mixup_generator
 from pyg_mlic.errors import CheckpointError, check_same_classes
 from pyg_mlic.version import __version__
 
@@ -57,7 +58,7 @@ def seed_everything(seed: int) -> None:
 #: continued run differ from an uninterrupted one); epochs, device, workers, progress may.
 _RESUME_MUST_MATCH = ("batch_size", "optimizer", "lr", "backbone_lr", "momentum", "weight_decay",
                       "lr_step", "lr_milestones", "lr_gamma", "grad_clip", "select", "seed",
-                      "eval_every", "extra", "schedule", "warmup_epochs", "amp", "ema")
+                      "eval_every", "extra", "schedule", "warmup_epochs", "amp", "ema", "mixup")
 
 #: test hook: seconds to sleep after every training step (fault-injection tests kill a
 #: run in the middle of an epoch); unset in normal use
@@ -517,8 +518,13 @@ class Trainer:
             it = tqdm(loader, desc=f"{self.model.model_name} epoch {epoch + 1}/{c.epochs}",
                       leave=False, dynamic_ncols=True)
         sleep = float(os.environ.get(_STEP_SLEEP_ENV, "0") or 0)
+        # mixup draws from its own generator, seeded by (seed, epoch, rank): a resumed run
+        # draws what an uninterrupted one does, and the global random state is untouched
+        mix_rng = mixup_generator(c.seed, epoch, self.dist.rank) if c.mixup else None
         for step, batch in enumerate(it):
             batch = _to_device(batch, self.device)
+            if mix_rng is not None:
+                batch = mixup_batch(batch, c.mixup, mix_rng)
             try:
                 loss, parts = model(batch)
             except RuntimeError as e:

@@ -63,6 +63,9 @@ class MultiLabelModel(nn.Module):
     model_name: str = "?"
     #: training defaults from the paper (see :class:`pyg_mlic.engine.TrainConfig`)
     default_train_config: Dict[str, Any] = {}
+    #: the model reads per-image detector regions (``roi_*`` / ``boxes``), so that
+    #: batch-level input blends (mixup, :mod:`pyg_mlic.engine.mixup`) are refused
+    reads_regions: bool = False
     #: constructor arguments a checkpoint does not store: data turned into buffers during
     #: construction (recorded through :meth:`record_resolved`) and files whose content is
     #: in the state dict

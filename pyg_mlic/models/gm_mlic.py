@@ -198,6 +198,8 @@ class GMMLIC(MultiLabelModel):
           :math:`(B, D)`
     """
 
+    #: it reads detector regions (no mixup: see MultiLabelModel.reads_regions)
+    reads_regions = True
     #: Sec. 4.2: SGD, momentum 0.9, weight decay 1e-4, lr 0.01 divided by 10 every 30
     #: epochs, with Eq. 15 averaged (``loss_reduction="mean"``; a sum at this rate diverges,
     #: measured). Epochs, batch size and a backbone rate are not given (the paper's ROI

@@ -203,6 +203,8 @@ class IAGCN(MultiLabelModel):
         - **output:** :class:`ModelOutput` with ``logits`` :math:`(B, C)`
     """
 
+    #: it reads detector regions (no mixup: see MultiLabelModel.reads_regions)
+    reads_regions = True
     #: Sec. 4.3: SGD (momentum 0.9, weight decay 1e-4), lr 0.001 for ResNet-101 and 0.01
     #: for the rest, divided by 10 every 30 epochs, 120 epochs.
     default_train_config = dict(optimizer="sgd", lr=0.01, backbone_lr=0.001, momentum=0.9,
