@@ -268,8 +268,8 @@ def _train(args) -> int:
         optimizer=args.optimizer, seed=args.seed, select=args.select,
         num_workers=args.num_workers, device=args.device, weight_decay=args.weight_decay,
         sync_bn=args.sync_bn or None, progress=False if args.no_progress else None,
-        amp=args.amp, ema=args.ema, mixup=args.mixup, schedule=args.schedule, warmup_epochs=args.warmup_epochs,
-        grad_clip=args.grad_clip).items()
+        amp=args.amp, ema=args.ema, mixup=args.mixup, schedule=args.schedule,
+        warmup_epochs=args.warmup_epochs, grad_clip=args.grad_clip).items()
         if v is not None}
     graph = None
     if args.label_graph:  # a bad file fails before the dataset is read

@@ -151,7 +151,7 @@ class TrainConfig:
         if self.mixup is not None:
             from pyg_mlic.engine.mixup import check_mixup_alpha
 
-            self.mixup = check_mixup_alpha(self.mixup)
+            self.mixup = check_mixup_alpha(self.mixup) or None  # 0: none
         if self.grad_clip is not None and (isinstance(self.grad_clip, bool) or
                                            not self.grad_clip > 0):
             raise ValueError(f"grad_clip must be a positive gradient norm or None, got "

@@ -43,11 +43,11 @@ MIXED_INPUTS = ("image", "features")
 
 
 def check_mixup_alpha(alpha: Any) -> float:
-    """``alpha`` as a finite float > 0, else a one-line :class:`ValueError`."""
+    """``alpha`` as a finite float >= 0 (0: no mixup), else a one-line :class:`ValueError`."""
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating, np.integer)) \
-            or not math.isfinite(float(alpha)) or float(alpha) <= 0:
+            or not math.isfinite(float(alpha)) or float(alpha) < 0:
         raise ValueError(f"mixup must be the alpha > 0 of Beta(alpha, alpha), e.g. 0.4, or "
-                         f"None for no mixup; got {alpha!r}")
+                         f"0 / None for no mixup; got {alpha!r}")
     return float(alpha)
 
 
@@ -69,6 +69,8 @@ def mixup_batch(batch: Dict[str, Any], alpha: float, rng: np.random.Generator
         rng (numpy.random.Generator): source of :math:`\lambda` and :math:`\pi`.
     """
     alpha = check_mixup_alpha(alpha)
+    if alpha == 0:
+        return dict(batch)
     regions = sorted(k for k in batch if k == "boxes" or k.startswith("roi_"))
     if regions:
         raise ValueError(f"mixup blends whole inputs, but these batches also carry per-sample "

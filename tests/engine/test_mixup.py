@@ -68,7 +68,7 @@ def test_mixup_draws_depend_on_seed_epoch_and_rank_only():
     assert len({draw(0, 1, 0), draw(0, 2, 0), draw(1, 1, 0), draw(0, 1, 1)}) == 4
 
 
-@pytest.mark.parametrize("alpha", [0, -1.0, float("nan"), float("inf"), True, "0.4", None])
+@pytest.mark.parametrize("alpha", [-1.0, float("nan"), float("inf"), True, "0.4", None])
 def test_bad_alpha_is_a_one_line_error(alpha):
     with pytest.raises(ValueError, match="mixup must be the alpha") as e:
         check_mixup_alpha(alpha)
@@ -76,6 +76,14 @@ def test_bad_alpha_is_a_one_line_error(alpha):
     if alpha is not None:
         with pytest.raises(ValueError, match="mixup must be the alpha"):
             TrainConfig(mixup=alpha)
+
+
+def test_alpha_zero_means_no_mixup():
+    assert TrainConfig(mixup=0).mixup is None and TrainConfig(mixup=0.0).mixup is None
+    assert TrainConfig(mixup=1).mixup == 1.0
+    batch = {"features": torch.randn(4, 3), "target": torch.ones(4, 2)}
+    out = mixup_batch(batch, 0, mixup_generator(0, 0))
+    assert all(out[k] is batch[k] for k in batch)
 
 
 def test_region_batches_and_region_models_are_refused(sets):
