@@ -19,9 +19,11 @@ mask ``False``) is unknown in the mix, so unknown entries stay out of every loss
 label negative in both samples stays exactly 0 (unlike label smoothing, which moves
 every negative of a rare class). Validation and test batches are never mixed.
 
-The mixed input is the batch's ``"image"`` or ``"features"`` tensor. A batch that also
-carries per-sample regions (``"boxes"``, ``"roi_*"``: IA-GCN's and GM-MLIC's detector
-regions) is refused: a blend of two images has no boxes of its own.
+The mixed input is the batch's ``"image"`` or ``"features"`` tensor. Per-sample regions
+(``"boxes"``, ``"roi_*"``: ground-truth or detector boxes and ROI features) are left out
+of the mixed batch: a blend of two images has no boxes of its own. The models that read
+regions (IA-GCN, GM-MLIC: ``reads_regions``) are therefore refused with mixup, by
+:func:`~pyg_mlic.engine.fit` and :class:`~pyg_mlic.engine.Trainer`, before training.
 
 The random draws come from a generator seeded by ``(seed, epoch, rank)``
 (:func:`mixup_generator`), not from the global random state: a run resumed at an epoch
@@ -36,7 +38,8 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch
 
-__all__ = ["MIXED_INPUTS", "check_mixup_alpha", "mixup_generator", "mixup_batch"]
+__all__ = ["MIXED_INPUTS", "check_mixup_alpha", "is_region_key", "mixup_generator",
+           "mixup_batch"]
 
 #: the batch entries mixup blends (the model's input)
 MIXED_INPUTS = ("image", "features")
@@ -49,6 +52,11 @@ def check_mixup_alpha(alpha: Any) -> float:
         raise ValueError(f"mixup must be the alpha > 0 of Beta(alpha, alpha), e.g. 0.4, or "
                          f"0 / None for no mixup; got {alpha!r}")
     return float(alpha)
+
+
+def is_region_key(key: str) -> bool:
+    """A per-sample region entry of a batch (``"boxes"``, ``"roi_*"``)."""
+    return key == "boxes" or key.startswith("roi_")
 
 
 def mixup_generator(seed: int, epoch: int, rank: int = 0) -> np.random.Generator:
@@ -71,20 +79,16 @@ def mixup_batch(batch: Dict[str, Any], alpha: float, rng: np.random.Generator
     alpha = check_mixup_alpha(alpha)
     if alpha == 0:
         return dict(batch)
-    regions = sorted(k for k in batch if k == "boxes" or k.startswith("roi_"))
-    if regions:
-        raise ValueError(f"mixup blends whole inputs, but these batches also carry per-sample "
-                         f"regions ({', '.join(regions)}), which a blend of two images does "
-                         f"not have: train this model without mixup")
     keys = [k for k in MIXED_INPUTS if k in batch]
     if not keys or "target" not in batch:
         raise ValueError(f"mixup needs a batch with 'target' and one of "
                          f"{', '.join(map(repr, MIXED_INPUTS))}; got keys {sorted(batch)}")
     target = batch["target"]
     n = len(target)
-    out = dict(batch)
     if n < 2:
-        return out
+        return dict(batch)
+    # a blend of two images has no regions of its own: they leave the batch
+    out = {k: v for k, v in batch.items() if not is_region_key(k)}
     lam = float(rng.beta(alpha, alpha))
     perm = torch.as_tensor(rng.permutation(n), device=target.device)
     for k in keys:

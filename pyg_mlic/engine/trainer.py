@@ -201,6 +201,10 @@ class Trainer:
         self.config = config or TrainConfig.for_model(model)
         if self.config.select == "best_val" and val_set is None:
             raise ValueError("select='best_val' needs a validation split")
+        if self.config.mixup is not None and getattr(model, "reads_regions", False):
+            raise ValueError(f"{getattr(model, 'model_name', type(model).__name__)} reads "
+                             f"detector regions of each image, which a mixup blend of two "
+                             f"images does not have: train it without mixup")
         for name, ds in (("validation", val_set), ("test", test_set)):
             if ds is not None:
                 check_same_classes("training set", model.classes, f"{name} set", ds.classes)

@@ -86,17 +86,22 @@ def test_alpha_zero_means_no_mixup():
     assert all(out[k] is batch[k] for k in batch)
 
 
-def test_region_batches_and_region_models_are_refused(sets):
-    batch = {"image": torch.zeros(2, 3, 8, 8), "target": torch.zeros(2, 3),
-             "roi_boxes": torch.zeros(2, 4, 4), "roi_mask": torch.ones(2, 4, dtype=torch.bool)}
-    with pytest.raises(ValueError, match="roi_boxes, roi_mask"):
-        mixup_batch(batch, 0.4, mixup_generator(0, 0))
+def test_regions_leave_the_mixed_batch_and_region_models_are_refused(sets):
+    batch = {"image": torch.rand(3, 3, 8, 8), "target": torch.zeros(3, 2),
+             "boxes": [torch.zeros(1, 4)] * 3, "roi_boxes": torch.zeros(3, 4, 4),
+             "roi_mask": torch.ones(3, 4, dtype=torch.bool)}
+    out = mixup_batch(batch, 0.4, mixup_generator(0, 0))
+    assert sorted(out) == ["image", "target"]  # a blend of two images has no boxes
     with pytest.raises(ValueError, match="needs a batch with 'target'"):
         mixup_batch({"target": torch.zeros(2, 3)}, 0.4, mixup_generator(0, 0))
     tr, va, te = sets
     for model in ("ia_gcn", "gm_mlic"):
         with pytest.raises(OptionError, match=f"{model} reads detector regions"):
             fit(model, tr, va, te, train_options={"mixup": 0.4})
+    region_model = _model(tr)
+    region_model.reads_regions = True  # e.g. a user's own model that reads ROIs
+    with pytest.raises(ValueError, match="reads detector regions"):
+        Trainer(region_model, tr, va, te, _cfg(mixup=0.4))
 
 
 def test_training_sees_mixed_batches_and_evaluation_does_not(sets, monkeypatch):
@@ -162,3 +167,28 @@ def test_cli_mixup_flag(tmp_path, capsys):
     assert main(argv[:-1] + ["-1"] + ["--out", str(tmp_path / "bad")]) != 0
     err = capsys.readouterr().err.strip()
     assert "mixup must be the alpha > 0" in err and "\n" not in err
+
+
+def test_image_batches_with_boxes_train_with_mixup(monkeypatch):
+    """Synthetic scenes carry ground-truth boxes: an image model (which reads none) mixes
+    the images and trains; the boxes leave the mixed batch."""
+    from pyg_mlic.data.synthetic import SyntheticScenes
+
+    tr = SyntheticScenes("train", num_images=24, image_size=32)
+    te = SyntheticScenes("test", num_images=12, image_size=32)
+    seen = []
+    real = trainer_mod.mixup_batch
+
+    def spy(batch, alpha, rng):
+        out = real(batch, alpha, rng)
+        seen.append((sorted(batch), sorted(out), batch["image"], out["image"]))
+        return out
+
+    monkeypatch.setattr(trainer_mod, "mixup_batch", spy)
+    m = fit("baseline", tr, None, te, model_options={"backbone": "small_cnn"},
+            train_options={"epochs": 1, "batch_size": 12, "mixup": 1.0, "progress": False,
+                           "device": "cpu"})
+    assert np.isfinite(m["mAP"]) and len(seen) == 2
+    before, after, x, mixed = seen[0]
+    assert "boxes" in before and "boxes" not in after and "image" in after
+    assert mixed.shape == x.shape and not torch.equal(mixed, x)
