@@ -1037,7 +1037,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "in (0, 1) (ASL: 0.9997); validation scores raw and EMA weights")
     p.add_argument("--mixup", type=float, metavar="ALPHA",
                    help="mixup of training batches: inputs and targets blended with "
-                        "lambda ~ Beta(ALPHA, ALPHA) (e.g. 0.4); not for region models")
+                        "lambda ~ Beta(ALPHA, ALPHA) (e.g. 0.4; 0: none, which turns off "
+                        "the 0.4 of ml_gcn / a_gcn on features); not for region models")
     p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--num-workers", type=nonnegative_int, default=0)
     p.add_argument("--device")

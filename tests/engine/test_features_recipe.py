@@ -193,23 +193,31 @@ def test_cv_folds():
         cv_folds(3, 5)
 
 
-def test_graph_methods_get_their_own_learning_rate(splits):
-    """FEATURES_MODEL_TRAIN: ML-GCN and A-GCN train at lr 3e-4 on features, the baseline at
-    the recipe's 1e-3; the user's lr wins over both; the run records what was applied."""
+def test_graph_methods_get_their_own_learning_rate_and_mixup(splits):
+    """FEATURES_MODEL_TRAIN: ML-GCN and A-GCN train at lr 3e-4 with mixup 0.4 on features,
+    the baseline at the recipe's 1e-3 without mixup; the user's options win; the run
+    records what was applied."""
     from pyg_mlic.engine.recipes import FEATURES_MODEL_TRAIN
 
     assert features_train_options(100)["lr"] == FEATURES["train"]["lr"] == 1e-3
     assert features_train_options(100, model="baseline")["lr"] == 1e-3
+    assert "mixup" not in features_train_options(100, model="baseline")
     for name in ("ml_gcn", "a_gcn"):
-        assert FEATURES_MODEL_TRAIN[name]["lr"] == 3e-4
+        assert FEATURES_MODEL_TRAIN[name] == {"lr": 3e-4, "mixup": 0.4}
         assert features_train_options(100, model=name)["lr"] == 3e-4
+        assert features_train_options(100, model=name)["mixup"] == 0.4
         assert features_train_options(100, {"lr": 0.05}, model=name)["lr"] == 0.05
+        # mixup=0 turns the recipe's mixup off (None counts as not given)
+        off = features_train_options(100, {"mixup": 0}, model=name)
+        assert off["mixup"] == 0 and TrainConfig(**off).mixup is None
     tr = FeaturesDataset(splits["train"], split="train")
     va = FeaturesDataset(splits["val"], split="val")
     m = fit("ml_gcn", tr, va, None, label_embeddings="onehot",
             train_options={"epochs": 1, "progress": False})
     assert m["settings"]["train_config"]["lr"] == 3e-4
     assert m["settings"]["features_recipe"]["applied"]["lr"] == 3e-4
+    assert m["settings"]["train_config"]["mixup"] == 0.4
+    assert m["settings"]["features_recipe"]["applied"]["mixup"] == 0.4
 
 
 def test_recipe_fills_only_what_the_user_did_not_give(splits):
