@@ -40,7 +40,8 @@ def test_fit_equals_the_engine_by_hand(splits, tmp_path):
     # given ones) and the input statistics of the training split
     net = build_model("ml_gcn", **model_context(tr, label_embeddings="onehot"),
                       **SMALL_ENCODER, tau=0.3, **FEATURES_MODEL)
-    cfg = TrainConfig(**features_train_options(len(tr), dict(FAST, select="best_val")))
+    cfg = TrainConfig(**features_train_options(len(tr), dict(FAST, select="best_val"),
+                                               model="ml_gcn"))
     fit_input_statistics(net, tr)
     ref = Trainer(net, tr, va, te, cfg, out_dir=tmp_path / "ref").fit()
     assert m["mAP"] == pytest.approx(ref["mAP"], abs=1e-12)
