@@ -42,6 +42,7 @@ from typing import Any, Dict, Mapping, Optional, Union
 from pyg_mlic.data.base import check_splits
 from pyg_mlic.engine.config import TrainConfig
 from pyg_mlic.engine.context import CONTEXT_KEYS, fit_input_statistics, model_context
+from pyg_mlic.engine.mixup import check_mixup_model
 from pyg_mlic.errors import OptionError, check_options
 
 __all__ = ["fit", "check_fit_options", "TWO_STAGE_KEYS", "uses_two_stage"]
@@ -68,9 +69,7 @@ def _train_config(model_cls, train_options: Union[None, TrainConfig, Mapping[str
         opts = dict(train_options or {})
         check_options(f"{owner} training", opts, TrainConfig.fields(), kind="training option")
         tc = TrainConfig.for_model(model_cls, **opts)
-    if tc.mixup is not None and getattr(model_cls, "reads_regions", False):
-        raise OptionError(f"{owner} reads detector regions of each image, which a mixup "
-                          f"blend of two images does not have: train it without mixup")
+    check_mixup_model(model_cls, tc.mixup, owner)
     return tc
 
 

@@ -38,8 +38,8 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch
 
-__all__ = ["MIXED_INPUTS", "check_mixup_alpha", "is_region_key", "mixup_generator",
-           "mixup_batch"]
+__all__ = ["MIXED_INPUTS", "check_mixup_alpha", "check_mixup_model", "is_region_key",
+           "mixup_generator", "mixup_batch"]
 
 #: the batch entries mixup blends (the model's input)
 MIXED_INPUTS = ("image", "features")
@@ -52,6 +52,17 @@ def check_mixup_alpha(alpha: Any) -> float:
         raise ValueError(f"mixup must be the alpha > 0 of Beta(alpha, alpha), e.g. 0.4, or "
                          f"0 / None for no mixup; got {alpha!r}")
     return float(alpha)
+
+
+def check_mixup_model(model: Any, mixup: Optional[float], name: Optional[str] = None) -> None:
+    """Refuse mixup (an :class:`~pyg_mlic.errors.OptionError`, one line) for a model (class
+    or instance) that reads detector regions (``reads_regions``)."""
+    if mixup is not None and getattr(model, "reads_regions", False):
+        from pyg_mlic.errors import OptionError
+
+        name = name or getattr(model, "model_name", None) or getattr(model, "__name__", "?")
+        raise OptionError(f"{name} reads detector regions of each image, which a mixup "
+                          f"blend of two images does not have: train it without mixup")
 
 
 def is_region_key(key: str) -> bool:

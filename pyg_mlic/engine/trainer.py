@@ -40,7 +40,7 @@ from pyg_mlic.data.loader import epoch_seed as _epoch_seed
 from pyg_mlic.data.loader import to_device as _to_device
 from pyg_mlic.engine.checkpoint import load_checkpoint, save_checkpoint
 from pyg_mlic.engine.config import TrainConfig
-from pyg_mlic.engine.mixup import mixup_batch, mixup_generator
+from pyg_mlic.engine.mixup import check_mixup_model, mixup_batch, mixup_generator
 from pyg_mlic.errors import CheckpointError, check_same_classes
 from pyg_mlic.version import __version__
 
@@ -201,10 +201,7 @@ class Trainer:
         self.config = config or TrainConfig.for_model(model)
         if self.config.select == "best_val" and val_set is None:
             raise ValueError("select='best_val' needs a validation split")
-        if self.config.mixup is not None and getattr(model, "reads_regions", False):
-            raise ValueError(f"{getattr(model, 'model_name', type(model).__name__)} reads "
-                             f"detector regions of each image, which a mixup blend of two "
-                             f"images does not have: train it without mixup")
+        check_mixup_model(model, self.config.mixup)
         for name, ds in (("validation", val_set), ("test", test_set)):
             if ds is not None:
                 check_same_classes("training set", model.classes, f"{name} set", ds.classes)
